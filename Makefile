@@ -1,0 +1,52 @@
+# The front door: `make demo` and `make test` work on a fresh machine with only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
+
+.PHONY: venv demo test test-gpu lint proto proto-check bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+# pytest exits 5 when it collected nothing: that is a failure here, not a pass.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu" -p no:cacheprovider -q tests; rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+test-gpu: $(STAMP)
+	$(BIN)/python -m pytest -m gpu -q tests
+
+proto: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=. $(PROTOS)
+
+# Regenerates into a scratch dir and fails if the committed code differs from the .proto files.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d); \
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -I proto \
+	  --python_out=$$tmp --grpc_python_out=$$tmp --mypy_out=$$tmp --mypy_grpc_out=$$tmp $(PROTOS) && \
+	for f in $$tmp/vgpu/api/v1/*; do \
+	  cmp -s $$f vgpu/api/v1/$$(basename $$f) || { echo "generated code is stale: $$(basename $$f) (run make proto)" >&2; rm -rf $$tmp; exit 1; }; \
+	done; rm -rf $$tmp; echo "generated code matches proto/"
+
+lint: $(STAMP) proto-check
+	cd proto && ../$(BIN)/buf lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/acquire.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""vgpuctl's implementation; nothing here is a public API."""

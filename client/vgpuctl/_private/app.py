@@ -1,0 +1,137 @@
+"""The `vgpuctl` command: global flags, the verbs put together, and `main()` with exact exit codes.
+
+`vgpuctl [--endpoint EP] [--timeout S] VERB ...`; the verbs live one per module in `verbs/`. `main` runs the
+typer app in non-standalone mode so that every failure becomes an exit code from `exit_codes` and one
+`vgpuctl: error: ...` line on stderr, never a traceback (VGPUCTL_DEBUG=1 shows one for unexpected bugs).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Annotated, Final
+
+import typer
+
+from vgpu._private.endpoint import DEFAULT_ENDPOINT, ENV_ENDPOINT
+from vgpuctl._private import exit_codes
+from vgpuctl._private.errors import PREFIX, CliError, one_line
+from vgpuctl._private.transport import DEFAULT_TIMEOUT_S, Target
+from vgpuctl._private.verbs import drain, evict, gpu_mode, gpus, health, leases, nodes
+
+PROG: Final = "vgpuctl"
+DEBUG_ENV: Final = "VGPUCTL_DEBUG"
+
+_SETTINGS: Final = {"help_option_names": ["-h", "--help"]}
+
+
+def _check_timeout(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be a number of seconds above 0, got {value:g}")
+    return value
+
+
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint",
+        metavar="EP",
+        help=f"The vgpud: unix:///path or HOST:PORT (default: ${ENV_ENDPOINT}, else {DEFAULT_ENDPOINT})",
+        show_default=False,
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", metavar="S", help="Deadline of each call to vgpud, in seconds.", callback=_check_timeout),
+]
+
+
+def _root(ctx: typer.Context, endpoint: Endpoint = None, timeout: Timeout = DEFAULT_TIMEOUT_S) -> None:
+    """Admin CLI of the vgpu GPU pool: nodes, GPUs and leases of the whole pool, from any host."""
+    ctx.obj = Target(endpoint=endpoint, timeout=timeout)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exit_codes.USAGE)
+
+
+def _gpu_root(ctx: typer.Context) -> None:
+    """Change one GPU: `vgpuctl gpu mode GPU_UUID shared|mig|exclusive`."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exit_codes.USAGE)
+
+
+def build() -> typer.Typer:
+    """The typer app with every verb registered."""
+    app = typer.Typer(
+        name=PROG,
+        add_completion=False,
+        context_settings=_SETTINGS,
+        epilog=exit_codes.EPILOG,
+        pretty_exceptions_enable=False,
+        invoke_without_command=True,
+    )
+    app.callback()(_root)
+    app.command("nodes", epilog=exit_codes.EPILOG)(nodes.nodes)
+    app.command("gpus", epilog=exit_codes.EPILOG)(gpus.gpus)
+    app.command("leases", epilog=exit_codes.EPILOG)(leases.leases)
+    app.command("evict", epilog=exit_codes.EPILOG)(evict.evict)
+    app.command("drain", epilog=exit_codes.EPILOG)(drain.drain)
+    app.command("health", epilog=exit_codes.EPILOG)(health.health)
+    gpu_app = typer.Typer(name="gpu", context_settings=_SETTINGS, invoke_without_command=True, epilog=exit_codes.EPILOG)
+    gpu_app.callback()(_gpu_root)
+    gpu_app.command("mode", epilog=exit_codes.EPILOG)(gpu_mode.mode)
+    app.add_typer(gpu_app)
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run vgpuctl with `argv` (default: sys.argv[1:]) and return its exit code; prints, never raises."""
+    command = typer.main.get_command(build())
+    try:
+        result = command.main(args=list(sys.argv[1:] if argv is None else argv), prog_name=PROG, standalone_mode=False)
+    except CliError as exc:
+        return _fail(exc.exit_code, exc.line)
+    except typer.TyperException as exc:  # click's usage errors: unknown verb or flag, bad value
+        return _fail(getattr(exc, "exit_code", exit_codes.USAGE), _usage_line(exc))
+    except typer.Abort:
+        return _fail(exit_codes.REFUSED, f"{PREFIX}aborted")
+    except BrokenPipeError:  # `vgpuctl leases | head`: the reader left; say nothing more
+        _silence_stdout()
+        return exit_codes.REFUSED
+    except Exception as exc:  # the last guard: a bug must still read as one line, not a traceback
+        if os.environ.get(DEBUG_ENV):
+            raise
+        return _fail(
+            exit_codes.REFUSED,
+            f"{PREFIX}internal error: {type(exc).__name__}: {one_line(str(exc))} "
+            f"(a bug in vgpuctl; rerun with {DEBUG_ENV}=1 for the traceback and report it)",
+        )
+    return result if isinstance(result, int) else exit_codes.OK
+
+
+def _usage_line(exc: typer.TyperException) -> str:
+    """'vgpuctl: error: <click's message> (see `vgpuctl VERB --help`)'."""
+    ctx = getattr(exc, "ctx", None)
+    path = ctx.command_path if ctx is not None else PROG
+    message = one_line(exc.format_message()).replace("Value error, ", "")  # typer's coercion wording
+    return f"{PREFIX}{message} (see `{path} --help`)"
+
+
+def _fail(exit_code: int, line: str) -> int:
+    sys.stdout.flush()
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    return exit_code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again on the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests): nothing to redirect
+        pass
+    finally:
+        os.close(devnull)

@@ -1,0 +1,82 @@
+"""The one way vgpuctl talks to vgpud: a channel to the resolved endpoint and a deadline on every call.
+
+Every `grpc.RpcError` is turned into a `CliError` (exit code + one line) before it can reach the user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+import typer
+from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+
+from vgpu._private.endpoint import CHANNEL_OPTIONS, EndpointError, resolve_endpoint
+from vgpu.api.v1 import admin_pb2_grpc
+from vgpuctl._private import exit_codes
+from vgpuctl._private.errors import CliError, describe_rpc_error
+
+DEFAULT_TIMEOUT_S = 10.0
+
+Req_contra = TypeVar("Req_contra", bound=Message, contravariant=True)
+Resp_co = TypeVar("Resp_co", covariant=True)
+
+
+class UnaryMethod(Protocol[Req_contra, Resp_co]):
+    """What `Daemon.call` needs of a stub attribute: a unary RPC that takes a deadline."""
+
+    def __call__(self, request: Req_contra, *, timeout: float | None = ...) -> Resp_co: ...
+
+
+@dataclass(frozen=True)
+class Target:
+    """The global flags: where vgpud is (`--endpoint`; None: $VGPU_ENDPOINT or the default), the deadline."""
+
+    endpoint: str | None = None
+    timeout: float = DEFAULT_TIMEOUT_S
+
+
+class Daemon:
+    """An open channel to one vgpud with its stubs; `call` applies the deadline and translates errors."""
+
+    def __init__(self, channel: grpc.Channel, endpoint: str, timeout: float) -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        self.admin = admin_pb2_grpc.AdminServiceStub(channel)
+        # The health stubs' typing lacks the generated methods; the method is built the way the stub does it.
+        self.health_check: grpc.UnaryUnaryMultiCallable[
+            health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+        ] = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+    def call(self, method: UnaryMethod[Req_contra, Resp_co], request: Req_contra) -> Resp_co:
+        """One unary RPC with the deadline; a refusal or a dead daemon raises `CliError`."""
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as error:
+            rpc = type(request).DESCRIPTOR.name.removesuffix("Request")
+            raise describe_rpc_error(error, endpoint=self.endpoint, timeout=self.timeout, rpc=rpc) from None
+
+
+@contextmanager
+def connect(target: Target) -> Iterator[Daemon]:
+    """Open a channel for one command and close it after; a malformed endpoint is a usage error."""
+    try:
+        endpoint = resolve_endpoint(target.endpoint)
+    except EndpointError as exc:
+        raise CliError(exit_codes.USAGE, f"{exc} (set by --endpoint or VGPU_ENDPOINT)") from None
+    with grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as channel:
+        yield Daemon(channel, endpoint, target.timeout)
+
+
+def target_of(ctx: typer.Context) -> Target:
+    """The global flags the app callback stored on the click context (defaults when run without it)."""
+    root = ctx.find_root().obj
+    return root if isinstance(root, Target) else Target()

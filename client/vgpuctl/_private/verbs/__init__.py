@@ -1,0 +1,1 @@
+"""One module per vgpuctl verb; `vgpuctl._private.app` puts them together into the CLI."""

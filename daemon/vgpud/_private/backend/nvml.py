@@ -1,0 +1,212 @@
+"""Real GPUs through NVML (`pynvml`, from nvidia-ml-py).
+
+The discovery and health logic here is written against `NvmlLibrary`, the slice of pynvml it calls. The
+sim backend runs this same logic over a simulated library, so every path the daemon relies on (name
+decoding, SM-count fallback, MIG-mode probing, NVML error codes) is exercised without a GPU as well.
+pynvml is imported only when `NvmlBackend()` is built without a library, so this module imports cleanly
+on machines with no driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Protocol
+
+from vgpud._private.backend import geometry
+from vgpud._private.backend.base import BackendError, DiscoveredGpu
+
+# NVML return codes (nvml.h) that change what we do.
+NVML_ERROR_UNINITIALIZED = 1
+NVML_ERROR_INVALID_ARGUMENT = 2
+NVML_ERROR_NOT_SUPPORTED = 3
+NVML_ERROR_NOT_FOUND = 6
+NVML_ERROR_FUNCTION_NOT_FOUND = 13
+NVML_ERROR_GPU_IS_LOST = 15
+NVML_DEVICE_MIG_ENABLE = 1
+
+_UNSUPPORTED = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
+
+
+class NvmlLibrary(Protocol):
+    """The pynvml functions vgpud calls; the real module and the simulator both provide them."""
+
+    NVMLError: type[Exception]
+    """Raised by every call; its `.value` is the NVML return code."""
+
+    def nvmlInit(self) -> None:  # noqa: N802 -- pynvml's names
+        """Load and initialise NVML."""
+        ...
+
+    def nvmlShutdown(self) -> None:  # noqa: N802 -- pynvml's names
+        """Release NVML."""
+        ...
+
+    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 -- pynvml's names
+        """Number of GPUs."""
+        ...
+
+    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:  # noqa: N802 -- pynvml's names
+        """Opaque handle of GPU `index`."""
+        ...
+
+    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> Any:  # noqa: N802 -- pynvml's names
+        """Opaque handle of the GPU with this UUID; NOT_FOUND when none."""
+        ...
+
+    def nvmlDeviceGetUUID(self, handle: Any) -> str | bytes:  # noqa: N802 -- pynvml's names
+        """The "GPU-..." UUID (bytes from older pynvml)."""
+        ...
+
+    def nvmlDeviceGetName(self, handle: Any) -> str | bytes:  # noqa: N802 -- pynvml's names
+        """Product name (bytes from older pynvml)."""
+        ...
+
+    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
+        """Struct with `total`, `free`, `used` in bytes."""
+        ...
+
+    def nvmlDeviceGetAttributes(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
+        """Struct with `multiprocessorCount`; NOT_SUPPORTED on some GPUs and drivers."""
+        ...
+
+    def nvmlDeviceGetMigMode(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
+        """[current, pending]; NOT_SUPPORTED on GPUs without MIG."""
+        ...
+
+
+def _text(value: str | bytes) -> str:
+    """Decode what pynvml returns: str on current releases, bytes on old ones; drop NUL padding."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    return value.rstrip("\x00").strip()
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The NVML return code carried by a pynvml error, if any."""
+    value = getattr(exc, "value", None)
+    return value if isinstance(value, int) else None
+
+
+def _load_pynvml() -> NvmlLibrary:
+    try:
+        import pynvml  # noqa: PLC0415 -- imported lazily so that hosts without a driver can import vgpud
+    except ImportError as exc:
+        raise BackendError(
+            f"no NVIDIA driver/GPU found: cannot import pynvml ({exc}); use --sim SPEC to simulate GPUs"
+        ) from None
+    library: NvmlLibrary = pynvml
+    return library
+
+
+class NvmlBackend:
+    """GPUs as NVML reports them; `library` is pynvml unless a test or the simulator passes its own."""
+
+    def __init__(self, library: NvmlLibrary | None = None, *, name: str = "nvml") -> None:
+        """Initialise NVML; BackendError when there is no driver or no library."""
+        self.name = name
+        self._nvml = library if library is not None else _load_pynvml()
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            self._nvml.nvmlInit()
+        except self._nvml.NVMLError as exc:
+            raise BackendError(
+                f"no NVIDIA driver/GPU found: nvmlInit failed: {exc}; use --sim SPEC to simulate GPUs"
+            ) from None
+
+    def discover(self) -> list[DiscoveredGpu]:
+        """Every GPU on this host, in NVML index order."""
+        self._check_open()
+        nvml = self._nvml
+        try:
+            count = nvml.nvmlDeviceGetCount()
+        except nvml.NVMLError as exc:
+            raise BackendError(f"cannot count GPUs: nvmlDeviceGetCount failed: {exc}") from None
+        return [self._describe(index) for index in range(count)]
+
+    def _describe(self, index: int) -> DiscoveredGpu:
+        nvml = self._nvml
+        step = "nvmlDeviceGetHandleByIndex"
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            step = "nvmlDeviceGetUUID"
+            uuid = _text(nvml.nvmlDeviceGetUUID(handle))
+            step = "nvmlDeviceGetName"
+            name = _text(nvml.nvmlDeviceGetName(handle))
+            step = "nvmlDeviceGetMemoryInfo"
+            memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
+        except nvml.NVMLError as exc:
+            raise BackendError(f"GPU {index}: {step} failed: {exc}") from None
+        model = geometry.model_for_product_name(name, memory)
+        mig_capable, mig_enabled = self._mig_mode(index, handle, model)
+        return DiscoveredGpu(
+            uuid=uuid,
+            index=index,
+            model=model.key if model is not None else "unknown",
+            name=name,
+            memory_bytes=memory,
+            sm_count=self._sm_count(handle, model),
+            mig_capable=mig_capable,
+            mig_enabled=mig_enabled,
+        )
+
+    def _sm_count(self, handle: Any, model: geometry.GpuModel | None) -> int:
+        """The SM count: multiprocessorCount where NVML reports it, else the table's, else 0."""
+        try:
+            count = int(self._nvml.nvmlDeviceGetAttributes(handle).multiprocessorCount)
+        except (self._nvml.NVMLError, AttributeError):
+            # AttributeError: a pynvml too old to have nvmlDeviceGetAttributes.
+            count = 0
+        if count > 0:
+            return count
+        return model.sm_count if model is not None else 0
+
+    def _mig_mode(self, index: int, handle: Any, model: geometry.GpuModel | None) -> tuple[bool, bool]:
+        """(capable, enabled); NOT_SUPPORTED means the GPU has no MIG."""
+        nvml = self._nvml
+        try:
+            current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+        except nvml.NVMLError as exc:
+            if error_code(exc) in _UNSUPPORTED:
+                return False, False
+            raise BackendError(f"GPU {index}: nvmlDeviceGetMigMode failed: {exc}") from None
+        except AttributeError:
+            # A pynvml without MIG calls: trust the table for capability, assume MIG is off.
+            return (model is not None and model.mig_capable), False
+        return True, int(current) == NVML_DEVICE_MIG_ENABLE
+
+    def healthy(self, uuid: str) -> bool:
+        """False when NVML cannot query the GPU (fell off the bus, Xid-lost, ...).
+
+        An unknown UUID is not "unhealthy" but a caller error: BackendError, as NVML's NOT_FOUND.
+        """
+        self._check_open()
+        nvml = self._nvml
+        try:
+            handle = nvml.nvmlDeviceGetHandleByUUID(uuid)
+        except nvml.NVMLError as exc:
+            if error_code(exc) in (NVML_ERROR_NOT_FOUND, NVML_ERROR_INVALID_ARGUMENT):
+                raise BackendError(f"GPU {uuid} not found on this host (NVML: {exc})") from None
+            return False
+        try:
+            nvml.nvmlDeviceGetMemoryInfo(handle)
+        except nvml.NVMLError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """nvmlShutdown, once; later calls to discover/healthy raise BackendError.
+
+        Never raises: it runs during a clean stop, where a failing shutdown must not turn into exit code 3.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(self._nvml.NVMLError):
+            self._nvml.nvmlShutdown()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"the {self.name} backend is closed (NVML: Uninitialized)")

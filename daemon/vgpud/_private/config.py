@@ -1,0 +1,396 @@
+"""vgpud's configuration: frozen dataclasses filled from one TOML file, then from command-line flags.
+
+The TOML keys are the field names below (top level, then the [etcd], [lease], [metrics] and [log]
+tables); systemd/vgpud.toml shows every one. `load_config` rejects unknown keys and wrong types with a
+one-line ConfigError that names the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import socket
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from vgpud._private.backend.base import BackendError
+from vgpud._private.backend.sim import parse_spec
+
+BackendKind = Literal["nvml", "sim"]
+LogFormat = Literal["auto", "json", "console"]
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
+_NAME_RULE = "1 to 63 characters from A-Z a-z 0-9 . _ -"
+_MIN_ETCD_TTL_S = 2  # etcd raises shorter lease TTLs to its minimum (1.5 x election timeout) anyway
+_MAX_TTL_S = 7 * 24 * 3600
+_MAX_PORT = 65535
+_MAX_GRACE_S = 300.0
+_MAX_CONNECT_TIMEOUT_S = 600.0
+
+
+def _host_name() -> str:
+    """The default node name, looked up when a config is built (not when this module is imported)."""
+    return socket.gethostname()
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line saying what to change."""
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdConfig:
+    """Where the pool's state lives ([etcd] table)."""
+
+    endpoints: tuple[str, ...] = ()
+    """etcd client URLs ("https://host:2379" or "host:2379"); empty starts a private embedded etcd."""
+    ca_file: Path | None = None
+    """CA bundle that signed the etcd servers' certificates (TLS to an external etcd)."""
+    cert_file: Path | None = None
+    """Client certificate for etcd mutual TLS; needs key_file."""
+    key_file: Path | None = None
+    """Private key of cert_file."""
+    connect_timeout_s: float = 10.0
+    """How long start-up waits for etcd before giving up (exit code 3)."""
+    cluster: str = "default"
+    """Pool name: keys live under /vgpu/<cluster>/, so several pools can share one etcd."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseConfig:
+    """Lease liveness and history ([lease] table)."""
+
+    default_ttl_s: int = 30
+    """Heartbeat deadline of a lease whose client asks for none; a lease is expired after it."""
+    min_ttl_s: int = 2
+    """Shortest TTL a client may ask for."""
+    max_ttl_s: int = 3600
+    """Longest TTL a client may ask for."""
+    history_retention_s: int = 3600
+    """How long ended leases stay readable (vgpuctl, SDK status) before etcd drops them."""
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """Prometheus endpoint ([metrics] table)."""
+
+    port: int | None = None
+    """TCP port for /metrics; absent means no metrics endpoint."""
+    host: str = "127.0.0.1"
+    """Address to bind the metrics endpoint to ("0.0.0.0" to let a remote Prometheus scrape)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Logging ([log] table)."""
+
+    format: LogFormat = "auto"
+    """"json", "console", or "auto": JSON when stderr is not a terminal (journald), console when it is."""
+    level: LogLevel = "info"
+    """Lowest level vgpud logs; third-party libraries log at warning and above."""
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """Everything vgpud needs to start (top-level keys of the TOML file)."""
+
+    node_name: str = field(default_factory=_host_name)
+    """This host's name in the pool (key nodes/<name>); defaults to the host name."""
+    state_dir: Path = Path("/var/lib/vgpu")
+    """Daemon state, including the embedded etcd's data; must be writable."""
+    socket_path: Path = Path("/run/vgpu/vgpud.sock")
+    """Unix socket local workloads and vgpuctl connect to."""
+    tcp_listen: str | None = None
+    """"HOST:PORT" to also serve gRPC over TCP (unauthenticated until mTLS arrives); absent: Unix only."""
+    backend: BackendKind = "nvml"
+    """"nvml" for real GPUs, "sim" for simulated ones (set by sim_spec)."""
+    sim_spec: str | None = None
+    """Simulated GPUs, e.g. "h100-80gb:2,a100-40gb:1" ("" for none); implies backend "sim"."""
+    shutdown_grace_s: float = 5.0
+    """How long in-flight RPCs may finish on SIGTERM before they are cancelled."""
+    max_queue_length: int = 10000
+    """Most waiting acquire requests; more are refused with RESOURCE_EXHAUSTED."""
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    """[etcd] table."""
+    lease: LeaseConfig = field(default_factory=LeaseConfig)
+    """[lease] table."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """[metrics] table."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """[log] table."""
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "etcd": EtcdConfig,
+    "lease": LeaseConfig,
+    "metrics": MetricsConfig,
+    "log": LogConfig,
+}
+_DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
+
+
+def _field_types(cls: type[Any]) -> dict[str, Any]:
+    """Field name -> resolved type of a config dataclass; for DaemonConfig, without the nested tables."""
+    hints = typing.get_type_hints(cls)
+    if cls is DaemonConfig:
+        return {k: v for k, v in hints.items() if k not in _SECTIONS}
+    return hints
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (types.UnionType, typing.Union)
+
+
+def _non_none(hint: Any) -> Any:
+    """X from `X | None`."""
+    (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    return inner
+
+
+_SCALARS: dict[Any, tuple[str, Callable[[object], bool], Callable[[Any], object]]] = {
+    # type: (how it reads in an error, accepts?, convert)
+    str: ("a string", lambda v: isinstance(v, str), str),
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
+    float: ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool), float),
+    Path: ("a path (string)", lambda v: isinstance(v, Path) or (isinstance(v, str) and v != ""), Path),
+}
+
+
+def _describe(hint: Any) -> str:
+    """How a type reads in an error message."""
+    if _is_optional(hint):
+        return _describe(_non_none(hint))
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    if typing.get_origin(hint) is tuple:
+        return "a list of strings"
+    return _SCALARS[hint][0]
+
+
+def _accepts(hint: Any, value: object) -> bool:
+    if typing.get_origin(hint) is Literal:
+        return isinstance(value, str) and value.lower() in typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    return _SCALARS[hint][1](value)
+
+
+def _convert(key: str, value: object, hint: Any, origin: str) -> object:
+    """`value` as the field type `hint`; ConfigError naming key, expected type and origin otherwise."""
+    if _is_optional(hint):
+        if value is None:
+            return None
+        hint = _non_none(hint)
+    if not _accepts(hint, value):
+        got = f"{type(value).__name__} {value!r}"[:200]
+        raise ConfigError(f"{origin}: {key}: expected {_describe(hint)}, got {got}")
+    if typing.get_origin(hint) is Literal:
+        return str(value).lower()
+    if isinstance(value, list | tuple):  # the only accepted shape of a tuple field
+        return tuple(value)
+    return _SCALARS[hint][2](value)
+
+
+class _Layers:
+    """Values gathered from defaults, the file and flags, remembering where each came from."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}
+        self.origins: dict[str, str] = {}
+        self.layers: dict[str, int] = {}
+
+    def put(self, key: str, value: object, origin: str, layer: int) -> None:
+        section, _, name = key.rpartition(".")
+        if section and section not in _SECTIONS:
+            raise ConfigError(f"{origin}: unknown table [{section}]; known tables: {', '.join(_SECTIONS)}")
+        if not section and name in _SECTIONS:
+            raise ConfigError(f"{origin}: {name}: expected a table [{name}], got {type(value).__name__}")
+        hints = _field_types(_SECTIONS[section] if section else DaemonConfig)
+        if name not in hints:
+            where = f"in [{section}]" if section else "at the top level"
+            raise ConfigError(f"{origin}: unknown key {key!r}; known keys {where}: {', '.join(hints)}")
+        self.values[key] = _convert(key, value, hints[name], origin)
+        self.origins[key] = origin
+        self.layers[key] = layer
+
+    def where(self, key: str) -> str:
+        return self.origins.get(key, "default")
+
+    def layer(self, key: str) -> int:
+        return self.layers.get(key, _DEFAULT_LAYER)
+
+
+def _read_file(path: Path, layers: _Layers) -> None:
+    origin = str(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        if key in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {key}: expected a table [{key}], got {type(value).__name__}")
+            for sub, sub_value in value.items():
+                layers.put(f"{key}.{sub}", sub_value, origin, _FILE_LAYER)
+        else:
+            layers.put(key, value, origin, _FILE_LAYER)
+
+
+def load_config(
+    path: Path | None,
+    overrides: Mapping[str, object],
+    *,
+    override_names: Mapping[str, str] | None = None,
+) -> DaemonConfig:
+    """The config from the TOML file at `path` (if any) with `overrides` on top, validated.
+
+    `overrides` maps dotted keys ("node_name", "lease.default_ttl_s") to values; None means "not given".
+    `override_names` maps the same keys to the flag that set them, for error messages.
+    """
+    layers = _Layers()
+    if path is not None:
+        _read_file(path, layers)
+    names = override_names or {}
+    for key, value in overrides.items():
+        if value is not None:
+            layers.put(key, value, names.get(key, f"override {key}"), _FLAG_LAYER)
+    _resolve_backend(layers)
+    config = _build(layers)
+    _validate(config, layers)
+    return config
+
+
+def _resolve_backend(layers: _Layers) -> None:
+    """sim_spec implies backend "sim"; of two conflicting settings the later layer wins, equal layers fail."""
+    backend, spec = layers.values.get("backend"), layers.values.get("sim_spec")
+    if spec is not None and backend in (None, "nvml"):
+        backend_layer, spec_layer = layers.layer("backend"), layers.layer("sim_spec")
+        if backend_layer > spec_layer:
+            layers.values["sim_spec"] = None
+        elif spec_layer > backend_layer:
+            layers.values["backend"] = "sim"
+        else:
+            raise ConfigError(
+                f"{layers.where('backend')}: backend is 'nvml' but sim_spec is set "
+                f"({layers.where('sim_spec')}); remove one of them"
+            )
+    elif backend == "sim" and spec is None:
+        raise ConfigError(
+            f"{layers.where('backend')}: backend 'sim' needs simulated GPUs: set sim_spec or --sim SPEC, "
+            'e.g. "h100-80gb:2" ("" for none)'
+        )
+
+
+def _build(layers: _Layers) -> DaemonConfig:
+    def section(name: str, cls: type[Any]) -> Any:
+        prefix = name + "."
+        return cls(**{k[len(prefix) :]: v for k, v in layers.values.items() if k.startswith(prefix)})
+
+    top = {k: v for k, v in layers.values.items() if "." not in k}
+    return DaemonConfig(**top, **{name: section(name, cls) for name, cls in _SECTIONS.items()})
+
+
+_Fail = Callable[[str, str], typing.NoReturn]
+
+
+def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
+    def fail(key: str, message: str) -> typing.NoReturn:
+        raise ConfigError(f"{layers.where(key)}: {key}: {message}")
+
+    if not _NAME_RE.fullmatch(cfg.node_name):
+        hint = "" if "node_name" in layers.values else " (the host name; set node_name or --node-name)"
+        fail("node_name", f"{cfg.node_name!r} is not a valid node name{hint}: use {_NAME_RULE}")
+    _validate_etcd(cfg.etcd, fail)
+    _validate_leases(cfg.lease, fail)
+    _validate_serving(cfg, fail)
+    if cfg.sim_spec is not None:
+        try:
+            parse_spec(cfg.sim_spec)
+        except BackendError as exc:
+            fail("sim_spec", str(exc))
+
+
+def _validate_etcd(etcd: EtcdConfig, fail: _Fail) -> None:
+    if not _NAME_RE.fullmatch(etcd.cluster):
+        fail("etcd.cluster", f"{etcd.cluster!r} is not a valid cluster name: use {_NAME_RULE}")
+    for endpoint in etcd.endpoints:
+        problem = _endpoint_problem(endpoint, schemes=("http", "https"))
+        if problem:
+            fail("etcd.endpoints", f"{endpoint!r}: {problem}; use http(s)://HOST:PORT or HOST:PORT")
+    for key in ("ca_file", "cert_file", "key_file"):
+        if not etcd.endpoints and getattr(etcd, key) is not None:
+            fail(f"etcd.{key}", "TLS files need an external etcd: set etcd.endpoints (embedded etcd is local)")
+    if (etcd.cert_file is None) != (etcd.key_file is None):
+        fail("etcd.cert_file", "etcd.cert_file and etcd.key_file go together: set both or neither")
+    if not 0 < etcd.connect_timeout_s <= _MAX_CONNECT_TIMEOUT_S:
+        fail(
+            "etcd.connect_timeout_s",
+            f"{etcd.connect_timeout_s} must be above 0 and at most {_MAX_CONNECT_TIMEOUT_S} seconds",
+        )
+
+
+def _validate_leases(lease: LeaseConfig, fail: _Fail) -> None:
+    if lease.min_ttl_s < _MIN_ETCD_TTL_S:
+        fail("lease.min_ttl_s", f"{lease.min_ttl_s} is below {_MIN_ETCD_TTL_S} seconds (etcd's shortest lease)")
+    if lease.max_ttl_s > _MAX_TTL_S:
+        fail("lease.max_ttl_s", f"{lease.max_ttl_s} is above {_MAX_TTL_S} seconds (7 days)")
+    if lease.min_ttl_s > lease.max_ttl_s:
+        fail("lease.min_ttl_s", f"{lease.min_ttl_s} is above lease.max_ttl_s = {lease.max_ttl_s}")
+    if not lease.min_ttl_s <= lease.default_ttl_s <= lease.max_ttl_s:
+        bounds = f"{lease.min_ttl_s}..{lease.max_ttl_s}"
+        fail(
+            "lease.default_ttl_s",
+            f"{lease.default_ttl_s} is outside lease.min_ttl_s..lease.max_ttl_s = {bounds}",
+        )
+    if lease.history_retention_s < 0:
+        fail("lease.history_retention_s", f"{lease.history_retention_s} must not be negative")
+
+
+def _validate_serving(cfg: DaemonConfig, fail: _Fail) -> None:
+    if cfg.tcp_listen is not None:
+        problem = _endpoint_problem(cfg.tcp_listen, schemes=())
+        if problem:
+            fail("tcp_listen", f"{cfg.tcp_listen!r}: {problem}; use HOST:PORT, e.g. 0.0.0.0:7070 or [::]:7070")
+    if cfg.metrics.port is not None and not 1 <= cfg.metrics.port <= _MAX_PORT:
+        fail("metrics.port", f"{cfg.metrics.port} is not a TCP port: use 1 to {_MAX_PORT}")
+    if not cfg.metrics.host:
+        fail("metrics.host", "must not be empty; use 127.0.0.1, or 0.0.0.0 for remote scrapes")
+    if not 0 <= cfg.shutdown_grace_s <= _MAX_GRACE_S:
+        fail("shutdown_grace_s", f"{cfg.shutdown_grace_s} must be from 0 to {_MAX_GRACE_S} seconds")
+    if cfg.max_queue_length < 1:
+        fail("max_queue_length", f"{cfg.max_queue_length} must be at least 1")
+    if not str(cfg.socket_path).strip():
+        fail("socket_path", "must not be empty")
+
+
+def _endpoint_problem(text: str, schemes: tuple[str, ...]) -> str:
+    """Why `text` is not [scheme://]HOST:PORT; "" when it is fine."""
+    rest = text
+    if "://" in text:
+        scheme, _, rest = text.partition("://")
+        if scheme not in schemes:
+            return f"scheme {scheme!r} is not supported" if schemes else "no scheme expected"
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or host == "[]":
+        return "missing HOST or PORT"
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        return "IPv6 addresses need brackets, e.g. [::1]:2379"
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= _MAX_PORT):
+        return f"port {port!r} is not 1 to {_MAX_PORT}"
+    return ""
+
+
+def config_keys() -> list[str]:
+    """Every dotted key the TOML file accepts (for docs and tests)."""
+    keys = [f.name for f in dataclasses.fields(DaemonConfig) if f.name not in _SECTIONS]
+    for name, cls in _SECTIONS.items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys

@@ -1,0 +1,352 @@
+"""The pool's records as the scheduling core sees them: plain frozen values, JSON in etcd.
+
+Nothing here does I/O. Records round-trip through `to_json`/`from_json` so that what is stored stays
+readable with etcdctl.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any, Self
+
+
+class GpuMode(enum.StrEnum):
+    """How a GPU is split (DESIGN.md: shared, mig, exclusive)."""
+
+    SHARED = "shared"
+    MIG = "mig"
+    EXCLUSIVE = "exclusive"
+
+
+class Isolation(enum.StrEnum):
+    """Kind of a granted slice."""
+
+    SHARED = "shared"
+    MIG = "mig"
+    WHOLE = "whole"
+
+
+class LeaseState(enum.StrEnum):
+    """Lease state machine; see lease_state.py for the allowed transitions."""
+
+    PENDING = "pending"
+    GRANTED = "granted"
+    RESIZING = "resizing"
+    PREEMPTING = "preempting"
+    SUSPENDED = "suspended"
+    RELEASED = "released"
+    REVOKED = "revoked"
+    EXPIRED = "expired"
+
+    @property
+    def ended(self) -> bool:
+        """True for the terminal states."""
+        return self in _ENDED
+
+
+_ENDED = frozenset({LeaseState.RELEASED, LeaseState.REVOKED, LeaseState.EXPIRED})
+
+
+def _dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("record is not a JSON object")  # noqa: TRY004 -- callers catch ValueError for bad records
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class GpuRecord:
+    """Static facts about one physical GPU (key gpus/<uuid>)."""
+
+    uuid: str
+    node: str
+    index: int
+    model: str
+    name: str
+    memory_bytes: int
+    sm_count: int
+    mig_capable: bool
+    mig_enabled: bool
+    backend: str
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd."""
+        return _dumps({f: getattr(self, f) for f in self.__dataclass_fields__})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """Parse what to_json wrote."""
+        data = _loads(raw)
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Capacity one lease holds on one GPU."""
+
+    lease_id: str
+    memory_bytes: int
+    compute_milli: int
+    isolation: Isolation = Isolation.SHARED
+
+
+@dataclass(frozen=True, slots=True)
+class GpuState:
+    """The mutable part of a GPU (key gpustate/<uuid>): its mode and every claim on it.
+
+    Acquires, releases and mode changes all compare this key's mod revision, so no two writers can act
+    on the same view of a GPU.
+    """
+
+    mode: GpuMode = GpuMode.SHARED
+    claims: tuple[Claim, ...] = ()
+
+    @property
+    def memory_claimed(self) -> int:
+        """Bytes held by all claims."""
+        return sum(c.memory_bytes for c in self.claims)
+
+    @property
+    def compute_claimed(self) -> int:
+        """Milli-GPU held by all claims."""
+        return sum(c.compute_milli for c in self.claims)
+
+    def with_claim(self, claim: Claim) -> GpuState:
+        """This state plus one claim."""
+        return replace(self, claims=(*self.claims, claim))
+
+    def without_lease(self, lease_id: str) -> GpuState:
+        """This state with every claim of `lease_id` removed."""
+        return replace(self, claims=tuple(c for c in self.claims if c.lease_id != lease_id))
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd."""
+        return _dumps(
+            {
+                "mode": self.mode.value,
+                "claims": [
+                    {
+                        "lease_id": c.lease_id,
+                        "memory_bytes": c.memory_bytes,
+                        "compute_milli": c.compute_milli,
+                        "isolation": c.isolation.value,
+                    }
+                    for c in self.claims
+                ],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> GpuState:
+        """Parse what to_json wrote."""
+        data = _loads(raw)
+        claims = tuple(
+            Claim(
+                lease_id=c["lease_id"],
+                memory_bytes=int(c["memory_bytes"]),
+                compute_milli=int(c["compute_milli"]),
+                isolation=Isolation(c.get("isolation", "shared")),
+            )
+            for c in data.get("claims", [])
+        )
+        return cls(mode=GpuMode(data.get("mode", "shared")), claims=claims)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A live daemon (key nodes/<name>, bound to the node's etcd lease)."""
+
+    name: str
+    endpoint: str
+    version: str
+    started_at: float
+    backend: str
+    gpu_count: int
+    labels: dict[str, str] = field(default_factory=dict)
+    gpus: tuple[str, ...] = ()
+    """UUIDs the backend found at this start: the only GPUs of the node that take new work."""
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd."""
+        data = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        data["gpus"] = list(self.gpus)
+        return _dumps(data)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """Parse what to_json wrote."""
+        data = _loads(raw)
+        data["gpus"] = tuple(data.get("gpus", ()))
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Admin-set, persistent node settings (key nodecfg/<name>)."""
+
+    draining: bool = False
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd."""
+        return _dumps({"draining": self.draining})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> NodeConfig:
+        """Parse what to_json wrote."""
+        return cls(draining=bool(_loads(raw).get("draining", False)))
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who asked for a lease (informational until authentication arrives)."""
+
+    user: str = ""
+    host: str = ""
+    pid: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    """A validated request for slices, in core units."""
+
+    isolation: Isolation
+    memory_bytes: int
+    compute_milli: int
+    count: int = 1
+    gpu_models: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SliceRecord:
+    """One granted slice of one GPU."""
+
+    node: str
+    gpu_uuid: str
+    gpu_index: int
+    gpu_model: str
+    isolation: Isolation
+    memory_bytes: int
+    compute_milli: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseRecord:
+    """A lease (key leases/<id>). Only the SHA-256 of its token is stored."""
+
+    id: str
+    token_sha256: str
+    state: LeaseState
+    node: str
+    project: str
+    priority: str
+    owner: Owner
+    request: ShapeRequest
+    slices: tuple[SliceRecord, ...]
+    created_at: float
+    ttl_seconds: int
+    liveness_lease: int
+    """The store lease behind the alive/<id> key; the SDK's heartbeats refresh it."""
+    request_id: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    ended_at: float = 0.0
+    end_reason: str = ""
+    end_message: str = ""
+
+    def ended_as(self, state: LeaseState, reason: str, message: str, at: float) -> LeaseRecord:
+        """A copy in terminal `state` with its end reason."""
+        return replace(self, state=state, end_reason=reason, end_message=message, ended_at=at)
+
+    def to_json(self) -> bytes:
+        """Serialise for etcd."""
+        return _dumps(
+            {
+                "id": self.id,
+                "token_sha256": self.token_sha256,
+                "state": self.state.value,
+                "node": self.node,
+                "project": self.project,
+                "priority": self.priority,
+                "owner": {
+                    "user": self.owner.user,
+                    "host": self.owner.host,
+                    "pid": self.owner.pid,
+                    "description": self.owner.description,
+                },
+                "request": {
+                    "isolation": self.request.isolation.value,
+                    "memory_bytes": self.request.memory_bytes,
+                    "compute_milli": self.request.compute_milli,
+                    "count": self.request.count,
+                    "gpu_models": list(self.request.gpu_models),
+                },
+                "slices": [
+                    {
+                        "node": s.node,
+                        "gpu_uuid": s.gpu_uuid,
+                        "gpu_index": s.gpu_index,
+                        "gpu_model": s.gpu_model,
+                        "isolation": s.isolation.value,
+                        "memory_bytes": s.memory_bytes,
+                        "compute_milli": s.compute_milli,
+                    }
+                    for s in self.slices
+                ],
+                "created_at": self.created_at,
+                "ttl_seconds": self.ttl_seconds,
+                "liveness_lease": self.liveness_lease,
+                "request_id": self.request_id,
+                "labels": self.labels,
+                "ended_at": self.ended_at,
+                "end_reason": self.end_reason,
+                "end_message": self.end_message,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> LeaseRecord:
+        """Parse what to_json wrote."""
+        d = _loads(raw)
+        req = d["request"]
+        return cls(
+            id=d["id"],
+            token_sha256=d["token_sha256"],
+            state=LeaseState(d["state"]),
+            node=d["node"],
+            project=d.get("project", ""),
+            priority=d.get("priority", ""),
+            owner=Owner(**d.get("owner", {})),
+            request=ShapeRequest(
+                isolation=Isolation(req["isolation"]),
+                memory_bytes=int(req["memory_bytes"]),
+                compute_milli=int(req["compute_milli"]),
+                count=int(req.get("count", 1)),
+                gpu_models=tuple(req.get("gpu_models", ())),
+            ),
+            slices=tuple(
+                SliceRecord(
+                    node=s["node"],
+                    gpu_uuid=s["gpu_uuid"],
+                    gpu_index=int(s["gpu_index"]),
+                    gpu_model=s["gpu_model"],
+                    isolation=Isolation(s["isolation"]),
+                    memory_bytes=int(s["memory_bytes"]),
+                    compute_milli=int(s["compute_milli"]),
+                )
+                for s in d.get("slices", [])
+            ),
+            created_at=float(d["created_at"]),
+            ttl_seconds=int(d["ttl_seconds"]),
+            liveness_lease=int(d["liveness_lease"]),
+            request_id=d.get("request_id", ""),
+            labels=dict(d.get("labels", {})),
+            ended_at=float(d.get("ended_at", 0.0)),
+            end_reason=d.get("end_reason", ""),
+            end_message=d.get("end_message", ""),
+        )

@@ -1,0 +1,373 @@
+"""vgpud's life: check the host, start etcd if embedded, register, serve gRPC, shut down cleanly.
+
+Start-up problems (state dir, socket, backend, etcd) end the process with exit code 3 and one line that
+says what to change. A clean stop leaves every lease in etcd for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from vgpu._private import reasons
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, workload_pb2, workload_pb2_grpc
+from vgpud._private import sdnotify
+from vgpud._private.acquire_queue import AcquireQueue
+from vgpud._private.allocator import Allocator
+from vgpud._private.backend import make_backend
+from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
+from vgpud._private.backend.geometry import known_models
+from vgpud._private.config import DaemonConfig
+from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
+from vgpud._private.log import configure_logging
+from vgpud._private.metrics import DaemonMetrics
+from vgpud._private.pool_view import PoolView
+from vgpud._private.refusal import Refusal
+from vgpud._private.registry import Keys, register_gpus
+from vgpud._private.services.admin import AdminService
+from vgpud._private.services.serving import Serving
+from vgpud._private.services.workload import WorkloadService
+from vgpud._private.store.base import Put, Store, StoreError
+from vgpud._private.store.embedded_etcd import EmbeddedEtcd
+from vgpud._private.store.etcd_store import EtcdStore
+
+log = structlog.get_logger("vgpud")
+
+EXIT_OK = 0
+EXIT_CANNOT_START = 3
+_NODE_TTL = 10
+_STORE_TIMEOUT = 5.0
+
+
+class StartupError(Exception):
+    """vgpud cannot start; the message says what to change."""
+
+
+def run(config: DaemonConfig) -> int:
+    """Run the daemon until SIGTERM/SIGINT; the process exit code."""
+    configure_logging(config.log.format, config.log.level)
+    embedded: EmbeddedEtcd | None = None
+    try:
+        _prepare_state_dir(config.state_dir)
+        _prepare_socket(config.socket_path)
+        backend = make_backend(config.backend, config.sim_spec, config.node_name)
+        gpus = backend.discover()
+        endpoints = list(config.etcd.endpoints)
+        if not endpoints:
+            # Started from the main thread on purpose: the child's death signal is tied to this thread.
+            embedded = EmbeddedEtcd(config.state_dir / "etcd")
+            embedded.start()
+            endpoints = [embedded.endpoint]
+            log.info("embedded etcd started", endpoint=embedded.endpoint, data_dir=str(config.state_dir / "etcd"))
+        return asyncio.run(Daemon(config, backend, gpus, endpoints).serve())
+    except (StartupError, BackendError, StoreError, OSError) as exc:
+        print(f"vgpud: error: {exc}", file=sys.stderr)
+        log.error("cannot start", error=str(exc))  # noqa: TRY400 -- an expected refusal, no traceback wanted
+        return EXIT_CANNOT_START
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+def _prepare_state_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".vgpud-write-test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        raise StartupError(
+            f"state dir {path} is not writable ({exc.strerror or exc}); choose another with --state-dir"
+        ) from None
+
+
+def _prepare_socket(path: Path) -> None:
+    """Refuse when another daemon answers on the socket; clear a stale socket file left by a crash."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the socket directory {path.parent}: {exc.strerror or exc}") from None
+    if len(str(path)) > 100:  # noqa: PLR2004 -- sun_path holds 108 bytes including the terminator
+        raise StartupError(f"socket path {path} is too long for a Unix socket; use a shorter --socket")
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)
+        return
+    finally:
+        probe.close()
+    raise StartupError(f"another process is already listening on {path}; stop it or choose another --socket")
+
+
+@dataclass(slots=True)
+class _Tasks:
+    running: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self, coro: object, name: str) -> None:
+        self.running.append(asyncio.get_running_loop().create_task(coro, name=name))  # type: ignore[arg-type]  # coroutine objects
+
+    async def cancel_all(self) -> None:
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+
+
+class Daemon:
+    """One running vgpud: its store connection, view, servers and background tasks."""
+
+    def __init__(
+        self, config: DaemonConfig, backend: GpuBackend, gpus: list[DiscoveredGpu], endpoints: list[str]
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._gpus = gpus
+        self._endpoints = endpoints
+        self._keys = Keys(config.etcd.cluster)
+        self._metrics = DaemonMetrics()
+        self._tasks = _Tasks()
+        self._node_lease = 0
+        self._health_by_gpu: dict[str, bool] = {g.uuid: True for g in gpus}
+        self._stop = asyncio.Event()
+        self._expiring: asyncio.Queue[str] = asyncio.Queue()
+
+    @property
+    def endpoint(self) -> str:
+        """What local clients dial."""
+        return f"unix://{self._config.socket_path}"
+
+    async def serve(self) -> int:
+        """Connect, register, serve until a stop signal, then shut down cleanly."""
+        cfg = self._config
+        try:
+            store = await EtcdStore.connect(
+                self._endpoints,
+                ca_file=cfg.etcd.ca_file,
+                cert_file=cfg.etcd.cert_file,
+                key_file=cfg.etcd.key_file,
+                connect_timeout=cfg.etcd.connect_timeout_s,
+            )
+        except StoreError as exc:
+            raise StartupError(f"cannot reach etcd at {', '.join(self._endpoints)}: {exc}") from None
+        try:
+            return await self._serve_with(store)
+        finally:
+            await store.close()
+
+    async def _serve_with(self, store: Store) -> int:
+        cfg = self._config
+        records = [self._gpu_record(g) for g in self._gpus]
+        await register_gpus(store, self._keys, self._config.node_name, records, timeout=_STORE_TIMEOUT)
+        await self._register_node(store)
+        view = PoolView(store, self._keys, timeout=_STORE_TIMEOUT)
+        view.on_liveness_lost = self._expiring.put_nowait
+        self._tasks.start(view.run(), "pool-view")
+        async with asyncio.timeout(cfg.etcd.connect_timeout_s):
+            await view.wait_ready()
+        allocator = Allocator(
+            store,
+            self._keys,
+            view,
+            timeout=_STORE_TIMEOUT,
+            history_ttl=cfg.lease.history_retention_s,
+            default_ttl=cfg.lease.default_ttl_s,
+            healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
+        )
+        queue = AcquireQueue(allocator, view, max_length=cfg.max_queue_length)
+        serving = Serving(
+            store=store,
+            keys=self._keys,
+            view=view,
+            allocator=allocator,
+            queue=queue,
+            node=cfg.node_name,
+            endpoint=self.endpoint,
+            known_models=frozenset(known_models()),
+            default_ttl=cfg.lease.default_ttl_s,
+            ttl_bounds=(cfg.lease.min_ttl_s, cfg.lease.max_ttl_s),
+            rpc_timeout=_STORE_TIMEOUT,
+            max_queue_wait=24 * 3600.0,
+            on_error=self._metrics.count_rpc_error,
+            on_acquire=self._metrics.observe_acquire,
+            healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
+        )
+        self._tasks.start(queue.run(), "acquire-queue")
+        self._tasks.start(allocator.liveness.run(), "liveness-leases")
+        self._tasks.start(self._reap(allocator), "reaper")
+        self._tasks.start(self._keep_node_alive(store, view), "node-lease")
+        self._tasks.start(self._watch_gpu_health(), "gpu-health")
+        self._tasks.start(self._update_metrics(view, queue), "metrics")
+        if cfg.metrics.port is not None:
+            self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
+        server, health_servicer = await self._start_grpc(serving)
+        self._install_signals()
+        sdnotify.ready()
+        sdnotify.status(f"serving {len(self._gpus)} GPU(s) on {self.endpoint}")
+        interval = sdnotify.watchdog_interval()
+        if interval is not None:
+            self._tasks.start(self._watchdog(interval / 2), "watchdog")
+        log.info("vgpud ready", node=cfg.node_name, endpoint=self.endpoint, gpus=len(self._gpus))
+        await self._stop.wait()
+
+        log.info("vgpud stopping; leases stay in etcd")
+        sdnotify.stopping()
+        await health_servicer.enter_graceful_shutdown()
+        serving.stopping.set()
+        queue.fail_all(Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; retry to keep your place"))
+        await server.stop(cfg.shutdown_grace_s)
+        await self._tasks.cancel_all()
+        with contextlib.suppress(StoreError):
+            await store.revoke(self._node_lease, timeout=_STORE_TIMEOUT)
+        self._config.socket_path.unlink(missing_ok=True)
+        await asyncio.to_thread(self._backend.close)
+        return EXIT_OK
+
+    def _gpu_record(self, gpu: DiscoveredGpu) -> GpuRecord:
+        return GpuRecord(
+            uuid=gpu.uuid,
+            node=self._config.node_name,
+            index=gpu.index,
+            model=gpu.model,
+            name=gpu.name,
+            memory_bytes=gpu.memory_bytes,
+            sm_count=gpu.sm_count,
+            mig_capable=gpu.mig_capable,
+            mig_enabled=gpu.mig_enabled,
+            backend=self._backend.name,
+        )
+
+    async def _register_node(self, store: Store) -> None:
+        self._node_lease = await store.grant(_NODE_TTL, timeout=_STORE_TIMEOUT)
+        record = NodeRecord(
+            name=self._config.node_name,
+            endpoint=self.endpoint,
+            version=version("vgpu"),
+            started_at=time.time(),
+            backend=self._backend.name,
+            gpu_count=len(self._gpus),
+            gpus=tuple(g.uuid for g in self._gpus),
+        )
+        key = self._keys.node(self._config.node_name)
+        await store.txn([], [Put(key, record.to_json(), lease=self._node_lease)], timeout=_STORE_TIMEOUT)
+
+    async def _keep_node_alive(self, store: Store, view: PoolView) -> None:
+        """Refresh the node's etcd lease; register again if it lapsed (etcd outage) or the key went away."""
+        while True:
+            await asyncio.sleep(_NODE_TTL / 3)
+            try:
+                lapsed = await store.refresh(self._node_lease, timeout=_STORE_TIMEOUT) <= 0
+                if lapsed or view.node(self._config.node_name) is None:
+                    log.warning("node registration lost; registering again", lease_lapsed=lapsed)
+                    await self._register_node(store)
+            except StoreError as exc:
+                log.warning("cannot refresh node lease", error=str(exc))
+
+    async def _reap(self, allocator: Allocator) -> None:
+        """Expire leases whose liveness key vanished (their client stopped heartbeating)."""
+        while True:
+            lease_id = await self._expiring.get()
+            try:
+                ended = await allocator.end(
+                    lease_id, LeaseState.EXPIRED, reasons.END_EXPIRED, "no heartbeat within the lease TTL"
+                )
+                log.info("lease expired", lease=lease_id, state=ended.state.value)
+            except Refusal as refusal:
+                log.info("lease not expired", lease=lease_id, reason=refusal.reason)
+            except StoreError as exc:
+                log.warning("cannot expire lease yet; retrying", lease=lease_id, error=str(exc))
+                await asyncio.sleep(1.0)
+                self._expiring.put_nowait(lease_id)
+
+    async def _watch_gpu_health(self) -> None:
+        while True:
+            for uuid in list(self._health_by_gpu):
+                try:
+                    ok = await asyncio.to_thread(self._backend.healthy, uuid)
+                except BackendError:
+                    ok = False
+                if ok != self._health_by_gpu[uuid]:
+                    log.warning("GPU health changed", gpu=uuid, healthy=ok)
+                self._health_by_gpu[uuid] = ok
+            await asyncio.sleep(10.0)
+
+    async def _update_metrics(self, view: PoolView, queue: AcquireQueue) -> None:
+        while True:
+            for record in view.gpus_of(self._config.node_name):
+                state = view.gpu_state(record.uuid).value
+                self._metrics.set_gpu(
+                    record.node,
+                    record.uuid,
+                    record.model,
+                    record.memory_bytes,
+                    state.memory_claimed,
+                    state.compute_claimed,
+                )
+            counts = Counter(v.value.state.value for v in view.live_leases())
+            self._metrics.set_leases({s.value: counts.get(s.value, 0) for s in LeaseState if not s.ended})
+            self._metrics.set_queue_length(len(queue))
+            await asyncio.sleep(2.0)
+
+    async def _watchdog(self, period: float) -> None:
+        while True:
+            sdnotify.watchdog_ping()
+            await asyncio.sleep(period)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+
+    async def _start_grpc(self, serving: Serving) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+        cfg = self._config
+        server = grpc.aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+        )
+        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(serving), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(serving), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = (
+            workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        try:
+            server.add_insecure_port(f"unix:{cfg.socket_path}")
+        except RuntimeError as exc:
+            raise StartupError(f"cannot listen on {cfg.socket_path}: {exc}") from None
+        # Any local user may ask for a slice; per-uid projects arrive with authentication.
+        if cfg.tcp_listen:
+            log.warning(
+                "TCP listener is on without authentication; anyone who can reach it can use the pool",
+                listen=cfg.tcp_listen,
+            )
+            try:
+                port = server.add_insecure_port(cfg.tcp_listen)
+            except RuntimeError as exc:
+                raise StartupError(f"cannot listen on {cfg.tcp_listen}: {exc}") from None
+            if port == 0:
+                raise StartupError(f"cannot listen on {cfg.tcp_listen}: the address is in use or invalid")
+        await server.start()
+        os.chmod(cfg.socket_path, 0o666)  # noqa: S103, PTH101 -- the socket is the local door for every user
+        for name in ("", *names[:2]):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return server, health_servicer

@@ -1,0 +1,113 @@
+"""AdminService: the whole pool for vgpuctl, served from this daemon's view of etcd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from vgpu._private import reasons
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
+from vgpud._private.core.model import LeaseRecord, LeaseState
+from vgpud._private.services import convert, validation
+from vgpud._private.services.serving import Serving
+from vgpud._private.services.status import guarded_unary
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class AdminService(admin_pb2_grpc.AdminServiceServicer):
+    """The admin door (see admin.proto)."""
+
+    def __init__(self, serving: Serving) -> None:
+        self._s = serving
+
+    def report_error(self, method: str, code: str) -> None:
+        """Count an error answer (status.guarded_unary calls this)."""
+        self._s.on_error(method, code)
+
+    @guarded_unary("ListNodes")
+    async def ListNodes(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListNodesRequest, context: Ctx
+    ) -> admin_pb2.ListNodesResponse:
+        """Live nodes, plus nodes that have GPUs registered but no live daemon (DOWN)."""
+        view = self._s.view
+        live = view.nodes()
+        gpus = view.gpus().values()
+        names = set(live) | {g.node for g in gpus} | set(view.node_configs())
+        return admin_pb2.ListNodesResponse(
+            nodes=[
+                convert.node(name, live.get(name), view.node_config(name).value, sum(g.node == name for g in gpus))
+                for name in sorted(names)
+            ]
+        )
+
+    @guarded_unary("ListGpus")
+    async def ListGpus(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListGpusRequest, context: Ctx
+    ) -> admin_pb2.ListGpusResponse:
+        """Every GPU (or one node's) with its mode and allocation."""
+        node = validation.node_name(request.node) if request.node else ""
+        view = self._s.view
+        records = sorted(view.gpus().values(), key=lambda g: (g.node, g.index))
+        return admin_pb2.ListGpusResponse(
+            gpus=[
+                convert.gpu(r, view.gpu_state(r.uuid).value, healthy=r.node != self._s.node or self._s.healthy(r.uuid))
+                for r in records
+                if not node or r.node == node
+            ]
+        )
+
+    @guarded_unary("ListAllLeases")
+    async def ListAllLeases(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListAllLeasesRequest, context: Ctx
+    ) -> admin_pb2.ListAllLeasesResponse:
+        """Live leases of the pool; with include_ended also those still in history."""
+        node = validation.node_name(request.node) if request.node else ""
+        project = validation.node_name(request.project) if request.project else ""
+        records: dict[str, LeaseRecord] = {v.value.id: v.value for v in self._s.view.live_leases()}
+        if request.include_ended:
+            snapshot = await self._s.store.get_prefix(self._s.keys.root + "leases/", timeout=self._s.rpc_timeout)
+            for kv in snapshot.kvs:
+                record = LeaseRecord.from_json(kv.value)
+                records.setdefault(record.id, record)
+        chosen = [
+            r
+            for r in records.values()
+            if (not node or r.node == node or any(s.node == node for s in r.slices))
+            and (not project or r.project == project)
+        ]
+        chosen.sort(key=lambda r: r.created_at)
+        return admin_pb2.ListAllLeasesResponse(
+            leases=[convert.lease(r, node=self._s.node, endpoint=self._s.endpoint) for r in chosen]
+        )
+
+    @guarded_unary("EvictLease")
+    async def EvictLease(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.EvictLeaseRequest, context: Ctx
+    ) -> admin_pb2.EvictLeaseResponse:
+        """Revoke a lease now and free its capacity."""
+        lease_id, _ = validation.lease_ref(request.lease_id, "-")
+        reason = validation.bounded_text("reason", request.reason) or "evicted by an admin"
+        ended = await self._s.allocator.end(lease_id, LeaseState.REVOKED, reasons.END_EVICTED, reason)
+        return admin_pb2.EvictLeaseResponse(lease=convert.lease(ended, node=self._s.node, endpoint=self._s.endpoint))
+
+    @guarded_unary("SetGpuMode")
+    async def SetGpuMode(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.SetGpuModeRequest, context: Ctx
+    ) -> admin_pb2.SetGpuModeResponse:
+        """Switch a GPU between shared and exclusive; refused while leases are on it."""
+        uuid = validation.gpu_uuid(request.gpu_uuid)
+        mode = validation.gpu_mode(request.mode)
+        state = await self._s.allocator.set_mode(uuid, mode)
+        return admin_pb2.SetGpuModeResponse(gpu=convert.gpu(self._s.view.gpus()[uuid], state))
+
+    @guarded_unary("DrainNode")
+    async def DrainNode(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.DrainNodeRequest, context: Ctx
+    ) -> admin_pb2.DrainNodeResponse:
+        """Stop (or restart) new work landing on a node."""
+        name = validation.node_name(request.node)
+        config = await self._s.allocator.set_draining(name, not request.undrain)
+        view = self._s.view
+        return admin_pb2.DrainNodeResponse(node=convert.node(name, view.node(name), config, len(view.gpus_of(name))))

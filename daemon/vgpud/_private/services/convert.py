@@ -1,0 +1,140 @@
+"""Core records -> API messages. One place, so every RPC shows a lease the same way."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from vgpu.api.v1 import types_pb2
+from vgpud._private.core.environment import lease_environment
+from vgpud._private.core.model import (
+    GpuMode,
+    GpuRecord,
+    GpuState,
+    Isolation,
+    LeaseRecord,
+    LeaseState,
+    NodeConfig,
+    NodeRecord,
+)
+
+ISOLATION: Final = {
+    Isolation.SHARED: types_pb2.ISOLATION_SHARED,
+    Isolation.MIG: types_pb2.ISOLATION_MIG,
+    Isolation.WHOLE: types_pb2.ISOLATION_WHOLE,
+}
+LEASE_STATE: Final = {
+    LeaseState.PENDING: types_pb2.LEASE_STATE_PENDING,
+    LeaseState.GRANTED: types_pb2.LEASE_STATE_GRANTED,
+    LeaseState.RESIZING: types_pb2.LEASE_STATE_RESIZING,
+    LeaseState.PREEMPTING: types_pb2.LEASE_STATE_PREEMPTING,
+    LeaseState.SUSPENDED: types_pb2.LEASE_STATE_SUSPENDED,
+    LeaseState.RELEASED: types_pb2.LEASE_STATE_RELEASED,
+    LeaseState.REVOKED: types_pb2.LEASE_STATE_REVOKED,
+    LeaseState.EXPIRED: types_pb2.LEASE_STATE_EXPIRED,
+}
+GPU_MODE: Final = {
+    GpuMode.SHARED: types_pb2.GPU_MODE_SHARED,
+    GpuMode.MIG: types_pb2.GPU_MODE_MIG,
+    GpuMode.EXCLUSIVE: types_pb2.GPU_MODE_EXCLUSIVE,
+}
+
+
+def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
+    """Unix seconds as a Timestamp."""
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def lease(record: LeaseRecord, *, node: str, endpoint: str, token: str = "") -> types_pb2.Lease:
+    """A lease as clients see it; the token only when given (acquire answers)."""
+    msg = types_pb2.Lease(
+        id=record.id,
+        state=LEASE_STATE[record.state],
+        project=record.project,
+        priority=record.priority,
+        owner=types_pb2.Owner(
+            user=record.owner.user,
+            host=record.owner.host,
+            pid=record.owner.pid,
+            description=record.owner.description,
+        ),
+        request=types_pb2.ResourceRequest(
+            memory_bytes=record.request.memory_bytes if record.request.isolation is Isolation.SHARED else 0,
+            compute_milli=record.request.compute_milli if record.request.isolation is Isolation.SHARED else 0,
+            isolation=ISOLATION[record.request.isolation],
+            count=record.request.count,
+            gpu_models=list(record.request.gpu_models),
+        ),
+        slices=[
+            types_pb2.Slice(
+                node=s.node,
+                gpu_uuid=s.gpu_uuid,
+                gpu_index=s.gpu_index,
+                gpu_model=s.gpu_model,
+                isolation=ISOLATION[s.isolation],
+                memory_bytes=s.memory_bytes,
+                compute_milli=s.compute_milli,
+            )
+            for s in record.slices
+        ],
+        created_at=timestamp(record.created_at),
+        ttl=duration_pb2.Duration(seconds=record.ttl_seconds),
+        node=record.node,
+        end_reason=record.end_reason,
+        end_message=record.end_message,
+        token=token,
+        labels=record.labels,
+    )
+    if not record.state.ended:
+        msg.env.update(lease_environment(record, node, endpoint, token))
+        for other in sorted({s.node for s in record.slices}):
+            msg.node_environments.add(
+                node=other, env=lease_environment(record, other, endpoint if other == node else "")
+            )
+    else:
+        msg.ended_at.CopyFrom(timestamp(record.ended_at))
+    return msg
+
+
+def gpu(record: GpuRecord, state: GpuState, *, healthy: bool = True) -> types_pb2.Gpu:
+    """A GPU with what is allocated on it."""
+    return types_pb2.Gpu(
+        uuid=record.uuid,
+        node=record.node,
+        index=record.index,
+        model=record.model,
+        name=record.name,
+        memory_bytes=record.memory_bytes,
+        sm_count=record.sm_count,
+        mode=GPU_MODE[state.mode],
+        mig_capable=record.mig_capable,
+        mig_enabled=record.mig_enabled,
+        allocated=types_pb2.GpuAllocation(
+            memory_bytes=state.memory_claimed,
+            compute_milli=state.compute_claimed,
+            slices=len(state.claims),
+        ),
+        healthy=healthy,
+        backend=record.backend,
+    )
+
+
+def node(name: str, record: NodeRecord | None, config: NodeConfig, gpu_count: int) -> types_pb2.Node:
+    """A node; without a live record it is DOWN."""
+    if record is None:
+        state = types_pb2.NODE_STATE_DOWN
+    elif config.draining:
+        state = types_pb2.NODE_STATE_DRAINING
+    else:
+        state = types_pb2.NODE_STATE_READY
+    msg = types_pb2.Node(name=name, state=state, draining=config.draining, gpu_count=gpu_count)
+    if record is not None:
+        msg.endpoint = record.endpoint
+        msg.version = record.version
+        msg.started_at.CopyFrom(timestamp(record.started_at))
+        msg.backend = record.backend
+        msg.labels.update(record.labels)
+    return msg

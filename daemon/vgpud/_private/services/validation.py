@@ -1,0 +1,160 @@
+"""Turn what a client sent into core values, or a Refusal that says what to change.
+
+Everything a client controls is bounded here (sizes, counts, string lengths, character sets), so the
+logic behind never sees a value it was not written for.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from typing import Final
+
+from vgpu._private import reasons
+from vgpu._private.units import MILLI_PER_GPU, format_memory
+from vgpu.api.v1 import types_pb2, workload_pb2
+from vgpud._private.allocator import AcquireSpec
+from vgpud._private.core.model import GpuMode, Isolation, Owner, ShapeRequest
+from vgpud._private.refusal import Refusal
+
+MAX_SLICE_MEMORY: Final = 16 * 1024**4
+"""No GPU comes close to 16 TiB; anything above is a unit mistake."""
+MAX_COUNT: Final = 64
+_NAME_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_ID_RE: Final = re.compile(r"^[A-Za-z0-9._-]{16,128}$")
+_LEASE_ID_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_MAX_TEXT: Final = 256
+_MAX_LABELS: Final = 32
+
+_MODES: Final[dict[int, GpuMode]] = {
+    types_pb2.GPU_MODE_SHARED: GpuMode.SHARED,
+    types_pb2.GPU_MODE_MIG: GpuMode.MIG,
+    types_pb2.GPU_MODE_EXCLUSIVE: GpuMode.EXCLUSIVE,
+}
+
+
+def _bad(message: str) -> Refusal:
+    return Refusal(reasons.INVALID_REQUEST, message)
+
+
+def _name(field: str, value: str, *, required: bool = False) -> str:
+    if not value and not required:
+        return ""
+    if not _NAME_RE.match(value):
+        raise _bad(f"{field} {value[:80]!r} must be 1-63 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+def bounded_text(field: str, value: str) -> str:
+    """`value` when within the length limit, else a Refusal naming `field`."""
+    if len(value) > _MAX_TEXT:
+        raise _bad(f"{field} is {len(value)} characters; the limit is {_MAX_TEXT}")
+    return value
+
+
+def labels(raw: Mapping[str, str]) -> dict[str, str]:
+    """Bounded labels."""
+    if len(raw) > _MAX_LABELS:
+        raise _bad(f"{len(raw)} labels; the limit is {_MAX_LABELS}")
+    return {_name("label key", k, required=True): bounded_text(f"label {k}", v) for k, v in raw.items()}
+
+
+def shape(raw: types_pb2.ResourceRequest, known_models: Collection[str]) -> ShapeRequest:
+    """A ResourceRequest as a core ShapeRequest."""
+    if raw.mig_profile or raw.isolation == types_pb2.ISOLATION_MIG:
+        raise Refusal(reasons.NOT_IMPLEMENTED, "MIG slices are not available yet; ask for memory and compute")
+    if raw.compute_milli_max not in (0, raw.compute_milli) or raw.count_max not in (0, raw.count):
+        raise Refusal(
+            reasons.NOT_IMPLEMENTED, "elastic (min..max) requests are not available yet; ask for a fixed size"
+        )
+    count = raw.count or 1
+    if count > MAX_COUNT:
+        raise _bad(f"count {count} is above the limit of {MAX_COUNT} slices per request")
+    if len(raw.gpu_models) > 16:  # noqa: PLR2004 -- a selector longer than the model table is a mistake
+        raise _bad("gpu_models lists more than 16 models")
+    for model in raw.gpu_models:
+        if model not in known_models:
+            raise Refusal(
+                reasons.UNKNOWN_GPU_MODEL,
+                f"unknown GPU model {model[:80]!r}; known models: {', '.join(sorted(known_models))}",
+            )
+    models = tuple(dict.fromkeys(raw.gpu_models))
+    whole = raw.isolation == types_pb2.ISOLATION_WHOLE
+    if whole:
+        if raw.memory_bytes or raw.compute_milli:
+            raise _bad("a whole-GPU request takes no memory or compute; drop them or ask for a shared slice")
+        return ShapeRequest(Isolation.WHOLE, 0, MILLI_PER_GPU, count, models)
+    if raw.memory_bytes == 0:
+        raise _bad("memory is required for a shared slice, e.g. memory='20GiB'")
+    if raw.memory_bytes > MAX_SLICE_MEMORY:
+        raise _bad(f"memory {raw.memory_bytes} bytes is larger than any GPU (limit {format_memory(MAX_SLICE_MEMORY)})")
+    if not 1 <= raw.compute_milli <= MILLI_PER_GPU:
+        raise _bad(
+            f"compute_milli {raw.compute_milli} is outside 1..1000; "
+            "ask for a share such as compute=0.25 (250 milli-GPU)"
+        )
+    return ShapeRequest(Isolation.SHARED, raw.memory_bytes, raw.compute_milli, count, models)
+
+
+def acquire(
+    request: workload_pb2.AcquireRequest,
+    *,
+    local_node: str,
+    known_models: Collection[str],
+    default_ttl: int,
+    ttl_bounds: tuple[int, int],
+) -> AcquireSpec:
+    """An AcquireRequest as an AcquireSpec."""
+    if request.request_id and not _ID_RE.match(request.request_id):
+        raise _bad("request_id must be 16-128 characters of letters, digits, '.', '_' or '-' (use a random uuid)")
+    ttl = default_ttl
+    if request.HasField("ttl"):
+        ttl = request.ttl.seconds
+        low, high = ttl_bounds
+        if not low <= ttl <= high:
+            raise _bad(f"ttl {ttl}s is outside the allowed {low}..{high} seconds")
+    owner = Owner(
+        user=bounded_text("owner.user", request.owner.user),
+        host=bounded_text("owner.host", request.owner.host),
+        pid=request.owner.pid,
+        description=bounded_text("owner.description", request.owner.description),
+    )
+    node = _name("node", request.resources.node) or local_node
+    return AcquireSpec(
+        shape=shape(request.resources, known_models),
+        node=node,
+        ttl_seconds=ttl,
+        project=_name("project", request.project),
+        priority=_name("priority", request.priority),
+        owner=owner,
+        labels=labels(request.labels),
+        request_id=request.request_id,
+    )
+
+
+def lease_ref(lease_id: str, token: str) -> tuple[str, str]:
+    """A lease id and token as sent by a client."""
+    if not _LEASE_ID_RE.match(lease_id):
+        raise _bad(f"lease_id {lease_id[:80]!r} is not a lease id (expected e.g. lease-0123456789ab)")
+    if not token or len(token) > _MAX_TEXT:
+        raise _bad("token is required: pass the lease's VGPU_LEASE value")
+    return lease_id, token
+
+
+def gpu_mode(mode: int) -> GpuMode:
+    """A GpuMode enum value from the wire."""
+    if mode not in _MODES:
+        raise _bad("mode must be shared, mig or exclusive")
+    return _MODES[mode]
+
+
+def node_name(value: str) -> str:
+    """A node name from the wire."""
+    return _name("node", value, required=True)
+
+
+def gpu_uuid(value: str) -> str:
+    """A GPU uuid from the wire."""
+    if not value or len(value) > 128 or not value.isascii():  # noqa: PLR2004 -- NVML uuids are ~40 chars
+        raise _bad(f"gpu_uuid {value[:80]!r} is not a GPU uuid (see vgpuctl gpus)")
+    return value

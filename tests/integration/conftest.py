@@ -1,0 +1,97 @@
+"""Fixtures for tests that drive real vgpud processes (each on its own embedded etcd, ports and dirs)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import pytest
+
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2_grpc
+from vgpu.testing import LocalPool, local_pool
+
+T = TypeVar("T")
+GiB = 1024**3
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll `probe` until it returns something truthy; for state only visible by asking (no event)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+@pytest.fixture
+def daemon() -> Iterator[LocalPool]:
+    """A vgpud with two simulated H100-80GB on its own embedded etcd."""
+    with local_pool("h100-80gb:2") as pool:
+        yield pool
+
+
+@pytest.fixture
+def small_daemon() -> Iterator[LocalPool]:
+    """A vgpud with one simulated H100-80GB and a short lease TTL (expiry tests)."""
+    with local_pool("h100-80gb:1", ttl=3) as pool:
+        yield pool
+
+
+class Admin:
+    """Raw AdminService/WorkloadService stubs against one daemon, for checks below the SDK."""
+
+    def __init__(self, endpoint: str) -> None:
+        self.channel = grpc.insecure_channel(endpoint)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.workload = workload_pb2_grpc.WorkloadServiceStub(self.channel)
+
+    def gpus(self) -> list[types_pb2.Gpu]:
+        return list(self.admin.ListGpus(admin_pb2.ListGpusRequest(), timeout=10).gpus)
+
+    def allocated_memory(self) -> int:
+        return sum(g.allocated.memory_bytes for g in self.gpus())
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+@pytest.fixture
+def admin(daemon: LocalPool) -> Iterator[Admin]:
+    stubs = Admin(daemon.endpoint)
+    yield stubs
+    stubs.close()
+
+
+def vgpuctl(pool: LocalPool, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real vgpuctl console entry against `pool`."""
+    return subprocess.run(
+        [sys.executable, "-m", "vgpuctl", "--endpoint", pool.endpoint, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+@pytest.fixture
+def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One etcd on loopback that several daemons of a test share; yields its endpoint."""
+    from vgpud._private.store.embedded_etcd import EmbeddedEtcd
+
+    etcd = EmbeddedEtcd(tmp_path_factory.mktemp("etcd"))
+    etcd.start()
+    try:
+        yield etcd.endpoint
+    finally:
+        etcd.stop()

@@ -1,0 +1,131 @@
+"""vgpud's command line: flags become config overrides; bad flags exit 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import vgpud._private
+from vgpud._private.cli import main, parse_config
+from vgpud._private.config import ConfigError, DaemonConfig
+
+
+def test_every_flag(tmp_path: Path) -> None:
+    cfg = parse_config(
+        [
+            "--sim=h100-80gb:2,a30-24gb",
+            f"--state-dir={tmp_path / 'state'}",
+            f"--socket={tmp_path / 's.sock'}",
+            "--listen=127.0.0.1:7070",
+            "--etcd=https://e1:2379, e2:2379",
+            "--etcd-ca=/ca.pem",
+            "--etcd-cert=/c.pem",
+            "--etcd-key=/k.pem",
+            "--cluster=lab",
+            "--node-name=node-7",
+            "--metrics-port=9400",
+            "--lease-ttl=60",
+            "--log-format=json",
+            "--log-level=debug",
+        ]
+    )
+    assert (cfg.backend, cfg.sim_spec) == ("sim", "h100-80gb:2,a30-24gb")
+    assert cfg.state_dir == tmp_path / "state"
+    assert cfg.socket_path == tmp_path / "s.sock"
+    assert cfg.tcp_listen == "127.0.0.1:7070"
+    assert cfg.etcd.endpoints == ("https://e1:2379", "e2:2379")
+    assert (cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file) == (
+        Path("/ca.pem"),
+        Path("/c.pem"),
+        Path("/k.pem"),
+    )
+    assert cfg.etcd.cluster == "lab"
+    assert cfg.node_name == "node-7"
+    assert cfg.metrics.port == 9400
+    assert cfg.lease.default_ttl_s == 60
+    assert (cfg.log.format, cfg.log.level) == ("json", "debug")
+
+
+def test_no_flags_is_the_default_config() -> None:
+    cfg = parse_config([])
+    assert cfg.backend == "nvml"
+    assert cfg.etcd.endpoints == ()
+
+
+def test_flags_override_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "vgpud.toml"
+    path.write_text('node_name = "file"\nsim_spec = "a30-24gb"\n[metrics]\nport = 9000\n')
+    cfg = parse_config(["--config", str(path), "--node-name", "flag"])
+    assert (cfg.node_name, cfg.sim_spec, cfg.metrics.port) == ("flag", "a30-24gb", 9000)
+    assert parse_config(["--config", str(path), "--backend", "nvml"]).backend == "nvml"
+
+
+def test_empty_etcd_flag_means_embedded() -> None:
+    assert parse_config(["--etcd", ""]).etcd.endpoints == ()
+
+
+def test_bad_flag_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="unrecognized arguments: --bogus"):
+        parse_config(["--bogus"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--bogus"], "vgpud: error: unrecognized arguments: --bogus (see vgpud --help)"),
+        (["--metrics-port", "http"], "vgpud: error: argument --metrics-port: invalid int value: 'http'"),
+        (["--log-format", "xml"], "vgpud: error: argument --log-format: invalid choice: 'xml'"),
+        (["--sim", "a30-24gb", "--backend", "nvml"], "vgpud: error: argument --backend: not allowed with"),
+        (["--lease-ttl", "1"], "vgpud: error: --lease-ttl: lease.default_ttl_s: 1 is outside"),
+        (["--node-name", "a b"], "vgpud: error: --node-name: node_name: 'a b' is not a valid node name"),
+        (["--sim", "k80:1"], "vgpud: error: --sim: sim_spec: bad sim spec 'k80:1': unknown GPU model 'k80'"),
+        (
+            ["--config", "/nonexistent/vgpud.toml"],
+            "vgpud: error: cannot read config file /nonexistent/vgpud.toml",
+        ),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line(argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(expected)
+    assert captured.err.count("\n") == 1
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("vgpud ")
+
+
+def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--config",
+        "--sim",
+        "--backend",
+        "--etcd-ca",
+        "--lease-ttl",
+        "--metrics-port",
+        "--log-level",
+    ):
+        assert flag in out
+
+
+def test_main_runs_the_daemon_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[DaemonConfig] = []
+
+    def run(config: DaemonConfig) -> int:
+        seen.append(config)
+        return 3
+
+    fake = types.ModuleType("vgpud._private.daemon")
+    fake.run = run  # type: ignore[attr-defined]  # a stand-in for the real daemon module
+    monkeypatch.setitem(sys.modules, "vgpud._private.daemon", fake)
+    monkeypatch.setattr(vgpud._private, "daemon", fake, raising=False)
+    assert main(["--sim", "", "--node-name", "n1"]) == 3
+    assert [(c.node_name, c.backend, c.sim_spec) for c in seen] == [("n1", "sim", "")]

@@ -1,0 +1,62 @@
+"""vgpu: acquire slices of a pooled fleet of NVIDIA GPUs.
+
+    import vgpu
+    with vgpu.acquire(memory="20GiB", compute=0.5) as lease:
+        run(env=lease.env)
+
+Every error raised here derives from `vgpu.VgpuError`; see `vgpu.testing` for a local pool in tests.
+"""
+
+from __future__ import annotations
+
+from vgpu._private.async_lease import AsyncLease
+from vgpu._private.async_pool import AsyncPool
+from vgpu._private.errors import (
+    ConflictError,
+    DaemonUnavailableError,
+    GpuBusyError,
+    InternalError,
+    InvalidRequestError,
+    LeaseEndedError,
+    LeaseLostError,
+    LeaseNotFoundError,
+    LeasePermissionError,
+    NeverFitsError,
+    NoCapacityError,
+    NodeDrainingError,
+    NotSupportedError,
+    QueueTimeoutError,
+    VgpuError,
+)
+from vgpu._private.lease import Lease
+from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, QueueInfo, Slice
+from vgpu._private.pool import Pool, acquire, attach
+
+__all__ = [
+    "AsyncLease",
+    "AsyncPool",
+    "ConflictError",
+    "DaemonUnavailableError",
+    "GpuBusyError",
+    "InternalError",
+    "InvalidRequestError",
+    "Lease",
+    "LeaseEndedError",
+    "LeaseEvent",
+    "LeaseInfo",
+    "LeaseLostError",
+    "LeaseNotFoundError",
+    "LeasePermissionError",
+    "NeverFitsError",
+    "NoCapacityError",
+    "NodeDrainingError",
+    "NotSupportedError",
+    "Owner",
+    "Pool",
+    "QueueInfo",
+    "QueueTimeoutError",
+    "Slice",
+    "VgpuError",
+    "acquire",
+    "attach",
+]

@@ -1,0 +1,173 @@
+"""Turn `acquire(...)` keyword arguments into an AcquireRequest, refusing bad input before any RPC.
+
+Units are read with the shared parser so the SDK, the daemon and vgpuctl agree on "20GiB" and "50%".
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Final
+
+from google.protobuf import duration_pb2
+
+from vgpu._private.errors import InvalidRequestError
+from vgpu._private.units import UnitError, parse_compute, parse_memory
+from vgpu.api.v1 import types_pb2, workload_pb2
+
+DEFAULT_QUEUE_TIMEOUT: Final = 600.0
+"""How long a waiting acquire stays in the queue when the caller gives no timeout."""
+
+_ISOLATION: Final = {
+    "shared": types_pb2.ISOLATION_SHARED,
+    "mig": types_pb2.ISOLATION_MIG,
+    "whole": types_pb2.ISOLATION_WHOLE,
+}
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(f"{name} must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _owner_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for this uid (e.g. some containers)
+        return str(os.getuid())
+
+
+def acquire_timeout(timeout: float | None, *, wait: bool, call_timeout: float) -> float:
+    """The acquire call's deadline in seconds: the queue wait when waiting, else the normal call timeout."""
+    if timeout is None:
+        return DEFAULT_QUEUE_TIMEOUT if wait else call_timeout
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def _share(res: types_pb2.ResourceRequest, memory: str | int | None, compute: float | str | None) -> None:
+    """Memory and compute of a shared slice, read with the shared unit parser."""
+    try:
+        if memory is not None:
+            res.memory_bytes = parse_memory(memory)
+        if compute is not None:
+            res.compute_milli = parse_compute(compute)
+    except UnitError as exc:
+        raise InvalidRequestError(str(exc)) from None
+
+
+def _kind(
+    res: types_pb2.ResourceRequest,
+    *,
+    mig: str | None,
+    isolation: str | None,
+    gpus: int | None,
+    has_share: bool,
+) -> None:
+    """Isolation, MIG profile and whole-GPU count, refusing combinations that contradict each other."""
+    if isolation is not None:
+        if isolation not in _ISOLATION:
+            raise InvalidRequestError(f"isolation must be 'shared', 'mig' or 'whole', got {isolation!r}")
+        res.isolation = _ISOLATION[isolation]
+    if mig is not None:
+        if not isinstance(mig, str) or not mig.strip():
+            raise InvalidRequestError(f"mig must be a MIG profile name such as '3g.40gb', got {mig!r}")
+        if isolation not in (None, "mig"):
+            raise InvalidRequestError(
+                f"mig={mig!r} asks for a MIG slice; it cannot be combined with isolation={isolation!r}"
+            )
+        res.mig_profile = mig.strip()
+        res.isolation = types_pb2.ISOLATION_MIG
+    if gpus is not None:
+        whole = _positive_int("gpus", gpus)
+        if has_share or mig is not None or isolation not in (None, "whole"):
+            raise InvalidRequestError(
+                "gpus= asks for whole GPUs; drop memory/compute/mig/isolation, or ask for slices instead"
+            )
+        if res.count != 1:
+            raise InvalidRequestError("gpus= already says how many whole GPUs; do not pass count= as well")
+        res.isolation = types_pb2.ISOLATION_WHOLE
+        res.count = whole
+
+
+def _models(gpu_model: str | Sequence[str] | None) -> list[str]:
+    if gpu_model is None:
+        return []
+    models = [gpu_model] if isinstance(gpu_model, str) else list(gpu_model)
+    if not models or not all(isinstance(m, str) and m for m in models):
+        raise InvalidRequestError(f"gpu_model must be a model name or a list of them, got {gpu_model!r}")
+    return models
+
+
+def _resources(
+    *,
+    memory: str | int | None,
+    compute: float | str | None,
+    mig: str | None,
+    isolation: str | None,
+    count: int,
+    gpus: int | None,
+    gpu_model: str | Sequence[str] | None,
+    node: str | None,
+) -> types_pb2.ResourceRequest:
+    res = types_pb2.ResourceRequest(count=_positive_int("count", count))
+    _share(res, memory, compute)
+    _kind(res, mig=mig, isolation=isolation, gpus=gpus, has_share=memory is not None or compute is not None)
+    res.gpu_models.extend(_models(gpu_model))
+    if node:
+        res.node = node
+    return res
+
+
+def build_acquire_request(
+    *,
+    memory: str | int | None = None,
+    compute: float | str | None = None,
+    mig: str | None = None,
+    isolation: str | None = None,
+    count: int = 1,
+    gpus: int | None = None,
+    gpu_model: str | Sequence[str] | None = None,
+    node: str | None = None,
+    project: str = "",
+    priority: str = "",
+    wait: bool = True,
+    ttl: float | None = None,
+    labels: Mapping[str, str] | None = None,
+    description: str = "",
+) -> workload_pb2.AcquireRequest:
+    """The AcquireRequest for one acquire call, with a fresh request_id (the idempotency key for retries)."""
+    request = workload_pb2.AcquireRequest(
+        request_id=uuid.uuid4().hex,
+        resources=_resources(
+            memory=memory,
+            compute=compute,
+            mig=mig,
+            isolation=isolation,
+            count=count,
+            gpus=gpus,
+            gpu_model=gpu_model,
+            node=node,
+        ),
+        project=project or "",
+        priority=priority or "",
+        wait=bool(wait),
+        owner=types_pb2.Owner(
+            user=_owner_user(), host=socket.gethostname(), pid=os.getpid(), description=description or ""
+        ),
+    )
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl < 1:
+            raise InvalidRequestError(f"ttl must be a number of seconds >= 1, got {ttl!r}")
+        request.ttl.CopyFrom(duration_pb2.Duration(seconds=int(ttl)))
+    if labels:
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise InvalidRequestError(f"labels must map strings to strings, got {key!r}: {value!r}")
+            request.labels[key] = value
+    return request

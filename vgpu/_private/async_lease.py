@@ -1,0 +1,224 @@
+"""`AsyncLease`: the asyncio twin of `Lease`, kept alive by a heartbeat task on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Final
+
+from vgpu._private import errors
+from vgpu._private.async_client import AsyncClient
+from vgpu._private.errors import (
+    DaemonUnavailableError,
+    LeaseEndedError,
+    LeaseLostError,
+    LeaseNotFoundError,
+    LeasePermissionError,
+    VgpuError,
+)
+from vgpu._private.heartbeat_policy import HeartbeatPolicy
+from vgpu._private.lease_base import LeaseBase, log
+from vgpu._private.lease_records import LeaseEvent
+from vgpu.api.v1 import types_pb2
+
+WATCH_WINDOW: Final = 300.0
+"""Deadline of one WatchLease stream; events() resumes transparently when it passes."""
+_MAX_RESUME_BACKOFF: Final = 2.0
+
+
+class AsyncLease(LeaseBase):
+    """A lease this process holds, for asyncio code: `async with`, release()/refresh(), async events()."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        msg: types_pb2.Lease,
+        token: str,
+        *,
+        release_on_exit: bool = True,
+        on_finish: Callable[[AsyncLease], None] | None = None,
+    ) -> None:
+        super().__init__(msg, token)
+        self._client = client
+        self.release_on_exit = release_on_exit
+        """Whether leaving an `async with` block (or closing its pool) releases the lease."""
+        self._on_finish = on_finish
+        self._stop = asyncio.Event()
+        self._finished = False
+        self._cancellers: set[Callable[[], object]] = set()
+        self._task = asyncio.create_task(self._heartbeat_loop(), name=f"vgpu-heartbeat-{self.id}")
+
+    # -- ending -----------------------------------------------------------------------------------
+    async def release(self) -> None:
+        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
+        if self.released:
+            return
+        await self._stop_following()
+        try:
+            msg = await self._client.release(self.id, self.token)
+        except (LeaseEndedError, LeaseNotFoundError):
+            pass
+        except VgpuError:
+            if not self.lost:
+                raise
+        else:
+            self._apply(msg)
+        if self._mark_released():
+            self._finish()
+
+    async def close(self) -> None:
+        """Stop heartbeating and following the lease without releasing it (it expires after its TTL)."""
+        await self._stop_following()
+        self._finish()
+
+    async def __aenter__(self) -> AsyncLease:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.release_on_exit:
+            await self.close()
+            return
+        if exc is None:
+            await self.release()
+            return
+        try:
+            await self.release()
+        except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
+            log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
+            await self.close()
+
+    async def _stop_following(self) -> None:
+        self._stop.set()
+        self._cancel_watches()
+        if self._task is not asyncio.current_task() and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def _cancel_watches(self) -> None:
+        for cancel in list(self._cancellers):
+            cancel()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self.lost:
+            raise LeaseLostError(f"lease {self.id} is lost: {self.lost_reason}")
+        if self.released:
+            raise LeaseEndedError(f"lease {self.id} was released by this process")
+        if self._stop.is_set():
+            raise VgpuError(f"lease {self.id} was closed in this process", reason=errors.CLIENT_CLOSED)
+
+    async def refresh(self) -> None:
+        """Re-read the lease from the daemon (state, slices, preemption deadline)."""
+        self._check_usable()
+        try:
+            msg = await self._client.get_lease(self.id, self.token)
+        except (LeaseEndedError, LeaseNotFoundError, LeasePermissionError) as error:
+            await self._lose(error.message)
+            raise
+        self._apply(msg)
+        if self._ended:
+            await self._lose(self._ended_reason())
+
+    async def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> AsyncIterator[LeaseEvent]:
+        """Events of this lease, resuming after breaks; ends with the lease's final event.
+
+        Raises LeaseLostError when the lease is lost for another reason than ending.
+        """
+        last = after_sequence
+        backoff = 0.1
+        final_try = False
+        while True:
+            if self.lost:
+                # Lost because it ended (the heartbeat heard first): reopen once to deliver the end event.
+                if not self._ended or final_try:
+                    raise LeaseLostError(f"lease {self.id} is lost: {self.lost_reason}")
+                final_try = True
+            if self.released or (self._stop.is_set() and not final_try):
+                return
+            stream = self._client.watch(self.id, self.token, last, deadline=WATCH_WINDOW, cancellers=self._cancellers)
+            try:
+                async for msg in stream:
+                    backoff = 0.1
+                    last = max(last, msg.sequence)
+                    self._apply_event(msg)
+                    event = LeaseEvent.from_proto(msg)
+                    if keepalives or event.type != "keepalive":
+                        yield event
+            except (LeaseEndedError, LeaseNotFoundError, LeasePermissionError) as error:
+                await self._lose(error.message)
+                raise
+            except VgpuError as error:
+                if error.reason == errors.DAEMON_TIMEOUT:
+                    continue  # the stream's window passed: resume at once
+                if error.reason != errors.CANCELLED and not isinstance(error, DaemonUnavailableError):
+                    raise
+            else:
+                return  # the daemon ended the stream after the lease's final event
+            finally:
+                await stream.aclose()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), backoff)
+            backoff = min(backoff * 2, _MAX_RESUME_BACKOFF)
+
+    # -- heartbeats -------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        policy = HeartbeatPolicy(self.ttl)
+        delay = policy.interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            try:
+                answer = await self._client.heartbeat(
+                    self.id, self.token, deadline=policy.call_timeout(self._client.timeout)
+                )
+            except VgpuError as error:
+                if self._stop.is_set() or error.reason == errors.CLIENT_CLOSED:
+                    return
+                verdict = policy.failed(error)
+                if verdict.lost_reason is not None:
+                    await self._lose(verdict.lost_reason)
+                    return
+                delay = verdict.retry_in
+                continue
+            if self._stop.is_set():
+                return
+            policy.answered(answer.ttl.seconds)
+            self._apply_heartbeat(answer)
+            if self._ended:
+                await self._lose(await self._describe_end())
+                return
+            delay = policy.interval
+
+    async def _describe_end(self) -> str:
+        with contextlib.suppress(VgpuError):  # the heartbeat already said it ended; details are a nicety
+            self._apply(await self._client.get_lease(self.id, self.token))
+        return self._ended_reason()
+
+    async def _lose(self, reason: str) -> None:
+        if not self._mark_lost(reason):
+            return
+        self._stop.set()
+        self._cancel_watches()
+        callback = self.on_lost
+        if callback is None:
+            return
+        try:
+            result = callback(reason)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:  # noqa: BLE001 -- a user callback must not end the heartbeat task
+            log.exception("vgpu lease %s: on_lost callback raised", self.id)

@@ -1,0 +1,144 @@
+"""The SDK's one exception hierarchy: everything raised to users derives from `VgpuError`.
+
+Each class stands for something a caller can act on (wait, fix the request, restart the daemon), so
+`except vgpu.NoCapacityError` reads as the decision it is; `.reason` keeps the daemon's exact constant.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+from vgpu._private import reasons
+
+# Reasons the SDK itself assigns when no daemon answer carried one.
+DAEMON_UNREACHABLE: Final = "DAEMON_UNREACHABLE"
+"""No connection to vgpud could be made or kept."""
+DAEMON_TIMEOUT: Final = "DAEMON_TIMEOUT"
+"""vgpud did not answer before the call's deadline."""
+LEASE_LOST: Final = "LEASE_LOST"
+"""The SDK stopped being able to keep the lease alive (it ended, or the daemon was gone past the TTL)."""
+CLIENT_CLOSED: Final = "CLIENT_CLOSED"
+"""The Pool (or the lease's own client) was closed before or during the call."""
+CANCELLED: Final = "CANCELLED"
+"""The call was cancelled before it finished."""
+
+
+class VgpuError(Exception):
+    """Base of every error the SDK raises: `.reason` (constant), `.code` (gRPC status name or None)."""
+
+    default_reason: ClassVar[str] = reasons.INTERNAL
+
+    def __init__(self, message: str, *, reason: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, reason={self.reason!r}, code={self.code!r})"
+
+
+class InvalidRequestError(VgpuError, ValueError):
+    """The request is malformed (units, fields, unknown GPU model): fix it, retrying will not help."""
+
+    default_reason = reasons.INVALID_REQUEST
+
+
+class NoCapacityError(VgpuError):
+    """Nothing fits right now (fail-fast acquire); the message says what would fit."""
+
+    default_reason = reasons.NO_CAPACITY
+
+
+class NeverFitsError(VgpuError):
+    """No GPU of the pool could hold the request even when empty: waiting will not help."""
+
+    default_reason = reasons.NEVER_FITS
+
+
+class QueueTimeoutError(VgpuError, TimeoutError):
+    """The request waited until its timeout without being granted."""
+
+    default_reason = reasons.QUEUE_TIMEOUT
+
+
+class LeaseNotFoundError(VgpuError):
+    """The daemon knows no lease with this id (never existed, or its history was dropped)."""
+
+    default_reason = reasons.LEASE_NOT_FOUND
+
+
+class LeasePermissionError(VgpuError):
+    """The token does not belong to this lease."""
+
+    default_reason = reasons.LEASE_TOKEN_MISMATCH
+
+
+class LeaseEndedError(VgpuError):
+    """The lease was released, revoked or expired; it cannot be used any more."""
+
+    default_reason = reasons.LEASE_ENDED
+
+
+class LeaseLostError(VgpuError):
+    """The SDK marked this lease lost (ended under us, or the daemon was unreachable past its TTL)."""
+
+    default_reason = LEASE_LOST
+
+
+class NodeDrainingError(VgpuError):
+    """The node takes no new work; ask another node or wait until it is undrained."""
+
+    default_reason = reasons.NODE_DRAINING
+
+
+class GpuBusyError(VgpuError):
+    """The GPU has leases on it, so the operation (e.g. a mode change) must wait."""
+
+    default_reason = reasons.GPU_BUSY
+
+
+class NotSupportedError(VgpuError):
+    """The request needs a capability this daemon does not have yet."""
+
+    default_reason = reasons.NOT_IMPLEMENTED
+
+
+class DaemonUnavailableError(VgpuError):
+    """vgpud cannot be reached, is shutting down or cannot reach etcd: retry later or check the daemon."""
+
+    default_reason = DAEMON_UNREACHABLE
+
+
+class ConflictError(VgpuError):
+    """Concurrent writers kept winning the race for the same capacity; retrying may succeed."""
+
+    default_reason = reasons.CONFLICT
+
+
+class InternalError(VgpuError):
+    """A bug in vgpud or the SDK; the message says what failed."""
+
+    default_reason = reasons.INTERNAL
+
+
+ERROR_CLASSES: Final[tuple[type[VgpuError], ...]] = (
+    VgpuError,
+    InvalidRequestError,
+    NoCapacityError,
+    NeverFitsError,
+    QueueTimeoutError,
+    LeaseNotFoundError,
+    LeasePermissionError,
+    LeaseEndedError,
+    LeaseLostError,
+    NodeDrainingError,
+    GpuBusyError,
+    NotSupportedError,
+    DaemonUnavailableError,
+    ConflictError,
+    InternalError,
+)

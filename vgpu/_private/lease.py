@@ -1,0 +1,222 @@
+"""`Lease`: a granted lease held by this process, kept alive by a heartbeat thread.
+
+The thread lives exactly as long as the lease is held: release(), close() or loss stop it. Leaving a
+`with` block releases the lease (or only stops following it, for an attached lease).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+from typing import Final
+
+from vgpu._private import errors
+from vgpu._private.errors import (
+    DaemonUnavailableError,
+    LeaseEndedError,
+    LeaseLostError,
+    LeaseNotFoundError,
+    LeasePermissionError,
+    VgpuError,
+)
+from vgpu._private.heartbeat_policy import HeartbeatPolicy
+from vgpu._private.lease_base import LeaseBase, log
+from vgpu._private.lease_records import LeaseEvent
+from vgpu._private.sync_client import SyncClient
+from vgpu.api.v1 import types_pb2
+
+WATCH_WINDOW: Final = 300.0
+"""Deadline of one WatchLease stream; events() resumes transparently when it passes."""
+_MAX_RESUME_BACKOFF: Final = 2.0
+
+
+class Lease(LeaseBase):
+    """A lease this process holds: fields, release/refresh/events, and a heartbeat thread."""
+
+    def __init__(
+        self,
+        client: SyncClient,
+        msg: types_pb2.Lease,
+        token: str,
+        *,
+        release_on_exit: bool = True,
+        owns_client: bool = False,
+        on_finish: Callable[[Lease], None] | None = None,
+    ) -> None:
+        super().__init__(msg, token)
+        self._client = client
+        self.release_on_exit = release_on_exit
+        """Whether leaving a `with` block (or closing its Pool) releases the lease or only lets it go."""
+        self._owns_client = owns_client
+        self._on_finish = on_finish
+        self._stop = threading.Event()
+        self._finished = False
+        self._cancellers: set[Callable[[], object]] = set()
+        self._thread = threading.Thread(target=self._heartbeat_loop, name=f"vgpu-heartbeat-{self.id}", daemon=True)
+        self._thread.start()
+
+    # -- ending -----------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
+        if self.released:
+            return
+        self._stop_following()
+        try:
+            msg = self._client.release(self.id, self.token)
+        except (LeaseEndedError, LeaseNotFoundError):
+            pass
+        except VgpuError:
+            if not self.lost:
+                raise
+        else:
+            self._apply(msg)
+        if self._mark_released():
+            self._finish()
+
+    def close(self) -> None:
+        """Stop heartbeating and following the lease without releasing it (it expires after its TTL)."""
+        self._stop_following()
+        self._finish()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if not self.release_on_exit:
+            self.close()
+            return
+        if exc is None:
+            self.release()
+            return
+        try:
+            self.release()
+        except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
+            log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
+            self.close()
+
+    def _stop_following(self) -> None:
+        self._stop.set()
+        for cancel in list(self._cancellers):
+            cancel()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=self._client.timeout + 1)
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        if self._owns_client:
+            self._client.close()
+        if self._on_finish is not None:
+            self._on_finish(self)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self.lost:
+            raise LeaseLostError(f"lease {self.id} is lost: {self.lost_reason}")
+        if self.released:
+            raise LeaseEndedError(f"lease {self.id} was released by this process")
+        if self._stop.is_set():
+            raise VgpuError(f"lease {self.id} was closed in this process", reason=errors.CLIENT_CLOSED)
+
+    def refresh(self) -> None:
+        """Re-read the lease from the daemon (state, slices, preemption deadline)."""
+        self._check_usable()
+        try:
+            msg = self._client.get_lease(self.id, self.token)
+        except (LeaseEndedError, LeaseNotFoundError, LeasePermissionError) as error:
+            self._lose(error.message)
+            raise
+        self._apply(msg)
+        if self._ended:
+            self._lose(self._ended_reason())
+
+    def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> Iterator[LeaseEvent]:
+        """Events of this lease (state changes, preemption notices), resuming after breaks.
+
+        Ends after the lease's final event or when this process releases/closes it; raises
+        LeaseLostError once the lease is marked lost for another reason than ending (e.g. an unreachable
+        daemon). When the heartbeat learns of the end first, the stream is reopened to deliver the end.
+        """
+        last = after_sequence
+        backoff = 0.1
+        final_try = False
+        while True:
+            if self.lost:
+                # Lost because it ended (the heartbeat heard first): reopen once to deliver the end event.
+                if not self._ended or final_try:
+                    raise LeaseLostError(f"lease {self.id} is lost: {self.lost_reason}")
+                final_try = True
+            if self.released or (self._stop.is_set() and not final_try):
+                return
+            stream = self._client.watch(self.id, self.token, last, timeout=WATCH_WINDOW, cancellers=self._cancellers)
+            try:
+                for msg in stream:
+                    backoff = 0.1
+                    last = max(last, msg.sequence)
+                    self._apply_event(msg)
+                    event = LeaseEvent.from_proto(msg)
+                    if keepalives or event.type != "keepalive":
+                        yield event
+            except (LeaseEndedError, LeaseNotFoundError, LeasePermissionError) as error:
+                self._lose(error.message)
+                raise
+            except VgpuError as error:
+                if error.reason == errors.DAEMON_TIMEOUT:
+                    continue  # the stream's window passed: resume at once
+                if error.reason != errors.CANCELLED and not isinstance(error, DaemonUnavailableError):
+                    raise
+            else:
+                return  # the daemon ended the stream after the lease's final event
+            finally:
+                stream.close()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, _MAX_RESUME_BACKOFF)
+
+    # -- heartbeats -------------------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        policy = HeartbeatPolicy(self.ttl)
+        delay = policy.interval
+        while not self._stop.wait(delay):
+            try:
+                answer = self._client.heartbeat(self.id, self.token, timeout=policy.call_timeout(self._client.timeout))
+            except VgpuError as error:
+                if self._stop.is_set() or error.reason == errors.CLIENT_CLOSED:
+                    return
+                verdict = policy.failed(error)
+                if verdict.lost_reason is not None:
+                    self._lose(verdict.lost_reason)
+                    return
+                delay = verdict.retry_in
+                continue
+            if self._stop.is_set():
+                return
+            policy.answered(answer.ttl.seconds)
+            self._apply_heartbeat(answer)
+            if self._ended:
+                self._lose(self._describe_end())
+                return
+            delay = policy.interval
+
+    def _describe_end(self) -> str:
+        with contextlib.suppress(VgpuError):  # the heartbeat already said it ended; details are a nicety
+            self._apply(self._client.get_lease(self.id, self.token))
+        return self._ended_reason()
+
+    def _lose(self, reason: str) -> None:
+        if not self._mark_lost(reason):
+            return
+        self._stop.set()
+        for cancel in list(self._cancellers):
+            cancel()
+        callback = self.on_lost
+        if callback is not None:
+            try:
+                callback(reason)
+            except Exception:  # noqa: BLE001 -- a user callback must not end the heartbeat thread
+                log.exception("vgpu lease %s: on_lost callback raised", self.id)

@@ -1,0 +1,197 @@
+"""Plain, frozen Python views of the API messages the SDK hands to users (no protobuf in the public API).
+
+Enum values become lower-case words ("granted", "shared", "preempt") so user code compares strings,
+not generated constants.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from google.protobuf import timestamp_pb2
+
+from vgpu.api.v1 import types_pb2, workload_pb2
+
+ENDED_STATES = frozenset({"released", "revoked", "expired"})
+"""Lease states after which nothing comes back."""
+
+
+def _word(full_name: str, prefix: str) -> str:
+    """'LEASE_STATE_GRANTED' -> 'granted'; 'unspecified' for the zero value."""
+    return full_name.removeprefix(prefix).lower()
+
+
+def lease_state_name(value: int) -> str:
+    """A LeaseState enum value as a word such as 'granted'."""
+    try:
+        return _word(types_pb2.LeaseState.Name(value), "LEASE_STATE_")  # type: ignore[arg-type]  # ints come off the wire
+    except ValueError:
+        return f"unknown({value})"
+
+
+def isolation_name(value: int) -> str:
+    """An Isolation enum value as 'shared', 'mig' or 'whole'."""
+    try:
+        return _word(types_pb2.Isolation.Name(value), "ISOLATION_")  # type: ignore[arg-type]  # ints come off the wire
+    except ValueError:
+        return f"unknown({value})"
+
+
+def event_type_name(value: int) -> str:
+    """A LeaseEventType enum value as a word such as 'preempt' or 'keepalive'."""
+    try:
+        return _word(workload_pb2.LeaseEventType.Name(value), "LEASE_EVENT_TYPE_")  # type: ignore[arg-type]  # ints come off the wire
+    except ValueError:
+        return f"unknown({value})"
+
+
+def timestamp_or_none(ts: timestamp_pb2.Timestamp, *, present: bool = True) -> dt.datetime | None:
+    """A UTC datetime, or None for an unset (zero) timestamp."""
+    if not present or (ts.seconds == 0 and ts.nanos == 0):
+        return None
+    return ts.ToDatetime(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """One granted piece of one GPU."""
+
+    node: str
+    gpu_uuid: str
+    gpu_index: int
+    gpu_model: str
+    isolation: str
+    memory_bytes: int
+    compute_milli: int
+    mig_profile: str = ""
+    mig_uuid: str = ""
+
+    @classmethod
+    def from_proto(cls, msg: types_pb2.Slice) -> Slice:
+        """Build from the API message."""
+        return cls(
+            node=msg.node,
+            gpu_uuid=msg.gpu_uuid,
+            gpu_index=msg.gpu_index,
+            gpu_model=msg.gpu_model,
+            isolation=isolation_name(msg.isolation),
+            memory_bytes=msg.memory_bytes,
+            compute_milli=msg.compute_milli,
+            mig_profile=msg.mig_profile,
+            mig_uuid=msg.mig_uuid,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Who holds a lease (informational)."""
+
+    user: str
+    host: str
+    pid: int
+    description: str
+
+    @classmethod
+    def from_proto(cls, msg: types_pb2.Owner) -> Owner:
+        """Build from the API message."""
+        return cls(user=msg.user, host=msg.host, pid=msg.pid, description=msg.description)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    """Where a waiting acquire stands, as the daemon last reported it."""
+
+    position: int
+    queue_length: int
+    estimated_wait_s: float | None
+    reason: str
+
+    @classmethod
+    def from_proto(cls, msg: types_pb2.QueueStatus) -> QueueInfo:
+        """Build from the API message."""
+        wait = msg.estimated_wait.ToTimedelta().total_seconds() if msg.HasField("estimated_wait") else None
+        return cls(position=msg.position, queue_length=msg.queue_length, estimated_wait_s=wait, reason=msg.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """A read-only snapshot of a lease (from `Pool.leases()` / `Pool.get_lease()`); holds no token."""
+
+    id: str
+    state: str
+    project: str
+    priority: str
+    owner: Owner
+    slices: tuple[Slice, ...]
+    node: str
+    ttl: int
+    created_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    end_reason: str
+    end_message: str
+    preempt_deadline: dt.datetime | None
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    env: dict[str, str] = field(default_factory=dict, hash=False)
+
+    @property
+    def ended(self) -> bool:
+        """True once released, revoked or expired."""
+        return self.state in ENDED_STATES
+
+    @classmethod
+    def from_proto(cls, msg: types_pb2.Lease) -> LeaseInfo:
+        """Build from the API message."""
+        return cls(
+            id=msg.id,
+            state=lease_state_name(msg.state),
+            project=msg.project,
+            priority=msg.priority,
+            owner=Owner.from_proto(msg.owner),
+            slices=tuple(Slice.from_proto(s) for s in msg.slices),
+            node=msg.node,
+            ttl=msg.ttl.seconds,
+            created_at=timestamp_or_none(msg.created_at, present=msg.HasField("created_at")),
+            ended_at=timestamp_or_none(msg.ended_at, present=msg.HasField("ended_at")),
+            end_reason=msg.end_reason,
+            end_message=msg.end_message,
+            preempt_deadline=timestamp_or_none(msg.preempt_deadline, present=msg.HasField("preempt_deadline")),
+            labels=dict(msg.labels),
+            env=dict(msg.env),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseEvent:
+    """One event of a lease's WatchLease stream; `sequence` is what to resume after."""
+
+    sequence: int
+    type: str
+    state: str
+    time: dt.datetime | None
+    preempt_deadline: dt.datetime | None = None
+    reason: str = ""
+    slices: tuple[Slice, ...] = ()
+
+    @classmethod
+    def from_proto(cls, msg: workload_pb2.WatchLeaseResponse) -> LeaseEvent:
+        """Build from the API message; `reason` is the preemption reason or the lease's end reason."""
+        deadline: dt.datetime | None = None
+        reason = msg.lease.end_reason
+        slices = tuple(Slice.from_proto(s) for s in msg.lease.slices)
+        if msg.HasField("preempt"):
+            deadline = timestamp_or_none(msg.preempt.deadline, present=msg.preempt.HasField("deadline"))
+            reason = msg.preempt.reason or reason
+        elif msg.lease.HasField("preempt_deadline"):
+            deadline = timestamp_or_none(msg.lease.preempt_deadline)
+        if msg.HasField("resize"):
+            slices = tuple(Slice.from_proto(s) for s in msg.resize.slices)
+        return cls(
+            sequence=msg.sequence,
+            type=event_type_name(msg.type),
+            state=lease_state_name(msg.lease.state),
+            time=timestamp_or_none(msg.time, present=msg.HasField("time")),
+            preempt_deadline=deadline,
+            reason=reason,
+            slices=slices,
+        )

@@ -1,0 +1,222 @@
+"""`Pool` (the explicit sync client), the one-line `acquire()` and `attach()`.
+
+A Pool owns one channel and the heartbeats of the leases acquired through it: closing the Pool releases
+them, so `with vgpu.Pool() as pool:` leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+
+from vgpu._private.acquire_request import acquire_timeout, build_acquire_request
+from vgpu._private.acquire_retry import AcquireAttempts
+from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
+from vgpu._private.lease import Lease
+from vgpu._private.lease_base import log
+from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
+from vgpu._private.sync_client import SyncClient
+
+LEASE_ENV = "VGPU_LEASE"
+
+
+class Pool:
+    """A connection to vgpud: acquire leases, list and read them. Thread-safe; a context manager."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0) -> None:
+        """`endpoint`: argument, else $VGPU_ENDPOINT, else the default socket; `timeout`: per call."""
+        self._client = SyncClient(endpoint, timeout)
+        self._leases: set[Lease] = set()
+        self._lock = threading.Lock()
+        self._leases_own_client = False
+
+    @classmethod
+    def _single_use(cls, endpoint: str | None, timeout: float = 10.0) -> Pool:
+        """A pool for one lease (module-level acquire/attach): the lease closes the channel when done."""
+        pool = cls(endpoint, timeout)
+        pool._leases_own_client = True
+        return pool
+
+    @property
+    def endpoint(self) -> str:
+        """The gRPC target this pool dials."""
+        return self._client.endpoint
+
+    @property
+    def timeout(self) -> float:
+        """Deadline in seconds of each ordinary call."""
+        return self._client.timeout
+
+    def acquire(
+        self,
+        memory: str | int | None = None,
+        compute: float | str | None = None,
+        *,
+        mig: str | None = None,
+        isolation: str | None = None,
+        count: int = 1,
+        gpus: int | None = None,
+        gpu_model: str | Sequence[str] | None = None,
+        node: str | None = None,
+        project: str = "",
+        priority: str = "",
+        wait: bool = True,
+        timeout: float | None = None,
+        ttl: float | None = None,
+        labels: Mapping[str, str] | None = None,
+        description: str = "",
+        on_queued: Callable[[QueueInfo], object] | None = None,
+    ) -> Lease:
+        """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False."""
+        request = build_acquire_request(
+            memory=memory,
+            compute=compute,
+            mig=mig,
+            isolation=isolation,
+            count=count,
+            gpus=gpus,
+            gpu_model=gpu_model,
+            node=node,
+            project=project,
+            priority=priority,
+            wait=wait,
+            ttl=ttl,
+            labels=labels,
+            description=description,
+        )
+        deadline = acquire_timeout(timeout, wait=wait, call_timeout=self._client.timeout)
+        attempts = AcquireAttempts(timeout=deadline, wait=wait, endpoint=self._client.endpoint)
+        msg = self._client.acquire(request, attempts, on_queued)
+        return self._track(
+            Lease(self._client, msg, msg.token, owns_client=self._leases_own_client, on_finish=self._untrack)
+        )
+
+    def attach(self, token: str, *, release: bool = False) -> Lease:
+        """Take over following a lease by its token ('<lease_id>.<secret>'), e.g. in a child process."""
+        lease_id, _, secret = token.partition(".")
+        if not lease_id or not secret:
+            raise InvalidRequestError("a lease token looks like '<lease_id>.<secret>' (the VGPU_LEASE value)")
+        msg = self._client.get_lease(lease_id, token)
+        if lease_state_name(msg.state) in ENDED_STATES:
+            detail = msg.end_message or msg.end_reason
+            raise LeaseEndedError(f"lease {lease_id} already ended ({lease_state_name(msg.state)}): {detail}")
+        lease = Lease(
+            self._client,
+            msg,
+            token,
+            release_on_exit=release,
+            owns_client=self._leases_own_client,
+            on_finish=self._untrack,
+        )
+        return self._track(lease)
+
+    def leases(self, owner_user: str | None = None, project: str | None = None) -> list[LeaseInfo]:
+        """Live leases of the pool, of one owner user / project when given (all users by default)."""
+        return [LeaseInfo.from_proto(m) for m in self._client.list_leases(owner_user or "", project or "")]
+
+    def get_lease(self, lease_id: str, token: str) -> LeaseInfo:
+        """A snapshot of one lease (its token proves you may read it)."""
+        return LeaseInfo.from_proto(self._client.get_lease(lease_id, token))
+
+    def close(self) -> None:
+        """Release the leases acquired through this pool (attached ones are only let go), then disconnect."""
+        with self._lock:
+            held = list(self._leases)
+        for lease in held:
+            if not lease.release_on_exit:
+                lease.close()
+                continue
+            try:
+                lease.release()
+            except VgpuError as error:
+                log.warning("vgpu: could not release lease %s while closing the pool: %s", lease.id, error)
+                lease.close()
+        self._client.close()
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Pool {self.endpoint}>"
+
+    def _track(self, lease: Lease) -> Lease:
+        with self._lock:
+            self._leases.add(lease)
+        return lease
+
+    def _untrack(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases.discard(lease)
+
+
+def acquire(
+    memory: str | int | None = None,
+    compute: float | str | None = None,
+    *,
+    endpoint: str | None = None,
+    mig: str | None = None,
+    isolation: str | None = None,
+    count: int = 1,
+    gpus: int | None = None,
+    gpu_model: str | Sequence[str] | None = None,
+    node: str | None = None,
+    project: str = "",
+    priority: str = "",
+    wait: bool = True,
+    timeout: float | None = None,
+    ttl: float | None = None,
+    labels: Mapping[str, str] | None = None,
+    description: str = "",
+    on_queued: Callable[[QueueInfo], object] | None = None,
+) -> Lease:
+    """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`)."""
+    pool = Pool._single_use(endpoint)
+    try:
+        return pool.acquire(
+            memory,
+            compute,
+            mig=mig,
+            isolation=isolation,
+            count=count,
+            gpus=gpus,
+            gpu_model=gpu_model,
+            node=node,
+            project=project,
+            priority=priority,
+            wait=wait,
+            timeout=timeout,
+            ttl=ttl,
+            labels=labels,
+            description=description,
+            on_queued=on_queued,
+        )
+    except BaseException:
+        pool.close()
+        raise
+
+
+def attach(
+    *, endpoint: str | None = None, token: str | None = None, release: bool = False, timeout: float = 10.0
+) -> Lease:
+    """Pick up the lease this process was started with (VGPU_LEASE, VGPU_ENDPOINT) and heartbeat it.
+
+    Leaving a `with` block only stops following the lease unless release=True; the parent stays in charge.
+    """
+    value = token or os.environ.get(LEASE_ENV, "")
+    if not value:
+        raise InvalidRequestError(
+            f"{LEASE_ENV} is not set: attach() runs in a process started with a lease's env (lease.env)"
+        )
+    pool = Pool._single_use(endpoint, timeout)
+    try:
+        return pool.attach(value, release=release)
+    except BaseException:
+        pool.close()
+        raise
