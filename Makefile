@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu lint proto proto-check bench clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu" -p no:cacheprovider -q tests; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# The long fault-injection run (make test runs a short one): 3 daemons, a 3-member etcd, kill -9 faults.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run --daemons 3 --seconds 120
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -m gpu -q tests
@@ -47,6 +51,9 @@ lint: $(STAMP) proto-check
 
 bench: $(STAMP)
 	$(BIN)/python bench/acquire.py
+
+bench-cluster: $(STAMP)
+	$(BIN)/python bench/cluster.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

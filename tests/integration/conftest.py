@@ -12,6 +12,7 @@ from typing import TypeVar
 import grpc
 import pytest
 
+from tests.etcd_cluster import EtcdCluster
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2_grpc
 from vgpu.testing import LocalPool, local_pool
 
@@ -95,3 +96,18 @@ def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield etcd.endpoint
     finally:
         etcd.stop()
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A fresh 3-member etcd cluster on loopback (plain http); tests may kill, stop and restart members.
+
+    Function-scoped because tests disturb it; a plain fixture so members are spawned on the main thread,
+    which their parent-death signal is tied to.
+    """
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd-cluster"), size=3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()

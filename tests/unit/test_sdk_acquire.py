@@ -45,6 +45,9 @@ def daemon() -> Iterator[tuple[FakeWorkload, vgpu.Pool]]:
         ({"memory": "1GiB", "compute": 0.5, "isolation": "half"}, "isolation must be"),
         ({"memory": "1GiB", "compute": 0.5, "timeout": -3}, "timeout must be"),
         ({"memory": "1GiB", "compute": 0.5, "ttl": 0}, "ttl must be"),
+        ({"memory": "1GiB", "compute": 0.5, "node": 7}, "node must be a node name"),
+        ({"memory": "1GiB", "compute": 0.5, "node": "  "}, "node must be a node name"),
+        ({"memory": "1GiB", "compute": 0.5, "gang": "yes"}, "gang must be True or False"),
     ],
 )
 def test_bad_arguments_raise_before_any_rpc(
@@ -279,3 +282,32 @@ def test_module_level_acquire_closes_its_channel_on_release() -> None:
         assert len(servicer.calls_of("Release")) == 1
         with pytest.raises(vgpu.LeaseEndedError):
             lease.refresh()
+
+
+def test_node_defaults_to_the_asked_daemons_node(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    pool.acquire(memory="1GiB", compute=0.1).release()
+    (call,) = servicer.calls_of("Acquire")
+    resources = call.request.resources
+    assert (resources.node, resources.any_node, resources.gang) == ("", False, False)
+
+
+def test_node_none_asks_for_any_node_and_gang_is_sent(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[granted()], [granted()], [granted()]]
+    pool.acquire(memory="1GiB", compute=0.1, count=4, node=None, gang=True).release()
+    pool.acquire(memory="1GiB", compute=0.1, node=None).release()
+    pool.acquire(memory="1GiB", compute=0.1, count=2, node=" node-7 ", gang=True).release()
+    spanning, anywhere, named = (c.request.resources for c in servicer.calls_of("Acquire"))
+    assert (spanning.node, spanning.any_node, spanning.gang, spanning.count) == ("", True, True, 4)
+    assert (anywhere.node, anywhere.any_node, anywhere.gang) == ("", True, False)
+    assert (named.node, named.any_node, named.gang, named.count) == ("node-7", False, True, 2)
+
+
+def test_module_level_acquire_passes_node_and_gang() -> None:
+    with fake_daemon() as (servicer, endpoint, _):
+        vgpu.acquire(memory="1GiB", compute=0.1, count=2, node=None, gang=True, endpoint=endpoint).release()
+        vgpu.acquire(memory="1GiB", compute=0.1, node="node-3", endpoint=endpoint).release()
+        spanning, named = (c.request.resources for c in servicer.calls_of("Acquire"))
+    assert (spanning.any_node, spanning.gang, spanning.node) == (True, True, "")
+    assert (named.any_node, named.gang, named.node) == (False, False, "node-3")

@@ -19,6 +19,7 @@ from tests.unit.test_sdk_support import (
     event,
     fake_daemon,
     granted,
+    make_gang_lease,
     make_lease,
     queued,
     short_tmp_dir,
@@ -237,3 +238,19 @@ async def test_attach_and_list(daemon: tuple[FakeWorkload, str]) -> None:
         (info,) = await pool.leases()
         assert info.id == LEASE_ID
     assert servicer.calls_of("Release") == []
+
+
+async def test_acquire_across_nodes_sends_any_node_and_gang(daemon: tuple[FakeWorkload, str]) -> None:
+    servicer, endpoint = daemon
+    servicer.acquire_scripts = [[workload_pb2.AcquireResponse(lease=make_gang_lease())], [granted()]]
+    async with vgpu.AsyncPool(endpoint, timeout=5.0) as pool:
+        async with await pool.acquire(memory="20GiB", compute=0.5, count=3, node=None, gang=True) as lease:
+            assert lease.nodes == ("node-1", "node-2")
+            assert lease.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb,GPU-cccc"
+            assert lease.environment() == lease.env
+            with pytest.raises(vgpu.InvalidRequestError, match="node-1, node-2"):
+                lease.environment("elsewhere")
+        await (await pool.acquire(memory="1GiB", compute=0.1)).release()
+    spanning, local = (c.request.resources for c in servicer.calls_of("Acquire"))
+    assert (spanning.any_node, spanning.gang, spanning.node) == (True, True, "")
+    assert (local.any_node, local.gang, local.node) == (False, False, "")

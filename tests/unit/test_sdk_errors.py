@@ -23,6 +23,8 @@ BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (reasons.LEASE_ENDED, grpc.StatusCode.FAILED_PRECONDITION, vgpu.LeaseEndedError),
     (reasons.GPU_BUSY, grpc.StatusCode.FAILED_PRECONDITION, vgpu.GpuBusyError),
     (reasons.NODE_DRAINING, grpc.StatusCode.FAILED_PRECONDITION, vgpu.NodeDrainingError),
+    (reasons.NODE_DOWN, grpc.StatusCode.FAILED_PRECONDITION, vgpu.NodeDrainingError),
+    (reasons.NO_LEADER, grpc.StatusCode.UNAVAILABLE, vgpu.DaemonUnavailableError),
     (reasons.NOT_IMPLEMENTED, grpc.StatusCode.UNIMPLEMENTED, vgpu.NotSupportedError),
     (reasons.CONFLICT, grpc.StatusCode.ABORTED, vgpu.ConflictError),
     (reasons.STORE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, vgpu.DaemonUnavailableError),

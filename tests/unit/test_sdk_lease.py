@@ -19,6 +19,7 @@ from tests.unit.test_sdk_support import (
     event,
     fake_daemon,
     granted,
+    make_gang_lease,
     make_lease,
 )
 from vgpu._private import reasons
@@ -352,3 +353,102 @@ def test_leases_and_get_lease_return_snapshots(daemon: tuple[FakeWorkload, vgpu.
     call = servicer.calls_of("ListLeases")[0]
     assert (call.request.owner_user, call.request.project) == ("alice", "team-a")
     assert pool.get_lease(LEASE_ID, TOKEN).slices[0].gpu_uuid == "GPU-aaaa"
+
+
+# --- leases across nodes -----------------------------------------------------------------------------
+
+
+def test_a_lease_across_nodes_lists_its_nodes_and_each_environment(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[workload_pb2.AcquireResponse(lease=make_gang_lease())]]
+    with pool.acquire(memory="20GiB", compute=0.5, count=3, node=None, gang=True) as lease:
+        assert [(s.node, s.gpu_uuid) for s in lease.slices] == [
+            ("node-1", "GPU-aaaa"),
+            ("node-2", "GPU-bbbb"),
+            ("node-2", "GPU-cccc"),
+        ]
+        assert lease.nodes == ("node-1", "node-2")
+        assert lease.environment() == lease.env
+        assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"  # the answering daemon's node, as before
+        remote = lease.environment("node-2")
+        assert remote["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb,GPU-cccc"
+        assert remote["VGPU_ENDPOINT"] == "unix:///node-2"
+        assert remote["VGPU_LEASE"] == TOKEN
+        assert lease.environment("node-1")["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
+        remote["CUDA_VISIBLE_DEVICES"] = "changed"
+        assert lease.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb,GPU-cccc"  # a copy
+
+
+def test_environment_of_a_node_the_lease_does_not_span_is_refused(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[workload_pb2.AcquireResponse(lease=make_gang_lease())]]
+    with pool.acquire(memory="20GiB", compute=0.5, count=3, node=None, gang=True) as lease:
+        with pytest.raises(vgpu.InvalidRequestError, match=r"no environment for node 'node-9'.*node-1, node-2") as info:
+            lease.environment("node-9")
+        assert isinstance(info.value, vgpu.VgpuError)
+        assert info.value.reason == reasons.INVALID_REQUEST
+        with pytest.raises(vgpu.InvalidRequestError, match="no environment for node ''"):
+            lease.environment("")
+
+
+def test_a_lease_without_slices_spans_no_node(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    empty = make_lease()
+    del empty.slices[:]
+    empty.env["CUDA_VISIBLE_DEVICES"] = ""
+    servicer.acquire_scripts = [[workload_pb2.AcquireResponse(lease=empty)]]
+    with pool.acquire(memory="1GiB", compute=0.1) as lease:
+        assert lease.nodes == ()
+        assert lease.environment() == lease.env
+        with pytest.raises(vgpu.InvalidRequestError, match="on these nodes: none yet"):
+            lease.environment("node-1")
+
+
+def test_a_node_without_an_environment_from_the_daemon_says_so(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    _, pool = daemon
+    with pool.acquire(memory="1GiB", compute=0.1) as lease:  # make_lease sends no node_environments
+        assert lease.nodes == ("node-1",)
+        with pytest.raises(vgpu.InvalidRequestError, match="has slices on node 'node-1' but the daemon sent no"):
+            lease.environment("node-1")
+
+
+def test_node_environments_follow_refresh_and_survive_the_end(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[workload_pb2.AcquireResponse(lease=make_gang_lease())]]
+    lease = pool.acquire(memory="20GiB", compute=0.5, count=3, node=None, gang=True)
+    moved = make_gang_lease(token="")
+    moved.node_environments[1].env["CUDA_VISIBLE_DEVICES"] = "GPU-dddd,GPU-cccc"
+    servicer.lease = moved
+    lease.refresh()
+    assert lease.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-dddd,GPU-cccc"
+    assert lease.environment("node-2")["VGPU_LEASE"] == TOKEN  # the SDK adds the token it holds
+    ended = make_gang_lease(token="", state=types_pb2.LEASE_STATE_RELEASED, end_reason=reasons.END_RELEASED)
+    del ended.node_environments[:]
+    servicer.unary_scripts["Release"] = [workload_pb2.ReleaseResponse(lease=ended)]
+    lease.release()
+    assert lease.state == "released"
+    assert lease.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-dddd,GPU-cccc"
+
+
+def test_attached_lease_environments_carry_the_token(
+    daemon: tuple[FakeWorkload, vgpu.Pool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    servicer, pool = daemon
+    servicer.lease = make_gang_lease()  # GetLease strips the token, as vgpud does
+    monkeypatch.setenv("VGPU_LEASE", TOKEN)
+    with vgpu.attach(endpoint=pool.endpoint) as lease:
+        assert lease.nodes == ("node-1", "node-2")
+        assert lease.environment("node-2")["VGPU_LEASE"] == TOKEN
+        assert lease.environment("node-1")["VGPU_LEASE"] == TOKEN
+
+
+def test_snapshots_show_nodes_and_environments_without_a_token(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.lease = make_gang_lease()
+    info = pool.get_lease(LEASE_ID, TOKEN)
+    assert info.nodes == ("node-1", "node-2")
+    assert info.environment() == info.env
+    assert info.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb,GPU-cccc"
+    assert all("VGPU_LEASE" not in env for env in info.node_environments.values())
+    with pytest.raises(vgpu.InvalidRequestError, match="node-3"):
+        info.environment("node-3")

@@ -103,6 +103,37 @@ def make_lease(
     return lease
 
 
+NODE_GPUS = {"node-1": ("GPU-aaaa",), "node-2": ("GPU-bbbb", "GPU-cccc")}
+"""Where make_gang_lease puts its slices: one on node-1 (the answering daemon's node), two on node-2."""
+
+
+def make_gang_lease(**kwargs: Any) -> types_pb2.Lease:
+    """make_lease spread over two nodes as a gang across nodes is: slices and one environment per node.
+
+    Like vgpud, the per-node environments carry the token only when the lease does (the acquire answer).
+    """
+    lease = make_lease(**kwargs)
+    del lease.slices[:]
+    for node, uuids in NODE_GPUS.items():
+        for index, uuid in enumerate(uuids):
+            lease.slices.add(
+                node=node,
+                gpu_uuid=uuid,
+                gpu_index=index,
+                gpu_model="h100-80gb",
+                isolation=types_pb2.ISOLATION_SHARED,
+                memory_bytes=20 * 1024**3,
+                compute_milli=500,
+            )
+        env = {"CUDA_VISIBLE_DEVICES": ",".join(uuids), "VGPU_LEASE_ID": lease.id, "VGPU_ENDPOINT": f"unix:///{node}"}
+        if lease.token:
+            env["VGPU_LEASE"] = lease.token
+        lease.node_environments.add(node=node, env=env)
+    lease.request.gang = True
+    lease.request.any_node = True
+    return lease
+
+
 def queued(position: int, length: int, reason: str = "waiting for memory") -> workload_pb2.AcquireResponse:
     return workload_pb2.AcquireResponse(
         queued=types_pb2.QueueStatus(
@@ -212,6 +243,8 @@ class FakeWorkload(workload_pb2_grpc.WorkloadServiceServicer):
         lease.CopyFrom(self.lease)
         lease.token = ""
         lease.env.pop("VGPU_LEASE", None)
+        for entry in lease.node_environments:
+            entry.env.pop("VGPU_LEASE", None)
         return self._unary("GetLease", request, context, workload_pb2.GetLeaseResponse(lease=lease))
 
     def ListLeases(self, request: Any, context: Any) -> Any:  # noqa: N802 -- gRPC method name

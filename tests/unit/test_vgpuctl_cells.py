@@ -88,3 +88,21 @@ def test_enum_words() -> None:
     assert cells.lease_state(types_pb2.LEASE_STATE_PREEMPTING) == "preempting"
     assert cells.node_state(types_pb2.Node(state=types_pb2.NODE_STATE_DOWN)) == "down"
     assert cells.node_state(types_pb2.Node(draining=True)) == "draining"
+
+
+def test_lease_nodes_are_where_the_slices_are() -> None:
+    gang = types_pb2.Lease(
+        node="n1",
+        slices=[types_pb2.Slice(node="n3"), types_pb2.Slice(node="n2"), types_pb2.Slice(node="n3")],
+    )
+    assert cells.lease_nodes(gang) == "n2,n3"
+    assert cells.lease_nodes(types_pb2.Lease(node="n1", slices=[types_pb2.Slice(node="n1")])) == "n1"
+    assert cells.lease_nodes(types_pb2.Lease(node="n1")) == "n1"  # pending: where it was asked for
+    assert cells.lease_nodes(types_pb2.Lease()) == "-"
+
+
+def test_gpu_health_names_a_down_node() -> None:
+    assert cells.gpu_health(types_pb2.Gpu(healthy=True)) == "ok"
+    assert cells.gpu_health(types_pb2.Gpu(healthy=False)) == "unhealthy"
+    assert cells.gpu_health(types_pb2.Gpu(healthy=False), node_down=True) == "node-down"
+    assert cells.gpu_health(types_pb2.Gpu(healthy=True), node_down=True) == "node-down"

@@ -29,6 +29,7 @@ H100_BYTES = int(79.6 * GiB)
 UUID_A0 = "GPU-1a2b3c4d-0000-4000-8000-000000000001"
 UUID_A1 = "GPU-1a2b9999-0000-4000-8000-000000000002"
 UUID_B0 = "GPU-5e6f7a8b-0000-4000-8000-000000000003"
+UUID_C0 = "GPU-9c0d1e2f-0000-4000-8000-000000000004"
 
 
 def stamp(seconds_ago: float) -> Timestamp:
@@ -58,6 +59,8 @@ def canned_nodes() -> list[types_pb2.Node]:
             backend="nvml",
             started_at=stamp(86_400 * 3),
         ),
+        # A node whose daemon is gone: only its name, state and registered GPUs are known.
+        types_pb2.Node(name="node-c", state=types_pb2.NODE_STATE_DOWN, gpu_count=1),
     ]
 
 
@@ -91,6 +94,16 @@ def canned_gpus() -> list[types_pb2.Gpu]:
             mode=types_pb2.GPU_MODE_MIG,
             healthy=True,
         ),
+        types_pb2.Gpu(
+            uuid=UUID_C0,
+            node="node-c",
+            index=0,
+            model="h100-80gb",
+            memory_bytes=H100_BYTES,
+            mode=types_pb2.GPU_MODE_SHARED,
+            healthy=False,  # vgpud reports the GPUs of a down node as not healthy
+            allocated=types_pb2.GpuAllocation(memory_bytes=10 * GiB, compute_milli=250, slices=1),
+        ),
     ]
 
 
@@ -122,6 +135,24 @@ def canned_leases() -> list[types_pb2.Lease]:
             ended_at=stamp(60),
             node="node-b",
             end_reason=reasons.END_EVICTED,
+        ),
+        types_pb2.Lease(
+            id="lease-ccc",
+            state=types_pb2.LEASE_STATE_GRANTED,
+            project="research",
+            owner=types_pb2.Owner(user="carol"),
+            slices=[
+                types_pb2.Slice(
+                    node=node,
+                    gpu_uuid=uuid,
+                    isolation=types_pb2.ISOLATION_SHARED,
+                    memory_bytes=10 * GiB,
+                    compute_milli=250,
+                )
+                for node, uuid in (("node-c", UUID_C0), ("node-b", UUID_B0))
+            ],
+            created_at=stamp(65),
+            node="node-a",  # granted through node-a's daemon; its slices are on node-b and node-c
         ),
     ]
 
@@ -274,6 +305,7 @@ def test_nodes_table_lists_every_node_sorted_as_plain_text(capsys: pytest.Captur
     assert lines[0].split() == ["NAME", "STATE", "GPUS", "BACKEND", "ENDPOINT", "VERSION", "UP", "SINCE"]
     assert lines[1].split()[:6] == ["node-a", "ready", "2", "nvml", "10.0.0.1:7443", "0.1.0"]
     assert lines[2].split()[:6] == ["node-b", "draining", "1", "sim", "unix:///run/vgpu/vgpud.sock", "0.1.0"]
+    assert lines[3].split() == ["node-c", "down", "1", "-", "-", "-", "-"]
     assert lines[1].split()[6].endswith("Z")
     assert all(line == line.rstrip() for line in lines)
 
@@ -282,8 +314,10 @@ def test_nodes_json_is_a_list_with_proto_field_names(capsys: pytest.CaptureFixtu
     result = run(capsys, daemon, "nodes", "--json")
     assert result.code == 0, result.err
     nodes = json.loads(result.out)
-    assert [node["name"] for node in nodes] == ["node-a", "node-b"]
+    assert [node["name"] for node in nodes] == ["node-a", "node-b", "node-c"]
     assert nodes[0]["state"] == "NODE_STATE_READY"
+    assert nodes[2]["state"] == "NODE_STATE_DOWN"
+    assert nodes[2]["gpu_count"] == 1
     assert nodes[0]["gpu_count"] == 2
     assert nodes[1]["draining"] is True
     assert "started_at" in nodes[0]
@@ -317,24 +351,39 @@ def test_gpus_table_shortens_uuids_and_shows_allocation(capsys: pytest.CaptureFi
         "0",
         "unhealthy",
     ]
+    assert rows[4] == [
+        "node-c",
+        "0",
+        "GPU-9c0d1e2f…",
+        "h100-80gb",
+        "shared",
+        "10GiB/79.6GiB",
+        "0.25/1",
+        "1",
+        "node-down",
+    ]
+    assert len(rows) == 5
     assert UUID_A0 not in result.out
+    assert daemon.admin.requests == [admin_pb2.ListGpusRequest(), admin_pb2.ListNodesRequest()]
 
 
 def test_gpus_json_keeps_full_uuids(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
     result = run(capsys, daemon, "gpus", "--json")
     assert result.code == 0, result.err
     gpus = json.loads(result.out)
-    assert {gpu["uuid"] for gpu in gpus} == {UUID_A0, UUID_A1, UUID_B0}
+    assert {gpu["uuid"] for gpu in gpus} == {UUID_A0, UUID_A1, UUID_B0, UUID_C0}
+    assert [gpu["node"] for gpu in gpus] == ["node-a", "node-a", "node-b", "node-c"]
     first = gpus[0]
     assert first["uuid"] == UUID_A0
     assert first["allocated"] == {"memory_bytes": str(20 * GiB), "compute_milli": 500, "slices": 1}
     assert gpus[-1]["healthy"] is False
+    assert daemon.admin.requests == [admin_pb2.ListGpusRequest()]  # JSON is the daemon's answer, no join
 
 
 def test_gpus_node_filter_is_sent_to_the_daemon(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
     result = run(capsys, daemon, "gpus", "--node", "node-b")
     assert result.code == 0, result.err
-    assert daemon.admin.requests == [admin_pb2.ListGpusRequest(node="node-b")]
+    assert daemon.admin.requests == [admin_pb2.ListGpusRequest(node="node-b"), admin_pb2.ListNodesRequest()]
     rows = table(result.out)
     assert len(rows) == 2
     assert rows[1][0] == "node-b"
@@ -344,7 +393,7 @@ def test_leases_table_shows_owner_slices_and_age(capsys: pytest.CaptureFixture[s
     result = run(capsys, daemon, "leases")
     assert result.code == 0, result.err
     lines = result.out.splitlines()
-    assert lines[0].split() == ["ID", "STATE", "PROJECT", "OWNER", "SLICES", "AGE", "NODE"]
+    assert lines[0].split() == ["ID", "STATE", "PROJECT", "OWNER", "SLICES", "AGE", "NODES"]
     assert lines[1].split() == [
         "lease-aaa",
         "granted",
@@ -355,7 +404,19 @@ def test_leases_table_shows_owner_slices_and_age(capsys: pytest.CaptureFixture[s
         "1m",
         "node-a",
     ]
-    assert len(lines) == 2
+    assert lines[2].split() == [
+        "lease-ccc",
+        "granted",
+        "research",
+        "carol",
+        "GPU-9c0d1e2f…",
+        "10GiB/0.25,",
+        "GPU-5e6f7a8b…",
+        "10GiB/0.25",
+        "1m",
+        "node-b,node-c",  # where its slices are, not the granting node-a
+    ]
+    assert len(lines) == 3
     assert daemon.admin.requests == [admin_pb2.ListAllLeasesRequest()]
 
 
@@ -383,8 +444,10 @@ def test_leases_json(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None
     result = run(capsys, daemon, "leases", "--all", "--json")
     assert result.code == 0, result.err
     leases = json.loads(result.out)
-    assert [lease["id"] for lease in leases] == ["lease-bbb", "lease-aaa"]
+    assert [lease["id"] for lease in leases] == ["lease-bbb", "lease-aaa", "lease-ccc"]
     assert leases[1]["slices"][0]["gpu_uuid"] == UUID_A0
+    assert leases[2]["node"] == "node-a"
+    assert [piece["node"] for piece in leases[2]["slices"]] == ["node-c", "node-b"]
     assert leases[0]["end_reason"] == reasons.END_EVICTED
 
 

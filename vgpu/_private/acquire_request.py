@@ -95,6 +95,24 @@ def _kind(
         res.count = whole
 
 
+def _placement(res: types_pb2.ResourceRequest, node: object, gang: object) -> None:
+    """Where the slices may land: "" the asked daemon's node, None any node (the leader picks), else that node.
+
+    `gang` makes the request all-or-nothing as one unit; with node=None its slices may span nodes.
+    """
+    if node is None:
+        res.any_node = True
+    elif not isinstance(node, str) or (node and not node.strip()):
+        raise InvalidRequestError(
+            f"node must be a node name, '' (the asked daemon's node) or None (any node), got {node!r}"
+        )
+    elif node:
+        res.node = node.strip()
+    if not isinstance(gang, bool):
+        raise InvalidRequestError(f"gang must be True or False, got {gang!r}")
+    res.gang = gang
+
+
 def _models(gpu_model: str | Sequence[str] | None) -> list[str]:
     if gpu_model is None:
         return []
@@ -114,13 +132,13 @@ def _resources(
     gpus: int | None,
     gpu_model: str | Sequence[str] | None,
     node: str | None,
+    gang: bool,
 ) -> types_pb2.ResourceRequest:
     res = types_pb2.ResourceRequest(count=_positive_int("count", count))
     _share(res, memory, compute)
     _kind(res, mig=mig, isolation=isolation, gpus=gpus, has_share=memory is not None or compute is not None)
     res.gpu_models.extend(_models(gpu_model))
-    if node:
-        res.node = node
+    _placement(res, node, gang)
     return res
 
 
@@ -133,7 +151,8 @@ def build_acquire_request(
     count: int = 1,
     gpus: int | None = None,
     gpu_model: str | Sequence[str] | None = None,
-    node: str | None = None,
+    node: str | None = "",
+    gang: bool = False,
     project: str = "",
     priority: str = "",
     wait: bool = True,
@@ -153,6 +172,7 @@ def build_acquire_request(
             gpus=gpus,
             gpu_model=gpu_model,
             node=node,
+            gang=gang,
         ),
         project=project or "",
         priority=priority or "",

@@ -148,7 +148,9 @@ class AsyncLease(LeaseBase):
                 final_try = True
             if self.released or (self._stop.is_set() and not final_try):
                 return
-            stream = self._client.watch(self.id, self.token, last, deadline=WATCH_WINDOW, cancellers=self._cancellers)
+            # The last try keeps its cancel to itself: the loss that triggered it may still be cancelling.
+            cancellers = set() if final_try else self._cancellers
+            stream = self._client.watch(self.id, self.token, last, deadline=WATCH_WINDOW, cancellers=cancellers)
             try:
                 async for msg in stream:
                     backoff = 0.1

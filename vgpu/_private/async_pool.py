@@ -42,7 +42,8 @@ class AsyncPool:
         count: int = 1,
         gpus: int | None = None,
         gpu_model: str | Sequence[str] | None = None,
-        node: str | None = None,
+        node: str | None = "",
+        gang: bool = False,
         project: str = "",
         priority: str = "",
         wait: bool = True,
@@ -52,7 +53,11 @@ class AsyncPool:
         description: str = "",
         on_queued: Callable[[QueueInfo], object] | None = None,
     ) -> AsyncLease:
-        """Acquire slices (same arguments as `Pool.acquire`; `on_queued` may also be a coroutine function)."""
+        """Acquire slices (same arguments as `Pool.acquire`; `on_queued` may also be a coroutine function).
+
+        `node`: "" (the default) the node of the daemon asked, a name that node, None any node (the pool
+        leader decides); `gang=True` makes the slices one all-or-nothing unit, spanning nodes with node=None.
+        """
         request = build_acquire_request(
             memory=memory,
             compute=compute,
@@ -62,6 +67,7 @@ class AsyncPool:
             gpus=gpus,
             gpu_model=gpu_model,
             node=node,
+            gang=gang,
             project=project,
             priority=priority,
             wait=wait,

@@ -11,7 +11,15 @@ import logging
 import threading
 from collections.abc import Callable
 
-from vgpu._private.lease_records import ENDED_STATES, Slice, lease_state_name, timestamp_or_none
+from vgpu._private.lease_records import (
+    ENDED_STATES,
+    Slice,
+    environments_by_node,
+    lease_state_name,
+    nodes_of,
+    pick_environment,
+    timestamp_or_none,
+)
 from vgpu.api.v1 import types_pb2, workload_pb2
 
 log = logging.getLogger("vgpu")
@@ -37,6 +45,7 @@ class LeaseBase:
         self._created_at = timestamp_or_none(msg.created_at, present=msg.HasField("created_at"))
         self._state = "unspecified"
         self._slices: tuple[Slice, ...] = ()
+        self._node_envs: dict[str, dict[str, str]] = {}
         self._ttl = 0
         self._end_reason = ""
         self._end_message = ""
@@ -60,13 +69,35 @@ class LeaseBase:
 
     @property
     def env(self) -> dict[str, str]:
-        """A copy of the environment for the lease's processes (CUDA_VISIBLE_DEVICES, VGPU_LEASE, ...)."""
+        """A copy of the environment for the lease's processes (CUDA_VISIBLE_DEVICES, VGPU_LEASE, ...).
+
+        It is for the node of the daemon that answered the acquire (when the lease has slices there);
+        `environment(node)` gives the environment for each node in `nodes`.
+        """
         return dict(self._env)
+
+    def environment(self, node: str | None = None) -> dict[str, str]:
+        """A copy of the environment for the lease's processes on `node` (one entry of `nodes`).
+
+        node=None gives `env` (the node of the daemon that answered the acquire). Each node's copy
+        carries VGPU_LEASE too, so `vgpu.attach()` works there; a node the lease has no slices on
+        raises InvalidRequestError naming the nodes it does span.
+        """
+        with self._lock:
+            env = pick_environment(self._id, self._env, self._node_envs, nodes_of(self._slices), node)
+        if self._token:
+            env["VGPU_LEASE"] = self._token
+        return env
 
     @property
     def slices(self) -> tuple[Slice, ...]:
-        """The granted slices."""
+        """The granted slices; each carries its node."""
         return self._slices
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The sorted names of the nodes the lease's slices are on (more than one for a gang across nodes)."""
+        return nodes_of(self._slices)
 
     @property
     def state(self) -> str:
@@ -137,6 +168,8 @@ class LeaseBase:
         with self._lock:
             self._state = lease_state_name(msg.state)
             self._slices = tuple(Slice.from_proto(s) for s in msg.slices)
+            if msg.node_environments:  # ended leases come without environments: keep the last ones
+                self._node_envs = environments_by_node(msg)
             self._ttl = msg.ttl.seconds or self._ttl
             self._end_reason = msg.end_reason
             self._end_message = msg.end_message

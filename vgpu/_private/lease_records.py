@@ -7,10 +7,12 @@ not generated constants.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from google.protobuf import timestamp_pb2
 
+from vgpu._private.errors import InvalidRequestError
 from vgpu.api.v1 import types_pb2, workload_pb2
 
 ENDED_STATES = frozenset({"released", "revoked", "expired"})
@@ -83,6 +85,41 @@ class Slice:
         )
 
 
+def nodes_of(slices: Iterable[Slice]) -> tuple[str, ...]:
+    """The sorted names of the nodes the slices are on."""
+    return tuple(sorted({piece.node for piece in slices if piece.node}))
+
+
+def environments_by_node(msg: types_pb2.Lease) -> dict[str, dict[str, str]]:
+    """The lease message's per-node environments (`node_environments`) keyed by node name."""
+    return {entry.node: dict(entry.env) for entry in msg.node_environments}
+
+
+def pick_environment(
+    lease_id: str,
+    default: Mapping[str, str],
+    by_node: Mapping[str, Mapping[str, str]],
+    nodes: Iterable[str],
+    node: str | None,
+) -> dict[str, str]:
+    """A copy of `default` for node=None, else of the node's environment; a node without one is refused."""
+    if node is None:
+        return dict(default)
+    env = by_node.get(node) if isinstance(node, str) else None
+    if env is not None:
+        return dict(env)
+    spanned = list(nodes)
+    if node in spanned:
+        raise InvalidRequestError(
+            f"lease {lease_id} has slices on node {node!r} but the daemon sent no environment for it "
+            "(a vgpud without per-node environments?): use lease.env there"
+        )
+    spans = ", ".join(spanned) or "none yet"
+    raise InvalidRequestError(
+        f"lease {lease_id} has no environment for node {node!r}: it has slices on these nodes: {spans}"
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Owner:
     """Who holds a lease (informational)."""
@@ -133,11 +170,25 @@ class LeaseInfo:
     preempt_deadline: dt.datetime | None
     labels: dict[str, str] = field(default_factory=dict, hash=False)
     env: dict[str, str] = field(default_factory=dict, hash=False)
+    node_environments: dict[str, dict[str, str]] = field(default_factory=dict, hash=False)
+    """The environment for each node the lease spans, by node name (no token: snapshots hold none)."""
 
     @property
     def ended(self) -> bool:
         """True once released, revoked or expired."""
         return self.state in ENDED_STATES
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The sorted names of the nodes the lease's slices are on."""
+        return nodes_of(self.slices)
+
+    def environment(self, node: str | None = None) -> dict[str, str]:
+        """The environment for processes on `node` (default: `env`, the answering daemon's choice).
+
+        Raises InvalidRequestError for a node the lease has no environment for.
+        """
+        return pick_environment(self.id, self.env, self.node_environments, self.nodes, node)
 
     @classmethod
     def from_proto(cls, msg: types_pb2.Lease) -> LeaseInfo:
@@ -158,6 +209,7 @@ class LeaseInfo:
             preempt_deadline=timestamp_or_none(msg.preempt_deadline, present=msg.HasField("preempt_deadline")),
             labels=dict(msg.labels),
             env=dict(msg.env),
+            node_environments=environments_by_node(msg),
         )
 
 

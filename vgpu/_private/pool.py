@@ -59,7 +59,8 @@ class Pool:
         count: int = 1,
         gpus: int | None = None,
         gpu_model: str | Sequence[str] | None = None,
-        node: str | None = None,
+        node: str | None = "",
+        gang: bool = False,
         project: str = "",
         priority: str = "",
         wait: bool = True,
@@ -69,7 +70,13 @@ class Pool:
         description: str = "",
         on_queued: Callable[[QueueInfo], object] | None = None,
     ) -> Lease:
-        """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False."""
+        """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False.
+
+        `node`: "" (the default) places the slices on the node of the daemon asked, a name on that node,
+        None on any node of the pool (the pool leader decides). `gang=True` grants (and later preempts)
+        all `count` slices as one unit, all or nothing; with node=None they may span several nodes:
+        `lease.nodes` lists them and `lease.environment(node)` gives each node's environment.
+        """
         request = build_acquire_request(
             memory=memory,
             compute=compute,
@@ -79,6 +86,7 @@ class Pool:
             gpus=gpus,
             gpu_model=gpu_model,
             node=node,
+            gang=gang,
             project=project,
             priority=priority,
             wait=wait,
@@ -166,7 +174,8 @@ def acquire(
     count: int = 1,
     gpus: int | None = None,
     gpu_model: str | Sequence[str] | None = None,
-    node: str | None = None,
+    node: str | None = "",
+    gang: bool = False,
     project: str = "",
     priority: str = "",
     wait: bool = True,
@@ -176,7 +185,12 @@ def acquire(
     description: str = "",
     on_queued: Callable[[QueueInfo], object] | None = None,
 ) -> Lease:
-    """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`)."""
+    """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`).
+
+    Arguments as `Pool.acquire`: node="" (the default) means the node of the daemon asked, node=None any
+    node (the pool leader decides), node="name" that node; gang=True makes the slices one all-or-nothing
+    unit, which with node=None may span nodes (see `lease.nodes` and `lease.environment(node)`).
+    """
     pool = Pool._single_use(endpoint)
     try:
         return pool.acquire(
@@ -188,6 +202,7 @@ def acquire(
             gpus=gpus,
             gpu_model=gpu_model,
             node=node,
+            gang=gang,
             project=project,
             priority=priority,
             wait=wait,

@@ -32,6 +32,8 @@ _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.LEASE_ENDED: errors.LeaseEndedError,
     reasons.GPU_BUSY: errors.GpuBusyError,
     reasons.NODE_DRAINING: errors.NodeDrainingError,
+    reasons.NODE_DOWN: errors.NodeDrainingError,
+    reasons.NO_LEADER: errors.DaemonUnavailableError,
     reasons.NOT_IMPLEMENTED: errors.NotSupportedError,
     reasons.CONFLICT: errors.ConflictError,
     reasons.STORE_UNAVAILABLE: errors.DaemonUnavailableError,

@@ -106,6 +106,21 @@ def slices(lease: types_pb2.Lease) -> str:
     return NONE
 
 
+def lease_nodes(lease: types_pb2.Lease) -> str:
+    """The nodes a lease's slices are on ('n1,n2' for a gang across nodes); without slices, the granting node."""
+    spanned = sorted({piece.node for piece in lease.slices if piece.node})
+    if spanned:
+        return ",".join(spanned)
+    return lease.node or NONE
+
+
+def gpu_health(gpu: types_pb2.Gpu, *, node_down: bool = False) -> str:
+    """'ok', 'unhealthy', or 'node-down' when the GPU's daemon is gone (the GPU is then unusable anyway)."""
+    if node_down:
+        return "node-down"
+    return "ok" if gpu.healthy else "unhealthy"
+
+
 def age(since: Timestamp, now: dt.datetime) -> str:
     """How long ago, kubectl style: '45s', '12m', '3h', '2d'; unset reads as '-'."""
     if not since.seconds and not since.nanos:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from vgpu._private import reasons
+from vgpud._private.core.cluster_placement import place_on_nodes
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.model import (
     GpuMode,
@@ -30,13 +31,15 @@ from vgpud._private.core.model import (
 )
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
 from vgpud._private.liveness_leases import LivenessLeases
-from vgpud._private.pool_view import PoolView, Versioned
+from vgpud._private.pool_view import PoolView, Queued, Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
-from vgpud._private.store.base import Delete, Put, Store
-from vgpud._private.write_batch import Overlay, WriteBatcher
+from vgpud._private.store.base import Delete, Put, Store, StoreError, StoreUnavailableError
+from vgpud._private.write_batch import Fence, Overlay, WriteBatcher
 
 log = structlog.get_logger("vgpud.allocator")
+
+_ALIVE_TRACKED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,17 +48,27 @@ class AcquireSpec:
 
     shape: ShapeRequest
     node: str
+    """The node the slices must be on; empty with any_node."""
     ttl_seconds: int
     project: str = ""
     priority: str = ""
     owner: Owner = field(default_factory=Owner)
     labels: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
+    any_node: bool = False
+    """Place on any node (the leader decides)."""
+    span: bool = False
+    """A gang that may spread over several nodes."""
 
 
 def hash_secret(text: str) -> str:
     """Hex SHA-256; tokens and request ids are stored only this way."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def lease_identity(request_id: str) -> str:
+    """The lease id a request gets: derived from its request id (retries find it), else random."""
+    return f"lease-{hash_secret(request_id)[:12]}" if request_id else f"lease-{secrets.token_hex(6)}"
 
 
 def lease_token(lease_id: str, request_id: str) -> str:
@@ -90,6 +103,9 @@ class Allocator:
         default_ttl: int,
         healthy: Callable[[str], bool] = lambda _uuid: True,
         clock: Callable[[], float] = time.time,
+        fence: Fence | None = None,
+        local_node: str = "",
+        node_alive_until: Callable[[], float] = lambda: float("inf"),
     ) -> None:
         self._store = store
         self._keys = keys
@@ -101,7 +117,12 @@ class Allocator:
         """Whether a GPU of this node may take new work (the backend's health check)."""
         self._history: tuple[int, float] | None = None
         self._history_lock = asyncio.Lock()
-        self._writes = WriteBatcher(store, keys, view, timeout)
+        self._writes = WriteBatcher(store, keys, view, timeout, fence)
+        self._local_node = local_node
+        self._node_alive_until = node_alive_until
+        """Monotonic time until which this node's own etcd lease surely holds (partition handling)."""
+        self._alive_until: dict[str, float] = {}
+        """Per lease: monotonic time until which its liveness lease surely holds, from our last refresh."""
         self.liveness = LivenessLeases(store, ttl=default_ttl, timeout=timeout)
 
     # -- grant -------------------------------------------------------------------------------------
@@ -120,6 +141,11 @@ class Allocator:
             if present is None or record.uuid in present
         ]
 
+    def candidates_by_node(self, target: str, overlay: Overlay | None = None) -> dict[str, list[GpuView]]:
+        """Every live node's GPUs (or only `target`'s), as cross-node placement takes them."""
+        names = [target] if target else sorted(self._view.nodes())
+        return {name: self.candidates(name, overlay) for name in names if self._view.node(name) is not None}
+
     def try_place(self, spec: AcquireSpec) -> Placement | Unplaceable:
         """Placement against the current view, without writing anything."""
         return place(spec.shape, self.candidates(spec.node), "")
@@ -132,7 +158,7 @@ class Allocator:
         """
         if self._view.node(spec.node) is None:
             raise Refusal(reasons.NODE_NOT_FOUND, f"node {spec.node!r} is not up in this pool")
-        lease_id = f"lease-{hash_secret(spec.request_id)[:12]}" if spec.request_id else f"lease-{secrets.token_hex(6)}"
+        lease_id = lease_identity(spec.request_id)
         if spec.request_id:
             existing = await self._existing_grant(lease_id, spec.request_id, read_store=False)
             if existing is not None:
@@ -171,19 +197,60 @@ class Allocator:
         log.debug("lease granted", lease=lease_id, slices=len(record.slices))
         return record, token
 
-    def _record(self, spec: AcquireSpec, lease_id: str, token: str, liveness: int, placement: Placement) -> LeaseRecord:
-        slices = tuple(
-            SliceRecord(
-                node=view.record.node,
-                gpu_uuid=view.record.uuid,
-                gpu_index=view.record.index,
-                gpu_model=view.record.model,
-                isolation=claim.isolation,
-                memory_bytes=claim.memory_bytes,
-                compute_milli=claim.compute_milli,
+    # -- the pool-wide queue (leader side) ------------------------------------------------------------
+    async def grant_queued(self, entry: Queued) -> LeaseRecord:
+        """Grant a waiting request: lease, claims and liveness written, queue key deleted, in one txn.
+
+        Raises Refusal(NO_CAPACITY or NEVER_FITS) when it no longer fits; it then stays queued.
+        """
+        waiting = entry.request
+        lease_id = waiting.lease_id
+        liveness = await self.liveness.take(waiting.lease.ttl_seconds)
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            granted = overlay.lease(lease_id)
+            if granted is not None:
+                return granted
+            overlay.guard(self._keys.queue(lease_id), entry.revision)
+            for name in [waiting.target_node] if waiting.target_node else sorted(self._view.nodes()):
+                overlay.node_config(name, guard=True)
+            nodes = self.candidates_by_node(waiting.target_node, overlay)
+            result = place_on_nodes(waiting.lease.request, nodes, lease_id, span=waiting.span)
+            if isinstance(result, Unplaceable):
+                raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
+            for view, claim in result.assignments:
+                overlay.put_gpu_state(view.record.uuid, overlay.gpu_state(view.record.uuid).with_claim(claim))
+            record = replace(
+                waiting.lease,
+                state=LeaseState.GRANTED,
+                slices=_slices(result),
+                created_at=self._clock(),
+                liveness_lease=liveness,
             )
-            for view, claim in placement.assignments
-        )
+            overlay.put_lease(record, new=True)
+            overlay.stage(Put(self._keys.alive(lease_id), b"", lease=liveness))
+            overlay.stage(Delete(self._keys.queue(lease_id)))
+            return record
+
+        return await self._writes.submit(build)
+
+    async def refuse_queued(self, entry: Queued, reason: str, message: str) -> None:
+        """Write the leader's refusal into a waiting request for its asking daemon to deliver."""
+
+        def build(overlay: Overlay) -> None:
+            overlay.guard(self._keys.queue(entry.request.lease_id), entry.revision)
+            refused = entry.request.refuse(reason, message)
+            overlay.stage(Put(self._keys.queue(refused.lease_id), refused.to_json(), lease=entry.store_lease))
+
+        await self._writes.submit(build)
+
+    def pending_record(self, spec: AcquireSpec, lease_id: str, token: str, granting_node: str) -> LeaseRecord:
+        """The lease-to-be of a request that goes to the pool-wide queue (no slices yet)."""
+        record = self._record(spec, lease_id, token, 0, Placement(()))
+        return replace(record, state=LeaseState.PENDING, node=granting_node)
+
+    def _record(self, spec: AcquireSpec, lease_id: str, token: str, liveness: int, placement: Placement) -> LeaseRecord:
+        slices = _slices(placement)
         return LeaseRecord(
             id=lease_id,
             token_sha256=hash_secret(token),
@@ -200,6 +267,12 @@ class Allocator:
             request_id=hash_secret(spec.request_id) if spec.request_id else "",
             labels=dict(spec.labels),
         )
+
+    async def existing(self, request_id: str) -> tuple[LeaseRecord, str] | None:
+        """The live lease an earlier attempt of this request id got, with its token (None without an id)."""
+        if not request_id:
+            return None
+        return await self._existing_grant(lease_identity(request_id), request_id)
 
     async def _existing_grant(
         self, lease_id: str, request_id: str, *, read_store: bool = True
@@ -238,11 +311,37 @@ class Allocator:
         """Heartbeat: extend the lease's liveness; the TTL left, or Refusal when it already ended."""
         if lease.state.ended:
             raise Refusal(reasons.LEASE_ENDED, _ended_message(lease))
-        left = await self._store.refresh(lease.liveness_lease, timeout=self._timeout)
+        asked = time.monotonic()
+        try:
+            left = await self._store.refresh(lease.liveness_lease, timeout=self._timeout)
+        except StoreError:
+            return self._ride_out(lease)
+        self._alive_until[lease.id] = asked + left
+        if len(self._alive_until) > _ALIVE_TRACKED:
+            self._alive_until = {k: v for k, v in self._alive_until.items() if v > asked}
         if left <= 0:
             ended = await self.end(lease.id, LeaseState.EXPIRED, reasons.END_EXPIRED, "heartbeat came too late")
             raise Refusal(reasons.LEASE_ENDED, _ended_message(ended))
         return left
+
+    def _ride_out(self, lease: LeaseRecord) -> int:
+        """With etcd unreachable, keep a lease of this node alive locally until its etcd lease would lapse.
+
+        Past the node's etcd lease the pool has given this node up (the leader revokes its leases as
+        NODE_LOST), so the client is told; a lease this daemon never refreshed gets the store error.
+        """
+        now = time.monotonic()
+        on_this_node = any(s.node == self._local_node for s in lease.slices)
+        if on_this_node and now >= self._node_alive_until():
+            raise Refusal(
+                reasons.LEASE_ENDED,
+                f"lease {lease.id} is lost: node {self._local_node} lost etcd for longer than its etcd lease "
+                "(NODE_LOST); acquire again once the node is back",
+            )
+        until = min(self._alive_until.get(lease.id, 0.0), self._node_alive_until() if on_this_node else now + 3600)
+        if until <= now:
+            raise StoreUnavailableError(f"etcd is unreachable; lease {lease.id} cannot be refreshed now")
+        return max(1, int(until - now))
 
     # -- end ---------------------------------------------------------------------------------------
     async def end(self, lease_id: str, state: LeaseState, reason: str, message: str) -> LeaseRecord:
@@ -283,6 +382,17 @@ class Allocator:
                 self._history = (lease, now)
             return self._history[0]
 
+    async def drop_claims(self, uuid: str, lease_id: str) -> None:
+        """Remove a lease's claims from one GPU (reconciliation of claims no live lease holds)."""
+
+        def build(overlay: Overlay) -> None:
+            lease = overlay.lease(lease_id)
+            if lease is not None and not lease.state.ended:
+                return  # it is live after all
+            overlay.put_gpu_state(uuid, overlay.gpu_state(uuid).without_lease(lease_id))
+
+        await self._writes.submit(build)
+
     # -- admin -------------------------------------------------------------------------------------
     async def set_mode(self, uuid: str, mode: GpuMode) -> GpuState:
         """Change a GPU's mode; refused while any claim is on it."""
@@ -320,6 +430,21 @@ class Allocator:
             return new_config
 
         return await self._writes.submit(build)
+
+
+def _slices(placement: Placement) -> tuple[SliceRecord, ...]:
+    return tuple(
+        SliceRecord(
+            node=view.record.node,
+            gpu_uuid=view.record.uuid,
+            gpu_index=view.record.index,
+            gpu_model=view.record.model,
+            isolation=claim.isolation,
+            memory_bytes=claim.memory_bytes,
+            compute_milli=claim.compute_milli,
+        )
+        for view, claim in placement.assignments
+    )
 
 
 def _reused(lease: LeaseRecord) -> Refusal:

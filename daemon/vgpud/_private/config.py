@@ -58,7 +58,7 @@ class EtcdConfig:
     connect_timeout_s: float = 10.0
     """How long start-up waits for etcd before giving up (exit code 3)."""
     cluster: str = "default"
-    """Pool name: keys live under /vgpu/<cluster>/, so several pools can share one etcd."""
+    """Pool name: keys live under /vgpu/<cluster>/. vgpud refuses an etcd that holds another pool's keys."""
 
 
 @dataclass(frozen=True, slots=True)

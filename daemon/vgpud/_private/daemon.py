@@ -7,7 +7,6 @@ says what to change. A clean stop leaves every lease in etcd for the next start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -26,15 +25,16 @@ from grpc_reflection.v1alpha import reflection
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, workload_pb2, workload_pb2_grpc
 from vgpud._private import sdnotify
-from vgpud._private.acquire_queue import AcquireQueue
 from vgpud._private.allocator import Allocator
 from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
 from vgpud._private.backend.geometry import known_models
 from vgpud._private.config import DaemonConfig
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
+from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
+from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys, register_gpus
@@ -50,6 +50,7 @@ log = structlog.get_logger("vgpud")
 EXIT_OK = 0
 EXIT_CANNOT_START = 3
 _NODE_TTL = 10
+_ELECTION_TTL = 5
 _STORE_TIMEOUT = 5.0
 
 
@@ -144,6 +145,8 @@ class Daemon:
         self._metrics = DaemonMetrics()
         self._tasks = _Tasks()
         self._node_lease = 0
+        self._node_alive_until = float("inf")
+        """Monotonic time until which this node's etcd lease surely holds (from its last refresh)."""
         self._health_by_gpu: dict[str, bool] = {g.uuid: True for g in gpus}
         self._stop = asyncio.Event()
         self._expiring: asyncio.Queue[str] = asyncio.Queue()
@@ -173,6 +176,7 @@ class Daemon:
 
     async def _serve_with(self, store: Store) -> int:
         cfg = self._config
+        await self._check_pool(store)
         records = [self._gpu_record(g) for g in self._gpus]
         await register_gpus(store, self._keys, self._config.node_name, records, timeout=_STORE_TIMEOUT)
         await self._register_node(store)
@@ -181,16 +185,44 @@ class Daemon:
         self._tasks.start(view.run(), "pool-view")
         async with asyncio.timeout(cfg.etcd.connect_timeout_s):
             await view.wait_ready()
-        allocator = Allocator(
+
+        def make_allocator(fence: Leadership | None = None) -> Allocator:
+            return Allocator(
+                store,
+                self._keys,
+                view,
+                timeout=_STORE_TIMEOUT,
+                history_ttl=cfg.lease.history_retention_s,
+                default_ttl=cfg.lease.default_ttl_s,
+                healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
+                fence=fence,
+                local_node=cfg.node_name,
+                node_alive_until=lambda: self._node_alive_until,
+            )
+
+        allocator = make_allocator()
+        await self._reconcile(view, allocator)
+        leadership = Leadership(
             store,
             self._keys,
             view,
+            cfg.node_name,
+            ttl=_ELECTION_TTL,
             timeout=_STORE_TIMEOUT,
-            history_ttl=cfg.lease.history_retention_s,
-            default_ttl=cfg.lease.default_ttl_s,
-            healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
+            make_allocator=make_allocator,
         )
-        queue = AcquireQueue(allocator, view, max_length=cfg.max_queue_length)
+        stopping = asyncio.Event()
+        queue = PoolQueue(
+            store,
+            self._keys,
+            view,
+            allocator,
+            node=cfg.node_name,
+            node_lease=lambda: self._node_lease,
+            holds=lambda: leadership.holds,
+            timeout=_STORE_TIMEOUT,
+            stopping=stopping,
+        )
         serving = Serving(
             store=store,
             keys=self._keys,
@@ -204,16 +236,17 @@ class Daemon:
             ttl_bounds=(cfg.lease.min_ttl_s, cfg.lease.max_ttl_s),
             rpc_timeout=_STORE_TIMEOUT,
             max_queue_wait=24 * 3600.0,
+            stopping=stopping,
             on_error=self._metrics.count_rpc_error,
             on_acquire=self._metrics.observe_acquire,
             healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
         )
-        self._tasks.start(queue.run(), "acquire-queue")
+        self._tasks.start(leadership.run(), "leadership")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
         self._tasks.start(self._watch_gpu_health(), "gpu-health")
-        self._tasks.start(self._update_metrics(view, queue), "metrics")
+        self._tasks.start(self._update_metrics(view), "metrics")
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
         server, health_servicer = await self._start_grpc(serving)
@@ -230,11 +263,11 @@ class Daemon:
         sdnotify.stopping()
         await health_servicer.enter_graceful_shutdown()
         serving.stopping.set()
-        queue.fail_all(Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; retry to keep your place"))
         await server.stop(cfg.shutdown_grace_s)
         await self._tasks.cancel_all()
-        with contextlib.suppress(StoreError):
-            await store.revoke(self._node_lease, timeout=_STORE_TIMEOUT)
+        await leadership.resign()
+        # The node lease is left to lapse, not revoked: a restart within its TTL takes the node over
+        # again, so its leases are not revoked as NODE_LOST by the leader meanwhile.
         self._config.socket_path.unlink(missing_ok=True)
         await asyncio.to_thread(self._backend.close)
         return EXIT_OK
@@ -253,8 +286,39 @@ class Daemon:
             backend=self._backend.name,
         )
 
+    async def _check_pool(self, store: Store) -> None:
+        """Refuse an etcd that holds another pool, or a node name a live daemon elsewhere holds."""
+        snapshot = await store.get_prefix("/vgpu/", timeout=_STORE_TIMEOUT)
+        clusters = {kv.key.removeprefix("/vgpu/").partition("/")[0] for kv in snapshot.kvs}
+        others = sorted(clusters - {self._keys.cluster, ""})
+        if others:
+            raise StartupError(
+                f"etcd at {', '.join(self._endpoints)} holds another pool's data (cluster {others[0]!r}); "
+                f"pass --cluster {others[0]} to join it, or use an etcd of this pool"
+            )
+        kv = await store.get(self._keys.node(self._config.node_name), timeout=_STORE_TIMEOUT)
+        if kv is None:
+            return
+        previous = NodeRecord.from_json(kv.value)
+        if previous.host and previous.host != socket.gethostname():
+            raise StartupError(
+                f"node name {self._config.node_name!r} is held by a live daemon on host {previous.host}; "
+                "give this one another --node-name"
+            )
+
+    async def _reconcile(self, view: PoolView, allocator: Allocator) -> None:
+        """Before serving: drop claims on this node's GPUs that no live lease holds (a crash mid-way)."""
+        for record in view.gpus_of(self._config.node_name):
+            for claim in view.gpu_state(record.uuid).value.claims:
+                lease = await allocator.lookup(claim.lease_id)
+                if lease is None or lease.value.state.ended:
+                    log.warning("dropping an orphaned claim", gpu=record.uuid, lease=claim.lease_id)
+                    await allocator.drop_claims(record.uuid, claim.lease_id)
+
     async def _register_node(self, store: Store) -> None:
+        asked = time.monotonic()
         self._node_lease = await store.grant(_NODE_TTL, timeout=_STORE_TIMEOUT)
+        self._node_alive_until = asked + _NODE_TTL
         record = NodeRecord(
             name=self._config.node_name,
             endpoint=self.endpoint,
@@ -263,6 +327,7 @@ class Daemon:
             backend=self._backend.name,
             gpu_count=len(self._gpus),
             gpus=tuple(g.uuid for g in self._gpus),
+            host=socket.gethostname(),
         )
         key = self._keys.node(self._config.node_name)
         await store.txn([], [Put(key, record.to_json(), lease=self._node_lease)], timeout=_STORE_TIMEOUT)
@@ -272,7 +337,11 @@ class Daemon:
         while True:
             await asyncio.sleep(_NODE_TTL / 3)
             try:
-                lapsed = await store.refresh(self._node_lease, timeout=_STORE_TIMEOUT) <= 0
+                asked = time.monotonic()
+                left = await store.refresh(self._node_lease, timeout=_STORE_TIMEOUT)
+                lapsed = left <= 0
+                if not lapsed:
+                    self._node_alive_until = asked + left
                 if lapsed or view.node(self._config.node_name) is None:
                     log.warning("node registration lost; registering again", lease_lapsed=lapsed)
                     await self._register_node(store)
@@ -307,7 +376,7 @@ class Daemon:
                 self._health_by_gpu[uuid] = ok
             await asyncio.sleep(10.0)
 
-    async def _update_metrics(self, view: PoolView, queue: AcquireQueue) -> None:
+    async def _update_metrics(self, view: PoolView) -> None:
         while True:
             for record in view.gpus_of(self._config.node_name):
                 state = view.gpu_state(record.uuid).value
@@ -321,7 +390,7 @@ class Daemon:
                 )
             counts = Counter(v.value.state.value for v in view.live_leases())
             self._metrics.set_leases({s.value: counts.get(s.value, 0) for s in LeaseState if not s.ended})
-            self._metrics.set_queue_length(len(queue))
+            self._metrics.set_queue_length(len(view.queue()))
             await asyncio.sleep(2.0)
 
     async def _watchdog(self, period: float) -> None:

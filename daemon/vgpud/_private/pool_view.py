@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from vgpud._private.core.model import GpuRecord, GpuState, LeaseRecord, NodeConfig, NodeRecord
+from vgpud._private.core.queued import QueuedRequest
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import (
     CompactedError,
@@ -52,6 +53,20 @@ class _Tables:
     gpustate: dict[str, Versioned[GpuState]] = field(default_factory=dict)
     leases: dict[str, Versioned[LeaseRecord]] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)
+    queue: dict[str, Queued] = field(default_factory=dict)
+    leader: Versioned[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A waiting request with the etcd facts the queue needs: arrival order and the lease it hangs on."""
+
+    request: QueuedRequest
+    created: int
+    """Create revision of its key: the pool-wide arrival order."""
+    revision: int
+    """Mod revision, for guarded rewrites."""
+    store_lease: int
 
 
 class PoolView:
@@ -128,6 +143,18 @@ class PoolView:
         """Recently ended leases still in memory."""
         return list(self._ended.values())
 
+    def queue(self) -> list[Queued]:
+        """Waiting requests of the whole pool in arrival order."""
+        return sorted(self._t.queue.values(), key=lambda q: q.created)
+
+    def queued(self, lease_id: str) -> Queued | None:
+        """One waiting request, if it is still queued."""
+        return self._t.queue.get(lease_id)
+
+    def leader(self) -> Versioned[str] | None:
+        """The elected leader's node name and its election key's revision (None when nobody leads)."""
+        return self._t.leader
+
     def is_alive(self, lease_id: str) -> bool:
         """Whether the lease's liveness key exists."""
         return lease_id in self._t.alive
@@ -170,7 +197,7 @@ class PoolView:
                 backoff = 0.1
                 async for event in self._store.watch_prefix(self._keys.root, start_revision=snapshot.revision + 1):
                     if event.type is EventType.PUT:
-                        self._put(event.kv.key, event.kv.value, event.kv.mod_revision)
+                        self._put(event.kv.key, event.kv.value, event.kv.mod_revision, kv=event.kv)
                     else:
                         self._delete(event.kv.key, event.kv.mod_revision)
                     self._advance(event.kv.mod_revision)
@@ -188,7 +215,8 @@ class PoolView:
         """
         for op in ops:
             if isinstance(op, Put):
-                self._put(op.key, op.value, revision, parsed=parsed.get(op.key) if parsed else None)
+                own = KeyValue(op.key, op.value, create_revision=0, mod_revision=revision, lease=op.lease)
+                self._put(op.key, op.value, revision, parsed=parsed.get(op.key) if parsed else None, kv=own)
             elif isinstance(op, Delete) and not op.prefix:
                 self._delete(op.key, revision)
         self._bump()
@@ -200,7 +228,7 @@ class PoolView:
             if current is not None:
                 self._delete(key, current + 1)
         else:
-            self._put(kv.key, kv.value, kv.mod_revision)
+            self._put(kv.key, kv.value, kv.mod_revision, kv=kv)
         self._bump()
 
     def _load(self, kvs: Sequence[KeyValue], revision: int) -> None:
@@ -209,7 +237,7 @@ class PoolView:
         self._revisions.clear()
         self._tombstones.clear()
         for kv in kvs:
-            self._put(kv.key, kv.value, kv.mod_revision, notify=False)
+            self._put(kv.key, kv.value, kv.mod_revision, notify=False, kv=kv)
         self._revision = max(self._revision, revision)
         self._ready.set()
         self._bump()
@@ -233,7 +261,16 @@ class PoolView:
             return True
         return self._tombstones.get(key, 0) >= revision
 
-    def _put(self, key: str, value: bytes, revision: int, *, notify: bool = True, parsed: object | None = None) -> None:
+    def _put(
+        self,
+        key: str,
+        value: bytes,
+        revision: int,
+        *,
+        notify: bool = True,
+        parsed: object | None = None,
+        kv: KeyValue | None = None,
+    ) -> None:
         if self._stale(key, revision):
             return
         where = self._keys.split(key)
@@ -241,18 +278,34 @@ class PoolView:
             return
         kind, name = where
         try:
-            self._store_record(kind, name, value, revision, notify=notify, parsed=parsed)
+            self._store_record(kind, name, value, revision, notify=notify, parsed=parsed, kv=kv)
         except (ValueError, KeyError, TypeError) as exc:
             log.error("unreadable record in etcd; ignoring it", key=key, error=str(exc))  # noqa: TRY400 -- no trace needed
             return
         self._revisions[key] = revision
         self._tombstones.pop(key, None)
 
-    def _store_record(
-        self, kind: str, name: str, value: bytes, revision: int, *, notify: bool, parsed: object | None
+    def _store_record(  # noqa: PLR0912 -- one branch per key kind reads best as a flat dispatch
+        self,
+        kind: str,
+        name: str,
+        value: bytes,
+        revision: int,
+        *,
+        notify: bool,
+        parsed: object | None,
+        kv: KeyValue | None,
     ) -> None:
         t = self._t
-        if kind == "nodes":
+        if kind == "queue":
+            request = parsed if isinstance(parsed, QueuedRequest) else QueuedRequest.from_json(value)
+            earlier = t.queue.get(name)
+            created = (kv.create_revision if kv else 0) or (earlier.created if earlier else revision)
+            store_lease = kv.lease if kv else (earlier.store_lease if earlier else 0)
+            t.queue[name] = Queued(request, created, revision, store_lease)
+        elif kind == "leader":
+            t.leader = Versioned(value.decode(errors="replace"), revision)
+        elif kind == "nodes":
             t.nodes[name] = NodeRecord.from_json(value)
         elif kind == "nodecfg":
             config = parsed if isinstance(parsed, NodeConfig) else NodeConfig.from_json(value)
@@ -307,6 +360,10 @@ class PoolView:
         elif kind == "leases":
             t.leases.pop(name, None)
             self._ended.pop(name, None)
+        elif kind == "queue":
+            t.queue.pop(name, None)
+        elif kind == "leader":
+            t.leader = None
         elif kind == "alive":
             t.alive.discard(name)
             if name in t.leases:

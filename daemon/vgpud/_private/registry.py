@@ -47,6 +47,15 @@ class Keys:
         """A lease's liveness key, bound to its own etcd lease."""
         return f"{self.root}alive/{lease_id}"
 
+    def queue(self, lease_id: str) -> str:
+        """A request waiting in the pool-wide queue, bound to the asking node's etcd lease."""
+        return f"{self.root}queue/{lease_id}"
+
+    @property
+    def leader(self) -> str:
+        """The election key: the leader's node name, bound to its election lease."""
+        return f"{self.root}leader/pool"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """('gpustate', uuid) for a key of this cluster, None for anything else."""
         if not key.startswith(self.root):

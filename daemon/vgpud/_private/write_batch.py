@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -30,6 +30,14 @@ T = TypeVar("T")
 _MAX_ATTEMPTS = 16
 MAX_BATCH = 24
 """Items per transaction; keeps a batch well under etcd's default --max-txn-ops of 128."""
+
+
+class Fence(Protocol):
+    """Proof that this daemon still leads: a compare every leader write carries."""
+
+    def compare(self) -> Compare | None:
+        """The guard on the election key as this leader created it; None when it does not lead now."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +76,10 @@ class Overlay:
 
     def _guard(self, key: str, revision: int) -> None:
         self.guards.setdefault(key, revision)
+
+    def guard(self, key: str, revision: int) -> None:
+        """Make the batch fail if `key` moved from `revision` (0: if it appeared) since it was read."""
+        self._guard(key, revision)
 
     # -- GPU states ---------------------------------------------------------------------------------
     def gpu_state(self, uuid: str) -> GpuState:
@@ -151,6 +163,8 @@ class WriteBatcher:
     keys: Keys
     view: PoolView
     timeout: float
+    fence: Fence | None = None
+    """Set for the leader's writer: every transaction also proves leadership, so a deposed one writes nothing."""
     _pending: list[_Write[Any]] = field(default_factory=list)
     _writer: asyncio.Task[None] | None = None
 
@@ -184,6 +198,12 @@ class WriteBatcher:
             ops = overlay.ops()
             if ops:
                 compares = overlay.compares()
+                if self.fence is not None:
+                    proof = self.fence.compare()
+                    if proof is None:
+                        self._fail(batch, Refusal(reasons.NO_LEADER, "this daemon does not lead the pool now; retry"))
+                        return
+                    compares.append(proof)
                 txn = await self.store.txn(compares, ops, timeout=self.timeout)
                 if not txn.succeeded:
                     await self._reread([c.key for c in compares])
@@ -197,9 +217,13 @@ class WriteBatcher:
                 else:
                     item.outcome.set_result(result)
             return
+        self._fail(batch, Refusal(reasons.CONFLICT, "the pool kept changing under this write; retry"))
+
+    @staticmethod
+    def _fail(batch: list[_Write[Any]], refusal: Refusal) -> None:
         for item in batch:
             if not item.outcome.done():
-                item.outcome.set_exception(Refusal(reasons.CONFLICT, "the pool kept changing under this write; retry"))
+                item.outcome.set_exception(refusal)
 
     @staticmethod
     def _build(batch: list[_Write[Any]], overlay: Overlay) -> list[tuple[_Write[Any], object]]:

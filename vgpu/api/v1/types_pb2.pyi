@@ -175,6 +175,7 @@ class ResourceRequest(_message.Message):
     GANG_FIELD_NUMBER: _builtins.int
     GPU_MODELS_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
+    ANY_NODE_FIELD_NUMBER: _builtins.int
     memory_bytes: _builtins.int
     """Memory per slice in bytes. Required for shared slices."""
     compute_milli: _builtins.int
@@ -191,7 +192,11 @@ class ResourceRequest(_message.Message):
     gang: _builtins.bool
     """All slices granted and preempted as one unit, possibly across nodes."""
     node: _builtins.str
-    """Node selector; empty means the node of the daemon that is asked."""
+    """Node selector; empty means the node of the daemon that is asked (unless any_node is set)."""
+    any_node: _builtins.bool
+    """Place on any node of the pool (the leader decides); conflicts with node. With gang, the slices may
+    span nodes; without it, all slices of one request land on one node.
+    """
     @_builtins.property
     def gpu_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """GPU model selector: any of these model keys (e.g. "h100-80gb"); empty means any model."""
@@ -209,10 +214,11 @@ class ResourceRequest(_message.Message):
         gang: _builtins.bool = ...,
         gpu_models: _abc.Iterable[_builtins.str] | None = ...,
         node: _builtins.str = ...,
+        any_node: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_milli", b"compute_milli", "compute_milli_max", b"compute_milli_max", "count", b"count", "count_max", b"count_max", "gang", b"gang", "gpu_models", b"gpu_models", "isolation", b"isolation", "memory_bytes", b"memory_bytes", "mig_profile", b"mig_profile", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["any_node", b"any_node", "compute_milli", b"compute_milli", "compute_milli_max", b"compute_milli_max", "count", b"count", "count_max", b"count_max", "gang", b"gang", "gpu_models", b"gpu_models", "isolation", b"isolation", "memory_bytes", b"memory_bytes", "mig_profile", b"mig_profile", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

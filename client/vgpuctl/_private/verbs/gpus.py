@@ -27,15 +27,19 @@ COLUMNS = (
 
 
 def gpus(ctx: typer.Context, node: NodeFilter = None, as_json: JsonFlag = False) -> None:
-    """List GPUs: MEMORY and COMPUTE are allocated/total, LEASES counts slices; --json has full uuids."""
+    """List GPUs by NODE: MEMORY and COMPUTE are allocated/total, LEASES counts slices; --json has full uuids.
+
+    HEALTH is ok, unhealthy, or node-down for the GPUs of a node whose daemon is gone (vgpuctl nodes: down).
+    """
     with connect(target_of(ctx)) as daemon:
         listed = list_gpus(daemon, node or "")
+        down = set() if as_json or not listed else down_nodes(daemon)
     if as_json:
         render.print_messages(listed)
     elif not listed:
         render.print_empty("GPUs")
     else:
-        render.print_table(COLUMNS, [row(gpu) for gpu in listed])
+        render.print_table(COLUMNS, [row(gpu, node_down=gpu.node in down) for gpu in listed])
 
 
 def list_gpus(daemon: Daemon, node: str = "") -> list[types_pb2.Gpu]:
@@ -44,7 +48,13 @@ def list_gpus(daemon: Daemon, node: str = "") -> list[types_pb2.Gpu]:
     return sorted(response.gpus, key=lambda gpu: (gpu.node, gpu.index))
 
 
-def row(gpu: types_pb2.Gpu) -> list[str]:
+def down_nodes(daemon: Daemon) -> set[str]:
+    """Names of the nodes the pool lists as DOWN (their GPUs are registered, their daemon is gone)."""
+    response: admin_pb2.ListNodesResponse = daemon.call(daemon.admin.ListNodes, admin_pb2.ListNodesRequest())
+    return {node.name for node in response.nodes if node.state == types_pb2.NODE_STATE_DOWN}
+
+
+def row(gpu: types_pb2.Gpu, *, node_down: bool = False) -> list[str]:
     """One table row."""
     return [
         gpu.node,
@@ -55,5 +65,5 @@ def row(gpu: types_pb2.Gpu) -> list[str]:
         cells.usage_of(gpu.allocated.memory_bytes, gpu.memory_bytes),
         cells.share_of(gpu.allocated.compute_milli),
         str(gpu.allocated.slices),
-        "ok" if gpu.healthy else "unhealthy",
+        cells.gpu_health(gpu, node_down=node_down),
     ]

@@ -12,7 +12,9 @@ from vgpuctl._private import cells, render
 from vgpuctl._private.render import Column, JsonFlag
 from vgpuctl._private.transport import connect, target_of
 
-NodeFilter = Annotated[str | None, typer.Option("--node", metavar="NODE", help="Only leases granted on this node.")]
+NodeFilter = Annotated[
+    str | None, typer.Option("--node", metavar="NODE", help="Only leases granted on, or holding slices on, this node.")
+]
 ProjectFilter = Annotated[str | None, typer.Option("--project", metavar="PROJECT", help="Only this project's leases.")]
 AllFlag = Annotated[
     bool, typer.Option("--all", help="Also list ended leases still kept in history, with their END REASON.")
@@ -25,7 +27,7 @@ COLUMNS = (
     Column("OWNER", elastic=True),
     Column("SLICES", elastic=True),
     Column("AGE", justify_right=True),
-    Column("NODE"),
+    Column("NODES"),
 )
 END_REASON = Column("END REASON", elastic=True)
 
@@ -37,7 +39,10 @@ def leases(
     include_ended: AllFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """List live leases (with --all also ended ones): ID, STATE, PROJECT, OWNER, SLICES, AGE, NODE."""
+    """List live leases (with --all also ended ones): ID, STATE, PROJECT, OWNER, SLICES, AGE, NODES.
+
+    NODES: where the slices are (the granting node while there are none); --json also has the granting `node`.
+    """
     request = admin_pb2.ListAllLeasesRequest(node=node or "", project=project or "", include_ended=include_ended)
     with connect(target_of(ctx)) as daemon:
         response: admin_pb2.ListAllLeasesResponse = daemon.call(daemon.admin.ListAllLeases, request)
@@ -61,7 +66,7 @@ def row(lease: types_pb2.Lease, now: dt.datetime, *, with_end: bool) -> list[str
         cells.owner(lease.owner),
         cells.slices(lease),
         cells.age(lease.created_at, now),
-        lease.node or cells.NONE,
+        cells.lease_nodes(lease),
     ]
     if with_end:
         cells_of_row.append(lease.end_reason or cells.NONE)

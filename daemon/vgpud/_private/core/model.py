@@ -171,6 +171,8 @@ class NodeRecord:
     labels: dict[str, str] = field(default_factory=dict)
     gpus: tuple[str, ...] = ()
     """UUIDs the backend found at this start: the only GPUs of the node that take new work."""
+    host: str = ""
+    """Host name of the daemon's machine, so another host cannot take over a live node name."""
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""

@@ -8,7 +8,7 @@ import grpc
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
-from vgpud._private.core.model import LeaseRecord, LeaseState
+from vgpud._private.core.model import GpuRecord, LeaseRecord, LeaseState
 from vgpud._private.services import convert, validation
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_unary
@@ -30,14 +30,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListNodes(  # noqa: N802 -- gRPC method name
         self, request: admin_pb2.ListNodesRequest, context: Ctx
     ) -> admin_pb2.ListNodesResponse:
-        """Live nodes, plus nodes that have GPUs registered but no live daemon (DOWN)."""
+        """Live nodes (READY or DRAINING), plus nodes with GPUs or settings in etcd but no live daemon (DOWN)."""
         view = self._s.view
         live = view.nodes()
-        gpus = view.gpus().values()
-        names = set(live) | {g.node for g in gpus} | set(view.node_configs())
+        names = set(live) | {g.node for g in view.gpus().values()} | set(view.node_configs())
         return admin_pb2.ListNodesResponse(
             nodes=[
-                convert.node(name, live.get(name), view.node_config(name).value, sum(g.node == name for g in gpus))
+                convert.node(name, live.get(name), view.node_config(name).value, len(view.gpus_of(name)))
                 for name in sorted(names)
             ]
         )
@@ -46,17 +45,27 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def ListGpus(  # noqa: N802 -- gRPC method name
         self, request: admin_pb2.ListGpusRequest, context: Ctx
     ) -> admin_pb2.ListGpusResponse:
-        """Every GPU (or one node's) with its mode and allocation."""
+        """Every GPU (or one node's) with its mode and allocation; a GPU whose node is down is not healthy."""
         node = validation.node_name(request.node) if request.node else ""
         view = self._s.view
         records = sorted(view.gpus().values(), key=lambda g: (g.node, g.index))
         return admin_pb2.ListGpusResponse(
             gpus=[
-                convert.gpu(r, view.gpu_state(r.uuid).value, healthy=r.node != self._s.node or self._s.healthy(r.uuid))
+                convert.gpu(r, view.gpu_state(r.uuid).value, healthy=self._healthy(r))
                 for r in records
                 if not node or r.node == node
             ]
         )
+
+    def _healthy(self, gpu: GpuRecord) -> bool:
+        """This node's GPUs by the backend's health check; another node's by whether its daemon is alive."""
+        if gpu.node == self._s.node:
+            return self._s.healthy(gpu.uuid)
+        return self._s.view.node(gpu.node) is not None
+
+    def _endpoints(self) -> dict[str, str]:
+        """What clients on each live node dial, for VGPU_ENDPOINT in that node's lease environment."""
+        return {name: record.endpoint for name, record in self._s.view.nodes().items()}
 
     @guarded_unary("ListAllLeases")
     async def ListAllLeases(  # noqa: N802 -- gRPC method name
@@ -78,8 +87,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
             and (not project or r.project == project)
         ]
         chosen.sort(key=lambda r: r.created_at)
+        endpoints = self._endpoints()
         return admin_pb2.ListAllLeasesResponse(
-            leases=[convert.lease(r, node=self._s.node, endpoint=self._s.endpoint) for r in chosen]
+            leases=[convert.lease(r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints) for r in chosen]
         )
 
     @guarded_unary("EvictLease")
@@ -90,7 +100,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         lease_id, _ = validation.lease_ref(request.lease_id, "-")
         reason = validation.bounded_text("reason", request.reason) or "evicted by an admin"
         ended = await self._s.allocator.end(lease_id, LeaseState.REVOKED, reasons.END_EVICTED, reason)
-        return admin_pb2.EvictLeaseResponse(lease=convert.lease(ended, node=self._s.node, endpoint=self._s.endpoint))
+        return admin_pb2.EvictLeaseResponse(
+            lease=convert.lease(ended, node=self._s.node, endpoint=self._s.endpoint, endpoints=self._endpoints())
+        )
 
     @guarded_unary("SetGpuMode")
     async def SetGpuMode(  # noqa: N802 -- gRPC method name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -48,8 +49,19 @@ def timestamp(seconds: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def lease(record: LeaseRecord, *, node: str, endpoint: str, token: str = "") -> types_pb2.Lease:
-    """A lease as clients see it; the token only when given (acquire answers)."""
+def lease(
+    record: LeaseRecord,
+    *,
+    node: str,
+    endpoint: str,
+    token: str = "",
+    endpoints: Mapping[str, str] | None = None,
+) -> types_pb2.Lease:
+    """A lease as clients see it; the token only when given (acquire answers), in `env` and every node's env.
+
+    `node`/`endpoint`: the answering daemon's; `endpoints`: what clients on the other nodes dial (live
+    node records), for VGPU_ENDPOINT in those nodes' environments ("" where unknown: the default socket).
+    """
     msg = types_pb2.Lease(
         id=record.id,
         state=LEASE_STATE[record.state],
@@ -89,14 +101,35 @@ def lease(record: LeaseRecord, *, node: str, endpoint: str, token: str = "") -> 
         labels=record.labels,
     )
     if not record.state.ended:
-        msg.env.update(lease_environment(record, node, endpoint, token))
-        for other in sorted({s.node for s in record.slices}):
-            msg.node_environments.add(
-                node=other, env=lease_environment(record, other, endpoint if other == node else "")
-            )
+        _environments(msg, record, node=node, endpoint=endpoint, token=token, endpoints=endpoints or {})
     else:
         msg.ended_at.CopyFrom(timestamp(record.ended_at))
     return msg
+
+
+def _environments(
+    msg: types_pb2.Lease,
+    record: LeaseRecord,
+    *,
+    node: str,
+    endpoint: str,
+    token: str,
+    endpoints: Mapping[str, str],
+) -> None:
+    """One environment per node the slices span; `env` is the answering node's, else the first node's."""
+    spanned = sorted({s.node for s in record.slices})
+    by_node = {
+        name: lease_environment(record, name, endpoint if name == node else endpoints.get(name, ""), token)
+        for name in spanned
+    }
+    for name in spanned:
+        msg.node_environments.add(node=name, env=by_node[name])
+    if node in by_node:
+        msg.env.update(by_node[node])
+    elif spanned:
+        msg.env.update(by_node[spanned[0]])
+    else:  # no slices (yet): the answering node's environment without budgets, as before
+        msg.env.update(lease_environment(record, node, endpoint, token))
 
 
 def gpu(record: GpuRecord, state: GpuState, *, healthy: bool = True) -> types_pb2.Gpu:

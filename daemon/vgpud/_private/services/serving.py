@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from vgpud._private.acquire_queue import AcquireQueue
 from vgpud._private.allocator import Allocator
+from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Store
@@ -21,7 +21,7 @@ class Serving:
     keys: Keys
     view: PoolView
     allocator: Allocator
-    queue: AcquireQueue
+    queue: PoolQueue
     node: str
     """This daemon's node name."""
     endpoint: str
@@ -33,7 +33,7 @@ class Serving:
     """Deadline for store calls when the client sent none."""
     max_queue_wait: float
     """Longest a waiting acquire is held when the client sent no deadline."""
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event
     on_error: Callable[[str, str], None] = lambda _method, _code: None
     on_acquire: Callable[[float, str], None] = lambda _seconds, _outcome: None
     healthy: Callable[[str], bool] = lambda _uuid: True

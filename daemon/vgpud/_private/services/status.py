@@ -36,6 +36,8 @@ CODES: Final[dict[str, grpc.StatusCode]] = {
     reasons.GPU_BUSY: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.NODE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     reasons.NODE_DRAINING: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.NODE_DOWN: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.NO_LEADER: grpc.StatusCode.UNAVAILABLE,
     reasons.NOT_IMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     reasons.CONFLICT: grpc.StatusCode.ABORTED,
     reasons.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,

@@ -119,8 +119,13 @@ def acquire(
         pid=request.owner.pid,
         description=bounded_text("owner.description", request.owner.description),
     )
-    node = _name("node", request.resources.node) or local_node
+    named = _name("node", request.resources.node)
+    if named and request.resources.any_node:
+        raise _bad(f"node {named!r} and any_node conflict: name a node, or ask for any node, not both")
+    node = "" if request.resources.any_node else (named or local_node)
     return AcquireSpec(
+        any_node=request.resources.any_node,
+        span=request.resources.gang and request.resources.any_node,
         shape=shape(request.resources, known_models),
         node=node,
         ttl_seconds=ttl,

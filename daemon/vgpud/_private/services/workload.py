@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,13 +12,14 @@ from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
-from vgpud._private.acquire_queue import Waiter
+from vgpud._private.allocator import AcquireSpec, lease_identity, lease_token
 from vgpud._private.core.model import LeaseRecord, LeaseState
 from vgpud._private.pool_view import Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, validation
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_stream, guarded_unary
+from vgpud._private.store.base import StoreError
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -51,14 +51,21 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         self._s.on_error(method, code)
 
     def _lease_msg(self, record: LeaseRecord, token: str = "") -> types_pb2.Lease:
-        return convert.lease(record, node=self._s.node, endpoint=self._s.endpoint, token=token)
+        s = self._s
+        others = {slice_.node for slice_ in record.slices} - {s.node}
+        endpoints = {}
+        for name in others:
+            live = s.view.node(name)
+            if live is not None:
+                endpoints[name] = live.endpoint
+        return convert.lease(record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints)
 
     # -- acquire -----------------------------------------------------------------------------------
     @guarded_stream("Acquire")
     async def Acquire(  # noqa: N802 -- gRPC method name
         self, request: workload_pb2.AcquireRequest, context: Ctx
     ) -> AsyncIterator[workload_pb2.AcquireResponse]:
-        """Grant now, or queue (wait=true) and stream positions until granted."""
+        """Grant now on this node, or go through the pool-wide queue (waiting, other nodes, any node)."""
         s = self._s
         started = time.perf_counter()
         if s.stopping.is_set():
@@ -72,7 +79,10 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         )
         outcome = "granted"
         try:
-            if not (request.wait and len(s.queue)):
+            if spec.node and spec.node != s.node:
+                self._check_target(spec.node)
+            local = spec.node == s.node
+            if local and not (request.wait and s.queue.waiting_for(s.node)):
                 try:
                     record, token = await s.allocator.acquire(spec)
                 except Refusal as refusal:
@@ -82,55 +92,52 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     yield workload_pb2.AcquireResponse(lease=self._lease_msg(record, token))
                     return
             outcome = "queued"
-            waiter = s.queue.enqueue(spec)
-            delivered = False
-            try:
-                async for update in self._wait(waiter, context):
-                    yield update
-                    delivered = update.HasField("lease")
-                outcome = "granted_after_wait"
-            finally:
-                if not delivered:
-                    await s.queue.withdraw(waiter)
+            async for update in self._through_queue(spec, request.wait, context):
+                yield update
+            outcome = "granted_after_wait"
         except Refusal as refusal:
             outcome = refusal.reason.lower()
             raise
         finally:
             s.on_acquire(time.perf_counter() - started, outcome)
 
-    async def _wait(self, waiter: Waiter, context: Ctx) -> AsyncIterator[workload_pb2.AcquireResponse]:
+    def _check_target(self, node: str) -> None:
+        """Clear refusals for a request naming another node that cannot take it."""
+        view = self._s.view
+        if view.node(node) is None:
+            if view.gpus_of(node):
+                raise Refusal(reasons.NODE_DOWN, f"node {node} is down (its daemon stopped answering); ask another")
+            raise Refusal(reasons.NODE_NOT_FOUND, f"no node {node!r} in this pool (see vgpuctl nodes)")
+        if view.node_config(node).value.draining:
+            raise Refusal(reasons.NODE_DRAINING, f"node {node} is draining and takes no new work")
+
+    async def _through_queue(
+        self, spec: AcquireSpec, wait: bool, context: Ctx
+    ) -> AsyncIterator[workload_pb2.AcquireResponse]:
         s = self._s
-        deadline = time.monotonic() + _deadline(context, s.max_queue_wait)
-        last: tuple[int, int] | None = None
-        stopping = asyncio.ensure_future(s.stopping.wait())
+        existing = await s.allocator.existing(spec.request_id)
+        if existing is not None:
+            yield workload_pb2.AcquireResponse(lease=self._lease_msg(*existing))
+            return
+        lease_id = lease_identity(spec.request_id)
+        token = lease_token(lease_id, spec.request_id)
+        cap = s.max_queue_wait if wait else s.rpc_timeout
+        deadline = time.monotonic() + _deadline(context, cap)
+        queued = await s.queue.submit(spec, lease_id, token, wait=wait)
+        delivered = False
         try:
-            while not waiter.outcome.done():
-                pos = s.queue.position(waiter)
-                if (pos.position, pos.length) != last and pos.position:
-                    last = (pos.position, pos.length)
-                    status = types_pb2.QueueStatus(position=pos.position, queue_length=pos.length, reason=pos.reason)
-                    if pos.estimated_wait_s is not None:
-                        status.estimated_wait.CopyFrom(duration_pb2.Duration(seconds=int(pos.estimated_wait_s)))
-                    yield workload_pb2.AcquireResponse(queued=status)
-                waiter.moved.clear()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Refusal(
-                        reasons.QUEUE_TIMEOUT,
-                        f"no capacity before the deadline (queue position {pos.position}): {pos.reason}",
-                    )
-                moved = asyncio.ensure_future(waiter.moved.wait())
-                try:
-                    pending: set[asyncio.Future[Any]] = {waiter.outcome, moved, stopping}
-                    await asyncio.wait(pending, timeout=min(remaining, 5.0))
-                finally:
-                    moved.cancel()
-                if s.stopping.is_set() and not waiter.outcome.done():
-                    raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; retry to keep your place")
+            async for update in s.queue.follow(queued, deadline):
+                if isinstance(update, LeaseRecord):
+                    delivered = True
+                    yield workload_pb2.AcquireResponse(lease=self._lease_msg(update, token))
+                    return
+                status = types_pb2.QueueStatus(
+                    position=update.position, queue_length=update.length, reason=update.reason
+                )
+                yield workload_pb2.AcquireResponse(queued=status)
         finally:
-            stopping.cancel()
-        record, token = waiter.outcome.result()
-        yield workload_pb2.AcquireResponse(lease=self._lease_msg(record, token))
+            if not delivered:
+                await s.queue.withdraw(lease_id)
 
     # -- lease operations --------------------------------------------------------------------------
     @guarded_unary("Release")
@@ -219,8 +226,13 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     if record.value.state.ended:
                         return
                     continue
-                with contextlib.suppress(Refusal):
+                try:
                     await s.allocator.refresh(current.value)
+                except Refusal as refusal:
+                    if refusal.reason == reasons.LEASE_ENDED and "NODE_LOST" in refusal.message:
+                        raise
+                except StoreError:
+                    pass  # etcd is briefly away; the next keepalive tries again
                 latest = s.view.lease(lease_id) or current
                 yield self._event(Versioned(latest.value, last), workload_pb2.LEASE_EVENT_TYPE_KEEPALIVE)
         finally:

@@ -1,0 +1,212 @@
+"""One decider for the pool: an etcd election, and the leader's work while it holds it.
+
+The leader orders the pool-wide queue and places requests across nodes (core/queue_order.py), and
+revokes the leases of nodes whose etcd lease expired (NODE_LOST). Every write it makes carries a
+compare on the election key's revision (the fence), so a deposed leader that has not noticed yet
+cannot write anything. Leadership is held by an etcd lease refreshed every third of its TTL; a leader
+that cannot refresh stops deciding before etcd would hand the key to another daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from vgpu._private import reasons
+from vgpud._private.allocator import Allocator
+from vgpud._private.core.model import LeaseState
+from vgpud._private.core.queue_order import Admit, Reject, Waiting, decide
+from vgpud._private.pool_view import PoolView, Queued
+from vgpud._private.refusal import Refusal
+from vgpud._private.registry import Keys
+from vgpud._private.store.base import Compare, ModRevisionIs, Put, Store, StoreError
+
+log = structlog.get_logger("vgpud.leader")
+
+_MARGIN_S = 1.0
+"""Stop deciding this long before etcd could expire the election lease."""
+_IDLE_PASS_S = 2.0
+"""Decide again at least this often even when the view is quiet (e.g. after a refused write)."""
+
+
+class Leadership:
+    """Campaigns for the election key, and while elected runs the leader's decisions."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: Keys,
+        view: PoolView,
+        node: str,
+        *,
+        ttl: int,
+        timeout: float,
+        make_allocator: Callable[[Leadership], Allocator],
+    ) -> None:
+        self._store = store
+        self._keys = keys
+        self._view = view
+        self._node = node
+        self._ttl = ttl
+        self._timeout = timeout
+        self._make_allocator = make_allocator
+        self._lease = 0
+        self._revision = 0
+        self._valid_until = 0.0
+        self.holds: dict[str, str] = {}
+        """Why each held request waits, from the last decision pass (for queue positions)."""
+
+    # -- the fence -----------------------------------------------------------------------------------
+    @property
+    def leading(self) -> bool:
+        """Whether this daemon may decide now."""
+        return self.compare() is not None
+
+    def compare(self) -> Compare | None:
+        """The election-key guard for leader writes; None when not (or no longer surely) the leader."""
+        if not self._revision or time.monotonic() >= self._valid_until:
+            return None
+        seen = self._view.leader()
+        if seen is not None and seen.revision != self._revision:
+            return None
+        return ModRevisionIs(self._keys.leader, self._revision)
+
+    # -- election ------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Campaign, lead until deposed, campaign again. Runs until cancelled."""
+        backoff = 0.2
+        while True:
+            try:
+                await self._campaign()
+                backoff = 0.2
+                await self._lead()
+            except StoreError as exc:
+                log.warning("leader election: etcd unreachable", error=str(exc), retry_in_s=backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                if self._revision:
+                    log.info("stepped down as pool leader", node=self._node)
+                self._revision = 0
+
+    async def resign(self) -> None:
+        """Hand leadership over now (clean shutdown) instead of letting it lapse."""
+        lease, self._lease, self._revision = self._lease, 0, 0
+        if lease:
+            with contextlib.suppress(StoreError):
+                await self._store.revoke(lease, timeout=self._timeout)
+
+    async def _campaign(self) -> None:
+        while True:
+            if self._view.leader() is None:
+                lease = await self._store.grant(self._ttl, timeout=self._timeout)
+                asked = time.monotonic()
+                claim = Put(self._keys.leader, self._node.encode(), lease=lease)
+                txn = await self._store.txn([ModRevisionIs(self._keys.leader, 0)], [claim], timeout=self._timeout)
+                if txn.succeeded:
+                    self._lease, self._revision = lease, txn.revision
+                    self._valid_until = asked + self._ttl - _MARGIN_S
+                    self._view.apply_committed([claim], txn.revision)
+                    log.info("elected pool leader", node=self._node, revision=txn.revision)
+                    return
+                with contextlib.suppress(StoreError):
+                    await self._store.revoke(lease, timeout=self._timeout)
+            await self._view.wait_changed(self._view.generation, timeout=self._ttl / 2)
+
+    async def _lead(self) -> None:
+        allocator = self._make_allocator(self)
+        tasks = [
+            asyncio.create_task(self._decide_loop(allocator), name="leader-decide"),
+            asyncio.create_task(allocator.liveness.run(), name="leader-liveness"),
+        ]
+        try:
+            while self.leading:
+                await asyncio.sleep(self._ttl / 3)
+                asked = time.monotonic()
+                try:
+                    left = await self._store.refresh(self._lease, timeout=min(self._timeout, self._ttl / 3))
+                except StoreError as exc:
+                    log.warning("cannot refresh leadership", error=str(exc))
+                    continue
+                if left <= 0:
+                    return
+                self._valid_until = asked + left - _MARGIN_S
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- decisions -----------------------------------------------------------------------------------
+    async def _decide_loop(self, allocator: Allocator) -> None:
+        while True:
+            generation = self._view.generation
+            try:
+                await self.decide_once(allocator)
+            except (StoreError, Refusal) as exc:
+                log.warning("leader pass failed; retrying", error=str(exc))
+            await self._view.wait_changed(generation, timeout=_IDLE_PASS_S)
+
+    async def decide_once(self, allocator: Allocator) -> None:
+        """One pass: revoke leases of lost nodes, then grant or refuse what the queue order says."""
+        if not self.leading:
+            return
+        for outcome in await asyncio.gather(*self._revoke_lost(allocator), return_exceptions=True):
+            if isinstance(outcome, StoreError | Refusal):
+                log.warning("cannot revoke a lost node's lease yet", error=str(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+        entries = [q for q in self._view.queue() if not q.request.refused]
+        if not entries:
+            self.holds = {}
+            return
+        live = self._view.nodes()
+        known = frozenset(g.node for g in self._view.gpus().values()) - frozenset(live)
+        waiting = [
+            Waiting(q.request.lease_id, q.request.lease.request, q.request.target_node, q.request.span, q.request.wait)
+            for q in entries
+        ]
+        decisions = decide(waiting, allocator.candidates_by_node(""), known)
+        by_id = {q.request.lease_id: q for q in entries}
+        holds: dict[str, str] = {}
+        writes = []
+        for decision in decisions:
+            entry = by_id[decision.lease_id]
+            if isinstance(decision, Admit):
+                writes.append(self._grant(allocator, entry))
+            elif isinstance(decision, Reject):
+                writes.append(allocator.refuse_queued(entry, decision.reason, decision.message))
+            else:
+                holds[decision.lease_id] = decision.message
+        self.holds = holds
+        for outcome in await asyncio.gather(*writes, return_exceptions=True):
+            if isinstance(outcome, StoreError):
+                raise outcome
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Refusal):
+                raise outcome
+
+    async def _grant(self, allocator: Allocator, entry: Queued) -> None:
+        try:
+            lease = await allocator.grant_queued(entry)
+        except Refusal as refusal:
+            if refusal.reason not in (reasons.NO_CAPACITY, reasons.CONFLICT, reasons.NO_LEADER):
+                await allocator.refuse_queued(entry, refusal.reason, refusal.message)
+            return
+        log.info("queued request granted", lease=lease.id, nodes=sorted({s.node for s in lease.slices}))
+
+    def _revoke_lost(self, allocator: Allocator) -> list[asyncio.Future[object]]:
+        live = self._view.nodes()
+        out: list[asyncio.Future[object]] = []
+        for versioned in self._view.live_leases():
+            lease = versioned.value
+            lost = sorted({s.node for s in lease.slices} - set(live))
+            if lost:
+                message = f"node {', '.join(lost)} stopped answering (its etcd lease expired)"
+                log.warning("revoking lease of a lost node", lease=lease.id, nodes=lost)
+                out.append(
+                    asyncio.ensure_future(allocator.end(lease.id, LeaseState.REVOKED, reasons.END_NODE_LOST, message))
+                )
+        return out
