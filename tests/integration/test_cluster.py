@@ -159,9 +159,15 @@ def test_leadership_fails_over_and_the_queue_goes_on(two_nodes: tuple[LocalPool,
     first, second = (a, b) if leader == a.node_name else (b, a)
     held = acquire(second, types_pb2.ResourceRequest(isolation=WHOLE, count=2))
     first.kill()
-    wait_until(lambda: leader_of(shared_etcd) == second.node_name, timeout=30, what="the survivor to lead")
     admin = Admin(second.endpoint)
+    beat = workload_pb2.HeartbeatRequest(lease_id=held.lease.id, token=held.lease.token)
+
+    def survivor_leads() -> bool:
+        admin.workload.Heartbeat(beat, timeout=10)  # the held lease (TTL 5 s) must outlive the failover
+        return leader_of(shared_etcd) == second.node_name
+
     try:
+        wait_until(survivor_leads, timeout=30, what="the survivor to lead")
         request = workload_pb2.AcquireRequest(resources=types_pb2.ResourceRequest(isolation=WHOLE), wait=True)
         stream = admin.workload.Acquire(request, timeout=30)
         queued = next(stream)
