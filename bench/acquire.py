@@ -19,18 +19,14 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from bench_floor import measure_floor, percentile
 
 import vgpu
 from vgpu.testing import LocalPool, local_pool
-from vgpud._private.store.base import ModRevisionIs, Put
-from vgpud._private.store.etcd_store import EtcdStore
 
 
 def daemon_usage(pid: int, seconds: float) -> tuple[float, float]:
@@ -52,39 +48,10 @@ def daemon_usage(pid: int, seconds: float) -> tuple[float, float]:
     return used / seconds * 100, rss_kb / 1024
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def etcd_endpoint(pool: LocalPool) -> str:
     """The embedded etcd's client address, as the daemon recorded it under its state dir."""
     ports = json.loads((Path(pool.state_dir) / "etcd" / "ports.json").read_text())
     return f"127.0.0.1:{ports['client']}"
-
-
-async def floor(pool: LocalPool, samples: int) -> tuple[float, float]:
-    """p50 of an empty gRPC round trip and of one etcd compare-and-put transaction, in ms."""
-    async with grpc.aio.insecure_channel(pool.endpoint) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        rtts = []
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            await stub.Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # stubs lack the method
-            rtts.append(time.perf_counter() - t0)
-    store = await EtcdStore.connect([etcd_endpoint(pool)])
-    try:
-        key = "/bench/floor"
-        txns = []
-        revision = 0
-        for i in range(samples):
-            t0 = time.perf_counter()
-            result = await store.txn([ModRevisionIs(key, revision)], [Put(key, str(i).encode())], timeout=5)
-            txns.append(time.perf_counter() - t0)
-            revision = result.revision
-    finally:
-        await store.close()
-    return statistics.median(rtts) * 1e3, statistics.median(txns) * 1e3
 
 
 async def cycle_loop(apool: vgpu.AsyncPool, stop_at: float, latencies: list[float]) -> int:
@@ -99,7 +66,7 @@ async def cycle_loop(apool: vgpu.AsyncPool, stop_at: float, latencies: list[floa
 
 
 async def measure(pool: LocalPool, clients: int, seconds: float, samples: int) -> dict[str, float]:
-    grpc_ms, txn_ms = await floor(pool, samples)
+    grpc_ms, txn_ms = await measure_floor(pool.endpoint, etcd_endpoint(pool), samples)
     single: list[float] = []
     async with vgpu.AsyncPool(pool.endpoint) as apool:
         for _ in range(samples):

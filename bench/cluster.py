@@ -27,7 +27,6 @@ import multiprocessing as mp
 import os
 import queue
 import re
-import statistics
 import sys
 import tempfile
 import threading
@@ -41,17 +40,15 @@ from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2
+from bench_floor import measure_floor, percentile
 
 import vgpu
 from vgpu.testing import LocalPool
 from vgpud._private.registry import Keys
-from vgpud._private.store.base import Delete, ModRevisionIs, Put
+from vgpud._private.store.base import Delete
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd, EmbeddedEtcdError
 from vgpud._private.store.etcd_store import EtcdStore
 
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 MEMORY = "1GiB"
 COMPUTE = 0.01
 WARMUP_CYCLES = 5
@@ -74,11 +71,6 @@ class ClientResult:
     started: float
     ended: float
     latencies: list[float]
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def parse_ks(text: str) -> list[int]:
@@ -118,35 +110,6 @@ async def delete_cluster(etcd_endpoint: str, cluster: str) -> None:
         await store.txn([], [Delete(Keys(cluster).root, prefix=True)], timeout=10)
     finally:
         await store.close()
-
-
-# -- floor -----------------------------------------------------------------------------------------------
-async def measure_floor(daemon_endpoint: str, etcd_endpoint: str, samples: int) -> tuple[float, float]:
-    """p50 of an empty gRPC round trip and of one etcd compare-and-put transaction, in ms."""
-    async with grpc.aio.insecure_channel(daemon_endpoint) as channel:
-        check = channel.unary_unary(
-            HEALTH_CHECK,
-            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
-            response_deserializer=health_pb2.HealthCheckResponse.FromString,
-        )
-        rtts = []
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            await check(health_pb2.HealthCheckRequest(), timeout=5)
-            rtts.append(time.perf_counter() - t0)
-    store = await EtcdStore.connect([etcd_endpoint])
-    try:
-        key = f"/bench/cluster-floor/{uuid.uuid4().hex}"
-        txns = []
-        revision = 0
-        for i in range(samples):
-            t0 = time.perf_counter()
-            result = await store.txn([ModRevisionIs(key, revision)], [Put(key, str(i).encode())], timeout=5)
-            txns.append(time.perf_counter() - t0)
-            revision = result.revision
-    finally:
-        await store.close()
-    return statistics.median(rtts) * 1e3, statistics.median(txns) * 1e3
 
 
 # -- single-client latency -------------------------------------------------------------------------------

@@ -154,7 +154,8 @@ class Leadership:
         """One pass: revoke leases of lost nodes, then grant or refuse what the queue order says."""
         if not self.leading:
             return
-        for outcome in await asyncio.gather(*self._revoke_lost(allocator), return_exceptions=True):
+        down = self._view.nodes_with_gpus() - set(self._view.nodes())
+        for outcome in await asyncio.gather(*self._revoke_lost(allocator, down), return_exceptions=True):
             if isinstance(outcome, StoreError | Refusal):
                 log.warning("cannot revoke a lost node's lease yet", error=str(outcome))
             elif isinstance(outcome, BaseException):
@@ -163,13 +164,11 @@ class Leadership:
         if not entries:
             self.holds = {}
             return
-        live = self._view.nodes()
-        known = frozenset(g.node for g in self._view.gpus().values()) - frozenset(live)
         waiting = [
             Waiting(q.request.lease_id, q.request.lease.request, q.request.target_node, q.request.span, q.request.wait)
             for q in entries
         ]
-        decisions = decide(waiting, allocator.candidates_by_node(""), known)
+        decisions = decide(waiting, allocator.candidates_by_node(""), frozenset(down))
         by_id = {q.request.lease_id: q for q in entries}
         holds: dict[str, str] = {}
         writes = []
@@ -197,12 +196,14 @@ class Leadership:
             return
         log.info("queued request granted", lease=lease.id, nodes=sorted({s.node for s in lease.slices}))
 
-    def _revoke_lost(self, allocator: Allocator) -> list[asyncio.Future[object]]:
-        live = self._view.nodes()
+    def _revoke_lost(self, allocator: Allocator, down: set[str]) -> list[asyncio.Future[object]]:
+        """Revocations for live leases with a slice on a `down` node; no lease scan while every node is up."""
         out: list[asyncio.Future[object]] = []
+        if not down:
+            return out
         for versioned in self._view.live_leases():
             lease = versioned.value
-            lost = sorted({s.node for s in lease.slices} - set(live))
+            lost = sorted({s.node for s in lease.slices} & down)
             if lost:
                 message = f"node {', '.join(lost)} stopped answering (its etcd lease expired)"
                 log.warning("revoking lease of a lost node", lease=lease.id, nodes=lost)

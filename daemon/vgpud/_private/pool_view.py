@@ -123,6 +123,10 @@ class PoolView:
         """One registered GPU, without copying the table."""
         return self._t.gpus.get(uuid)
 
+    def nodes_with_gpus(self) -> set[str]:
+        """Names of the nodes that have GPUs registered, live or not (from the per-node index)."""
+        return {node for node, gpus in self._t.gpus_by_node.items() if gpus}
+
     def gpus_of(self, node: str) -> list[GpuRecord]:
         """The GPUs registered for `node`, by uuid: placement's candidates, from a per-node index."""
         return [record for _, record in sorted(self._t.gpus_by_node.get(node, {}).items())]

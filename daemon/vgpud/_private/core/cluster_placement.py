@@ -10,16 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from vgpud._private.core.model import ShapeRequest
-from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.core.placement import GpuView, Placement, Unplaceable, leftover, place
 
 
 def _tightness(placement: Placement) -> float:
     """Room the placement leaves on the GPUs it uses (smaller is tighter)."""
-    total = 0.0
-    for view, claim in placement.assignments:
-        total += (view.free_memory - claim.memory_bytes) / view.record.memory_bytes
-        total += (view.free_compute - claim.compute_milli) / 1000
-    return total
+    return sum(leftover(view, claim) for view, claim in placement.assignments)
 
 
 def place_on_nodes(

@@ -72,7 +72,7 @@ def _claim_for(view: GpuView, request: ShapeRequest, lease_id: str) -> Claim | N
     return Claim(lease_id, request.memory_bytes, request.compute_milli, Isolation.SHARED)
 
 
-def _leftover(view: GpuView, claim: Claim) -> float:
+def leftover(view: GpuView, claim: Claim) -> float:
     """Room left after the claim, memory and compute weighted equally (smaller is a tighter fit)."""
     memory_left = (view.free_memory - claim.memory_bytes) / view.record.memory_bytes
     compute_left = (view.free_compute - claim.compute_milli) / MILLI_PER_GPU
@@ -90,7 +90,7 @@ def place(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Plac
             continue
         claim = _claim_for(view, request, lease_id)
         if claim is not None:
-            candidates.append((_leftover(view, claim), view.record.index, view.record.uuid, view, claim))
+            candidates.append((leftover(view, claim), view.record.index, view.record.uuid, view, claim))
     if len(candidates) < request.count:
         return Unplaceable(never=False, message=_busy_message(request, eligible, len(candidates)))
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))
