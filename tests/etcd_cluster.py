@@ -2,9 +2,10 @@
 
 Members bootstrap statically (`--initial-cluster`), with a short heartbeat and election timeout so a lost
 leader is replaced within about a second on loopback. Each member's data and log live under `base_dir`
-(`m<i>/` and `m<i>.log`); errors quote the log's tail. Every member is tied to the thread that spawned it
-with PR_SET_PDEATHSIG (as EmbeddedEtcd does), so spawn members from the main thread: a test process killed
-with -9 leaves no etcd behind.
+(`m<i>/` and `m<i>.log`); errors quote the log's tail. Every member gets PR_SET_PDEATHSIG (as EmbeddedEtcd
+does), so a test process killed with -9 leaves no etcd behind. Linux ties that signal to the spawning
+*thread*, so members are spawned from one thread the cluster keeps until `close()`: `start`, `restart` and
+the rest may be called from any thread (a fault-injecting thread that ends does not take members with it).
 
 With `tls=True` clients must present a certificate signed by the cluster's CA (`--client-cert-auth`);
 `tls_files` holds the CA and a client certificate and key ("vgpud"). Peers talk plain http on loopback.
@@ -12,8 +13,8 @@ With `tls=True` clients must present a certificate signed by the cluster's CA (`
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
-import ctypes
 import datetime
 import http.client
 import ipaddress
@@ -23,8 +24,9 @@ import shutil
 import signal
 import ssl
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +39,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from tests.support import free_ports
 from vgpud._private.store.embedded_etcd import find_etcd_binary
 
-_PR_SET_PDEATHSIG = 1
+# argv: parent pid, etcd binary, etcd flags. PR_SET_PDEATHSIG (1) survives the exec; the getppid check
+# catches a parent that died before prctl took effect.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+if os.getppid() != int(sys.argv[1]):
+    os._exit(1)
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 _POLL_S = 0.05
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 25
@@ -89,6 +99,7 @@ class EtcdCluster:
         self._server_files: list[tuple[Path, Path]] = []
         self._members: list[_Member] = []
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        self._spawner: concurrent.futures.ThreadPoolExecutor | None = None
         self._log_offsets = [0] * size
         self._token = f"vgpu-test-{os.getpid()}-{id(self):x}"
 
@@ -157,6 +168,9 @@ class EtcdCluster:
     def close(self) -> None:
         """SIGKILL every member and reap it; safe to call again."""
         self._kill_all()
+        if self._spawner is not None:
+            self._spawner.shutdown()
+            self._spawner = None
 
     def __enter__(self) -> EtcdCluster:
         """Start the cluster; `close` on exit."""
@@ -281,16 +295,19 @@ class EtcdCluster:
         return argv
 
     def _spawn(self, i: int) -> None:
-        """Fork member `i` with output to its log, in its own session, SIGKILLed when its spawner dies."""
-        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork
-        parent = os.getpid()
+        """Start member `i` from the cluster's spawner thread (see the module docstring)."""
+        if self._spawner is None:
+            self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="etcd-cluster-spawner")
+        self._spawner.submit(self._spawn_here, i).result()
 
-        def tie_to_parent() -> None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # the parent died before prctl took effect
-                os._exit(1)
+    def _spawn_here(self, i: int) -> None:
+        """Start member `i` with output to its log, in its own session, SIGKILLed when this thread ends.
 
-        argv = self._argv(i)
+        No preexec_fn: that forces a real fork(), whose handlers in gRPC can abort the child while this
+        process has channels open (seen in these tests). A tiny launcher sets the parent-death signal in
+        the child instead and execs etcd, which keeps it; Popen can then use vfork, which runs no handlers.
+        """
+        argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *self._argv(i)]
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # no stray ETCD_* flags
         with self.log_file(i).open("ab") as log:
             self._log_offsets[i] = log.tell()
@@ -301,7 +318,6 @@ class EtcdCluster:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # a Ctrl-C on the test's terminal reaches only pytest
-                preexec_fn=tie_to_parent,  # noqa: PLW1509 -- only prctl and getppid run between fork and exec
             )
 
     def _wait_healthy(self, members: range | list[int], deadline: float) -> None:

@@ -61,8 +61,8 @@ async def compact(endpoint: str, revision: int) -> None:
         await client.kv.compact(revision, physical=True, timeout=5)
 
 
-async def watcher_streams(endpoint: str) -> int:
-    """How many watch streams etcd has open, from its /metrics on the client port."""
+async def etcd_metric(endpoint: str, series: str) -> int:
+    """The value of the first line of etcd's /metrics (client port) that starts with `series`."""
     host, port = endpoint.rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     try:
@@ -72,9 +72,14 @@ async def watcher_streams(endpoint: str) -> int:
         writer.close()
         await writer.wait_closed()
     for line in body.splitlines():
-        if line.startswith("etcd_debugging_mvcc_watch_stream_total "):
-            return int(float(line.split()[1]))
-    raise AssertionError("etcd /metrics has no etcd_debugging_mvcc_watch_stream_total")
+        if line.startswith(series):
+            return int(float(line.split()[-1]))
+    raise AssertionError(f"etcd /metrics has no {series}")
+
+
+async def watcher_streams(endpoint: str) -> int:
+    """How many watch streams etcd has open."""
+    return await etcd_metric(endpoint, "etcd_debugging_mvcc_watch_stream_total ")
 
 
 def write_test_pki(directory: Path) -> dict[str, Path]:

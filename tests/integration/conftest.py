@@ -102,8 +102,7 @@ def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     """A fresh 3-member etcd cluster on loopback (plain http); tests may kill, stop and restart members.
 
-    Function-scoped because tests disturb it; a plain fixture so members are spawned on the main thread,
-    which their parent-death signal is tied to.
+    Function-scoped because tests disturb it.
     """
     cluster = EtcdCluster(tmp_path_factory.mktemp("etcd-cluster"), size=3)
     cluster.start()

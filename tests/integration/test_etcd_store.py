@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import (
     compact,
+    etcd_metric,
     free_port,
     free_ports,
     kill_if_alive,
@@ -213,6 +214,31 @@ async def test_closing_the_store_ends_its_watches(etcd: EmbeddedEtcd) -> None:
             await pending
 
 
+async def watch_streams_started(endpoint: str) -> int:
+    """How many Watch streams etcd has ever accepted (its gRPC server counter)."""
+    return await etcd_metric(
+        endpoint, 'grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"'
+    )
+
+
+async def test_a_quiet_watch_is_kept_by_progress_answers_and_yields_nothing(etcd: EmbeddedEtcd) -> None:
+    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5, watch_check_after=0.1)
+    try:
+        start = (await store.get_prefix("/q/", timeout=T)).revision + 1
+        async with contextlib.aclosing(store.watch_prefix("/q/", start_revision=start)) as events:
+            pending = asyncio.ensure_future(anext(events))
+            # Ten silence checks' worth of quiet: each asks etcd for progress and gets an answer with no events.
+            done, _ = await asyncio.wait({pending}, timeout=1.0)
+            assert not done, f"a progress answer was yielded: {pending.result()}"
+            assert await watch_streams_started(etcd.endpoint) == 1  # answered checks keep the stream
+            put = await store.txn([], [Put("/q/k", b"v")], timeout=T)
+            async with asyncio.timeout(10):
+                event = await pending
+        assert (event.kv.key, event.kv.mod_revision) == ("/q/k", put.revision)
+    finally:
+        await store.close()
+
+
 async def test_watch_resumes_across_an_etcd_restart_without_loss_or_repeats(etcd: EmbeddedEtcd) -> None:
     store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5)
     try:
@@ -333,8 +359,9 @@ async def test_tls_with_a_client_certificate(tls_etcd: tuple[str, dict[str, Path
         assert (kv.value, kv.mod_revision) == (b"ok", written.revision)
     finally:
         await store.close()
-    with pytest.raises(StoreUnavailableError, match=re.escape(endpoint)):  # no client certificate
-        await EtcdStore.connect([endpoint], ca_file=pki["ca"], connect_timeout=1)
+    # No client certificate: refused at once (waiting would not help), saying what to set.
+    with pytest.raises(StoreError, match=rf"{re.escape(endpoint)}.*refused this client's certificate.*--etcd-cert"):
+        await EtcdStore.connect([endpoint], ca_file=pki["ca"], connect_timeout=10)
     plain = endpoint.replace("https://", "http://")
     with pytest.raises(StoreUnavailableError, match=re.escape(plain)):  # TLS port, plain-text client
         await EtcdStore.connect([plain], connect_timeout=1)

@@ -1,7 +1,8 @@
 """Turning configured etcd endpoints and TLS files into what the etcd client needs.
 
-etcd3aio dials an `ipv4:` target, so host names are resolved here (without blocking the event loop) to
-IPv4 `IP:port` addresses; TLS certificates are then checked against the first endpoint's host name.
+Host names are resolved here (without blocking the event loop) to IPv4 `IP:port` addresses, one gRPC
+channel each. Every address keeps the host name it was configured with: its member's TLS certificate is
+checked against that name, so members may carry certificates for their own names only.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from vgpud._private.store.base import StoreError, StoreUnavailableError
 
 
 @dataclass(frozen=True, slots=True)
-class EtcdTarget:
-    """Where to dial: IPv4 `IP:port` addresses, whether to use TLS, and the name certificates must carry."""
+class EtcdAddress:
+    """One place to dial: an IPv4 `IP:port`, and the name its TLS certificate must carry (host as configured)."""
 
-    addresses: list[str]
-    tls: bool
+    address: str
     server_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdTarget:
+    """Where to dial (each address once, in the configured order) and whether to use TLS."""
+
+    addresses: list[EtcdAddress]
+    tls: bool
 
 
 def parse_endpoint(raw: str) -> tuple[str, int, str]:
@@ -62,7 +70,7 @@ async def resolve_endpoints(endpoints: Sequence[str], *, tls_files: bool) -> Etc
     if "http" in schemes and tls_files:
         raise StoreError("etcd TLS files were given but the endpoints say http://; use https://")
     loop = asyncio.get_running_loop()
-    addresses: list[str] = []
+    addresses: dict[str, EtcdAddress] = {}
     for host, port, _ in parsed:
         try:
             infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
@@ -70,9 +78,8 @@ async def resolve_endpoints(endpoints: Sequence[str], *, tls_files: bool) -> Etc
             raise StoreUnavailableError(f"cannot resolve etcd host {host!r}: {exc}") from None
         for info in infos:
             address = f"{info[4][0]}:{port}"
-            if address not in addresses:
-                addresses.append(address)
-    return EtcdTarget(addresses, tls="https" in schemes or tls_files, server_name=parsed[0][0])
+            addresses.setdefault(address, EtcdAddress(address, server_name=host))
+    return EtcdTarget(list(addresses.values()), tls="https" in schemes or tls_files)
 
 
 def read_tls_files(

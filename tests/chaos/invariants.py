@@ -1,0 +1,364 @@
+"""What no crash may break, checked from every key under `/vgpu/<cluster>/` and from the daemons' own views.
+
+Fault injection only finds bugs through what it checks afterwards, so each rule here is stated once and
+each breach comes back as one readable line that names the kind of violation, the keys and the numbers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
+from vgpud._private.core.model import GpuMode, GpuRecord, GpuState, Isolation, LeaseRecord, LeaseState
+from vgpud._private.registry import Keys
+from vgpud._private.store.base import Store
+
+MILLI_PER_GPU: Final = 1000
+STORE_TIMEOUT: Final = 5.0
+RPC_TIMEOUT: Final = 3.0
+_POLL_S: Final = 0.2
+
+# Every violation line starts with one of these, so a reader (and a test) can tell the kinds apart.
+OVER_COMMIT: Final = "over-commit"
+ORPHAN_CLAIM: Final = "orphan claim"
+MISSING_CLAIM: Final = "missing claim"
+LOST_LEASE: Final = "lost lease"
+BAD_END: Final = "bad end"
+RELEASE_LOST: Final = "release not honoured"
+NOT_IDLE: Final = "not idle"
+DAEMON_DISAGREES: Final = "daemon disagrees"
+UNREADABLE: Final = "unreadable record"
+KINDS: Final = (
+    OVER_COMMIT,
+    ORPHAN_CLAIM,
+    MISSING_CLAIM,
+    LOST_LEASE,
+    BAD_END,
+    RELEASE_LOST,
+    NOT_IDLE,
+    DAEMON_DISAGREES,
+    UNREADABLE,
+)
+
+
+def kind_of(violation: str) -> str:
+    """The kind a violation line starts with ('' for a line this module did not write)."""
+    return next((k for k in KINDS if violation.startswith(k + ":")), "")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientView:
+    """What one client saw of one lease: that it was granted, and whether the daemon confirmed its release.
+
+    `released_at` is the wall-clock time (time.time, the daemon's clock too) at which `release()` returned
+    after a daemon answered it; None when the client never released (it abandoned the lease, or lost it
+    while the daemon was unreachable, so nothing reached the daemon). `release_state` is the lease state
+    that answer showed: "released", or the earlier end the daemon reported ("" when it only said "ended").
+    """
+
+    lease_id: str
+    released_at: float | None = None
+    release_state: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolContents:
+    """Everything of one cluster in etcd, parsed, as read at one revision."""
+
+    revision: int
+    gpus: dict[str, GpuRecord]
+    states: dict[str, GpuState]
+    leases: dict[str, LeaseRecord]
+    alive: frozenset[str]
+    queued: frozenset[str]
+    """Lease ids of requests still waiting in the pool-wide queue (queue/<id>)."""
+    unreadable: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The violations found (empty when every invariant holds) and what was looked at, for the summary."""
+
+    violations: tuple[str, ...]
+    revision: int
+    gpus: int
+    claims: int
+    lease_states: dict[str, int]
+    daemons_checked: int
+
+    @property
+    def ok(self) -> bool:
+        """True when no invariant was broken."""
+        return not self.violations
+
+    def describe(self) -> str:
+        """One line on what the checker saw."""
+        states = ", ".join(f"{s}={n}" for s, n in sorted(self.lease_states.items())) or "none"
+        return (
+            f"etcd revision {self.revision}: {self.gpus} GPUs, {self.claims} claims, leases {states}; "
+            f"{self.daemons_checked} daemon view(s) compared"
+        )
+
+
+async def read_contents(store: Store, cluster: str) -> PoolContents:
+    """Read and parse every key under `/vgpu/<cluster>/` at one revision; unparsable records are listed."""
+    keys = Keys(cluster)
+    snapshot = await store.get_prefix(keys.root, timeout=STORE_TIMEOUT)
+    gpus: dict[str, GpuRecord] = {}
+    states: dict[str, GpuState] = {}
+    leases: dict[str, LeaseRecord] = {}
+    alive: set[str] = set()
+    queued: set[str] = set()
+    unreadable: list[str] = []
+    for kv in snapshot.kvs:
+        where = keys.split(kv.key)
+        if where is None:
+            continue
+        kind, name = where
+        try:
+            if kind == "gpus":
+                gpus[name] = GpuRecord.from_json(kv.value)
+            elif kind == "gpustate":
+                states[name] = GpuState.from_json(kv.value)
+            elif kind == "leases":
+                leases[name] = LeaseRecord.from_json(kv.value)
+            elif kind == "alive":
+                alive.add(name)
+            elif kind == "queue":
+                queued.add(name)
+        except (ValueError, KeyError, TypeError) as exc:
+            unreadable.append(f"{UNREADABLE}: {kv.key} does not parse ({type(exc).__name__}: {exc})")
+    return PoolContents(snapshot.revision, gpus, states, leases, frozenset(alive), frozenset(queued), tuple(unreadable))
+
+
+def _gib(n: int) -> str:
+    return f"{n / 1024**3:.2f} GiB"
+
+
+def capacity_violations(pool: PoolContents) -> list[str]:
+    """Per GPU: claimed memory and compute within the GPU, a whole-GPU claim alone, claims fit the mode."""
+    out: list[str] = []
+    for uuid, state in sorted(pool.states.items()):
+        if not state.claims:
+            continue
+        record = pool.gpus.get(uuid)
+        if record is None:
+            holders = sorted({c.lease_id for c in state.claims})
+            out.append(f"{ORPHAN_CLAIM}: gpustate/{uuid} holds claims of {holders} but gpus/{uuid} does not exist")
+            continue
+        if state.memory_claimed > record.memory_bytes:
+            out.append(
+                f"{OVER_COMMIT}: GPU {uuid} ({record.node}) has {_gib(state.memory_claimed)} claimed of "
+                f"{_gib(record.memory_bytes)} by {[(c.lease_id, c.memory_bytes) for c in state.claims]}"
+            )
+        if state.compute_claimed > MILLI_PER_GPU:
+            out.append(
+                f"{OVER_COMMIT}: GPU {uuid} ({record.node}) has {state.compute_claimed} milli-GPU claimed of "
+                f"{MILLI_PER_GPU} by {[(c.lease_id, c.compute_milli) for c in state.claims]}"
+            )
+        whole = [c.lease_id for c in state.claims if c.isolation is Isolation.WHOLE]
+        if whole and len(state.claims) > 1:
+            others = [c.lease_id for c in state.claims if c.lease_id != whole[0]]
+            out.append(f"{OVER_COMMIT}: GPU {uuid} is held whole by {whole[0]} but also claimed by {others}")
+        shared = [c.lease_id for c in state.claims if c.isolation is Isolation.SHARED]
+        if shared and state.mode is not GpuMode.SHARED:
+            out.append(f"{OVER_COMMIT}: GPU {uuid} is in {state.mode.value} mode but has shared claims of {shared}")
+    return out
+
+
+def claim_violations(pool: PoolContents) -> list[str]:
+    """Claims and live leases match one to one: each claim is a slice of a live lease, each slice has its claim."""
+    out: list[str] = []
+    claims_of: dict[str, Counter[tuple[str, int, int, Isolation]]] = {}
+    for uuid, state in sorted(pool.states.items()):
+        for c in state.claims:
+            lease = pool.leases.get(c.lease_id)
+            if lease is None:
+                out.append(f"{ORPHAN_CLAIM}: GPU {uuid} holds a claim of {c.lease_id}, which has no lease record")
+            elif lease.state.ended:
+                out.append(
+                    f"{ORPHAN_CLAIM}: GPU {uuid} still holds a claim of {c.lease_id}, which ended as "
+                    f"{lease.state.value} ({lease.end_reason or 'no reason'})"
+                )
+            else:
+                claims_of.setdefault(c.lease_id, Counter())[(uuid, c.memory_bytes, c.compute_milli, c.isolation)] += 1
+    for lease_id, lease in sorted(pool.leases.items()):
+        if lease.state.ended:
+            continue
+        slices = Counter((s.gpu_uuid, s.memory_bytes, s.compute_milli, s.isolation) for s in lease.slices)
+        claims = claims_of.get(lease_id, Counter())
+        for uuid, memory, compute, isolation in sorted((claims - slices).elements()):
+            out.append(
+                f"{ORPHAN_CLAIM}: GPU {uuid} holds a {isolation.value} claim of {lease_id} ({_gib(memory)}, "
+                f"{compute} milli) that matches none of the lease's slices {sorted(slices)}"
+            )
+        for uuid, memory, compute, isolation in sorted((slices - claims).elements()):
+            out.append(
+                f"{MISSING_CLAIM}: live lease {lease_id} ({lease.state.value}) has a {isolation.value} slice on "
+                f"GPU {uuid} ({_gib(memory)}, {compute} milli) with no matching claim in gpustate/{uuid}"
+            )
+    return out
+
+
+def end_violations(pool: PoolContents) -> list[str]:
+    """Every ended lease says why and when it ended."""
+    return [
+        f"{BAD_END}: lease {lease_id} ended as {lease.state.value} with end_reason={lease.end_reason!r} "
+        f"ended_at={lease.ended_at}"
+        for lease_id, lease in sorted(pool.leases.items())
+        if lease.state.ended and (not lease.end_reason or lease.ended_at <= 0)
+    ]
+
+
+def client_violations(pool: PoolContents, granted: Mapping[str, ClientView]) -> list[str]:
+    """Every lease a client saw granted is in etcd; one the client released shows that release (or an earlier end)."""
+    out: list[str] = []
+    for lease_id, view in sorted(granted.items()):
+        lease = pool.leases.get(lease_id)
+        if lease is None:
+            out.append(f"{LOST_LEASE}: lease {lease_id} was granted to a client but leases/{lease_id} is not in etcd")
+            continue
+        if view.released_at is None:
+            continue
+        answered = f"daemon answered {view.release_state!r}"
+        if not lease.state.ended:
+            out.append(
+                f"{RELEASE_LOST}: the client released lease {lease_id} at {view.released_at:.3f} ({answered}) "
+                f"but etcd still shows it {lease.state.value}"
+            )
+        elif lease.ended_at > view.released_at:
+            out.append(
+                f"{RELEASE_LOST}: the client released lease {lease_id} at {view.released_at:.3f} ({answered}) "
+                f"but etcd shows it {lease.state.value} ({lease.end_reason}) at {lease.ended_at:.3f}, later"
+            )
+        elif view.release_state == LeaseState.RELEASED.value and lease.state is not LeaseState.RELEASED:
+            out.append(
+                f"{RELEASE_LOST}: the daemon confirmed the release of lease {lease_id} but etcd shows it "
+                f"{lease.state.value} ({lease.end_reason})"
+            )
+    return out
+
+
+def idle_violations(pool: PoolContents) -> list[str]:
+    """With every client stopped, no lease may stay live (TTL ends abandoned ones) and no request may wait."""
+    live = [
+        f"{NOT_IDLE}: lease {lease_id} on {lease.node} is still {lease.state.value} although every client "
+        f"stopped (alive/{lease_id} {'present' if lease_id in pool.alive else 'absent: nothing left to expire it'})"
+        for lease_id, lease in sorted(pool.leases.items())
+        if not lease.state.ended
+    ]
+    waiting = [
+        f"{NOT_IDLE}: queue/{lease_id} still waits although every client stopped" for lease_id in sorted(pool.queued)
+    ]
+    return live + waiting
+
+
+def static_violations(pool: PoolContents, granted: Mapping[str, ClientView], *, expect_idle: bool = False) -> list[str]:
+    """Every invariant that etcd's contents alone decide."""
+    return [
+        *pool.unreadable,
+        *capacity_violations(pool),
+        *claim_violations(pool),
+        *end_violations(pool),
+        *client_violations(pool, granted),
+        *(idle_violations(pool) if expect_idle else []),
+    ]
+
+
+def _expected_allocation(pool: PoolContents) -> dict[str, tuple[int, int, int]]:
+    """Per registered GPU: (memory, compute, slices) claimed in etcd."""
+    out = {}
+    for uuid in pool.gpus:
+        state = pool.states.get(uuid, GpuState())
+        out[uuid] = (state.memory_claimed, state.compute_claimed, len(state.claims))
+    return out
+
+
+async def _daemon_disagreements(
+    endpoint: str, stub: admin_pb2_grpc.AdminServiceAsyncStub, expected: dict[str, tuple[int, int, int]], revision: int
+) -> list[str]:
+    try:
+        answer = await stub.ListGpus(admin_pb2.ListGpusRequest(), timeout=RPC_TIMEOUT)
+    except grpc.aio.AioRpcError as exc:
+        return [f"{DAEMON_DISAGREES}: {endpoint} did not answer ListGpus: {exc.code().name} {exc.details()}"]
+    seen = {g.uuid: (g.allocated.memory_bytes, g.allocated.compute_milli, g.allocated.slices) for g in answer.gpus}
+    out = [
+        f"{DAEMON_DISAGREES}: {endpoint} does not list GPU {uuid}, which etcd has"
+        for uuid in sorted(expected.keys() - seen.keys())
+    ]
+    out += [
+        f"{DAEMON_DISAGREES}: {endpoint} lists GPU {uuid}, which etcd does not have"
+        for uuid in sorted(seen.keys() - expected.keys())
+    ]
+    for uuid in sorted(expected.keys() & seen.keys()):
+        if seen[uuid] != expected[uuid]:
+            (dm, dc, ds), (em, ec, es) = seen[uuid], expected[uuid]
+            out.append(
+                f"{DAEMON_DISAGREES}: {endpoint} shows GPU {uuid} with {dm} B / {dc} milli in {ds} slice(s) "
+                f"allocated, etcd (revision {revision}) has {em} B / {ec} milli in {es}"
+            )
+    return out
+
+
+async def daemon_violations(store: Store, cluster: str, daemons: Sequence[str], *, settle_timeout: float) -> list[str]:
+    """Each daemon's ListGpus matches etcd's gpustate; retried until `settle_timeout` so watches catch up.
+
+    etcd is re-read every round (expiries may still land), and the last round's differences are reported.
+    """
+    channels = [
+        grpc.aio.insecure_channel(endpoint, options=[("grpc.default_authority", "localhost")]) for endpoint in daemons
+    ]
+    try:
+        stubs = [admin_pb2_grpc.AdminServiceStub(channel) for channel in channels]
+        deadline = time.monotonic() + settle_timeout
+        while True:
+            pool = await read_contents(store, cluster)
+            expected = _expected_allocation(pool)
+            rounds = await asyncio.gather(
+                *(
+                    _daemon_disagreements(ep, stub, expected, pool.revision)
+                    for ep, stub in zip(daemons, stubs, strict=True)
+                )
+            )
+            problems = [line for found in rounds for line in found]
+            if not problems or time.monotonic() >= deadline:
+                return problems
+            # A daemon's view is only visible by asking it: poll, within the deadline.
+            await asyncio.sleep(_POLL_S)
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+async def check_pool(
+    store: Store,
+    cluster: str,
+    *,
+    granted: Mapping[str, ClientView],
+    daemons: Sequence[str],
+    expect_idle: bool = False,
+    settle_timeout: float = 15.0,
+) -> Report:
+    """Check every invariant of `cluster`: etcd's contents, what clients saw, and the running `daemons`' views.
+
+    `granted` maps lease ids to what their clients saw; `daemons` are the endpoints of the daemons still
+    running; `expect_idle` also requires that no lease is live (every client has stopped).
+    """
+    pool = await read_contents(store, cluster)
+    violations = static_violations(pool, granted, expect_idle=expect_idle)
+    violations += await daemon_violations(store, cluster, daemons, settle_timeout=settle_timeout)
+    return Report(
+        violations=tuple(violations),
+        revision=pool.revision,
+        gpus=len(pool.gpus),
+        claims=sum(len(s.claims) for s in pool.states.values()),
+        lease_states=dict(Counter(lease.state.value for lease in pool.leases.values())),
+        daemons_checked=len(daemons),
+    )
