@@ -2,10 +2,11 @@
 
 Members bootstrap statically (`--initial-cluster`), with a short heartbeat and election timeout so a lost
 leader is replaced within about a second on loopback. Each member's data and log live under `base_dir`
-(`m<i>/` and `m<i>.log`); errors quote the log's tail. Every member gets PR_SET_PDEATHSIG (as EmbeddedEtcd
-does), so a test process killed with -9 leaves no etcd behind. Linux ties that signal to the spawning
-*thread*, so members are spawned from one thread the cluster keeps until `close()`: `start`, `restart` and
-the rest may be called from any thread (a fault-injecting thread that ends does not take members with it).
+(`m<i>/` and `m<i>.log`); errors quote the log's tail. Members are spawned, probed and their logs read with
+EmbeddedEtcd's helpers (vgpud's etcd_process): each gets PR_SET_PDEATHSIG, so a test process killed with -9
+leaves no etcd behind. Linux ties that signal to the spawning *thread*, so members are spawned from one
+thread the cluster keeps until `close()`: `start`, `restart` and the rest may be called from any thread (a
+fault-injecting thread that ends does not take members with it).
 
 With `tls=True` clients must present a certificate signed by the cluster's CA (`--client-cert-auth`);
 `tls_files` holds the CA and a client certificate and key ("vgpud"). Peers talk plain http on loopback.
@@ -15,43 +16,27 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import shutil
 import signal
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
+from tests.pki import write_ca, write_leaf
 from tests.support import free_ports
 from vgpud._private.store.embedded_etcd import find_etcd_binary
+from vgpud._private.store.etcd_process import HEALTH_TIMEOUT_S, healthy, log_tail, spawn_tied_to_parent
 
-# argv: parent pid, etcd binary, etcd flags. PR_SET_PDEATHSIG (1) survives the exec; the getppid check
-# catches a parent that died before prctl took effect.
-_LAUNCHER = """
-import ctypes, os, signal, sys
-ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-if os.getppid() != int(sys.argv[1]):
-    os._exit(1)
-os.execv(sys.argv[2], sys.argv[2:])
-"""
 _POLL_S = 0.05
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 25
-_HEALTH_TIMEOUT_S = 1.0
 
 
 class EtcdClusterError(RuntimeError):
@@ -303,22 +288,12 @@ class EtcdCluster:
     def _spawn_here(self, i: int) -> None:
         """Start member `i` with output to its log, in its own session, SIGKILLed when this thread ends.
 
-        No preexec_fn: that forces a real fork(), whose handlers in gRPC can abort the child while this
-        process has channels open (seen in these tests). A tiny launcher sets the parent-death signal in
-        the child instead and execs etcd, which keeps it; Popen can then use vfork, which runs no handlers.
+        Through etcd_process's launcher, not a preexec_fn: a real fork() of this process, which has gRPC
+        channels open, can abort the child (seen in these tests).
         """
-        argv = [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), *self._argv(i)]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # no stray ETCD_* flags
         with self.log_file(i).open("ab") as log:
             self._log_offsets[i] = log.tell()
-            self._procs[i] = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # a Ctrl-C on the test's terminal reaches only pytest
-            )
+            self._procs[i] = spawn_tied_to_parent(self._argv(i), log)
 
     def _wait_healthy(self, members: range | list[int], deadline: float) -> None:
         """Until each of `members` is healthy; _PortConflictError or EtcdClusterError with the log's tail."""
@@ -349,25 +324,16 @@ class EtcdCluster:
     def _connection(self, i: int) -> http.client.HTTPConnection:
         port = self._member(i).client_port
         if not self.tls:
-            return http.client.HTTPConnection("127.0.0.1", port, timeout=_HEALTH_TIMEOUT_S)
+            return http.client.HTTPConnection("127.0.0.1", port, timeout=HEALTH_TIMEOUT_S)
         assert self.tls_files is not None
         context = ssl.create_default_context(cafile=str(self.tls_files.ca_file))
         context.check_hostname = False  # a member may be named "localhost" only; the CA is still checked
         context.load_cert_chain(self.tls_files.cert_file, self.tls_files.key_file)
-        return http.client.HTTPSConnection("127.0.0.1", port, timeout=_HEALTH_TIMEOUT_S, context=context)
+        return http.client.HTTPSConnection("127.0.0.1", port, timeout=HEALTH_TIMEOUT_S, context=context)
 
     def _health(self, i: int) -> bool:
-        """Whether member `i`'s /health says {"health": "true"} (http.client: no proxy lookup)."""
-        conn = self._connection(i)
-        try:
-            conn.request("GET", "/health")
-            response = conn.getresponse()
-            body = response.read()
-            return response.status == http.client.OK and json.loads(body).get("health") == "true"
-        except (OSError, ValueError, http.client.HTTPException):
-            return False
-        finally:
-            conn.close()
+        """Whether member `i`'s /health says {"health": "true"}."""
+        return healthy(self._connection(i))
 
     def _status(self, i: int) -> tuple[int, int] | None:
         """(member id, leader's id or 0) from member `i`'s maintenance status on its JSON gateway, or None."""
@@ -393,13 +359,7 @@ class EtcdCluster:
         shutil.rmtree(self.base_dir / f"m{i}", ignore_errors=True)
 
     def _log_tail(self, i: int) -> str:
-        try:
-            with self.log_file(i).open("rb") as log:
-                log.seek(self._log_offsets[i])
-                text = log.read()[-16384:].decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        return log_tail(self.log_file(i), self._log_offsets[i], _LOG_TAIL_LINES)
 
     def _log_hint(self, i: int, tail: str | None = None) -> str:
         tail = self._log_tail(i) if tail is None else tail
@@ -421,97 +381,3 @@ class EtcdCluster:
 
 class _PortConflictError(Exception):
     """A member exited at start because one of its ports was taken meanwhile."""
-
-
-# -- test PKI -------------------------------------------------------------------------------------------
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _write(directory: Path, stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def _builder(subject: str, issuer: x509.Name, key: ec.EllipticCurvePrivateKey) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-
-
-def write_ca(directory: Path, common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate, Path]:
-    """A throwaway ECDSA P-256 CA written as `<common-name-ish>.pem`; its key and cert to sign leaves with."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        _builder(common_name, _name(common_name), key)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, _ = _write(directory, "ca", key, cert)
-    return key, cert, cert_path
-
-
-def write_leaf(
-    directory: Path,
-    stem: str,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    *,
-    server: bool,
-    common_name: str | None = None,
-    names: Sequence[str] = ("localhost", "127.0.0.1"),
-) -> tuple[Path, Path]:
-    """A certificate for `names` (DNS names or IPs) signed by the CA: (cert file, key file) named after `stem`.
-
-    A server certificate is also good for client auth: etcd's JSON gateway dials its own gRPC port with it.
-    """
-    key = ec.generate_private_key(ec.SECP256R1())
-    usages = (
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-        if server
-        else [ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    cert = (
-        _builder(common_name or stem, ca_cert.subject, key)
-        .add_extension(
-            x509.SubjectAlternativeName([_general_name(name) for name in names]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return _write(directory, stem, key, cert)

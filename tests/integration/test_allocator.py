@@ -88,3 +88,19 @@ async def test_concurrent_grants_share_batches_without_overcommit(etcd_store: Et
     assert {e.state for e in ended} == {LeaseState.RELEASED}
     snapshot = await etcd_store.get_prefix(KEYS.root + "gpustate/", timeout=5)
     assert all(GpuState.from_json(kv.value).claims == () for kv in snapshot.kvs)
+
+
+async def test_gpus_another_node_reports_unhealthy_take_no_new_work(etcd_store: EtcdStore, view: PoolView) -> None:
+    """Remote health comes from the node record its daemon publishes, so the leader skips bad GPUs."""
+    leader = Allocator(etcd_store, KEYS, view, timeout=5, history_ttl=60, default_ttl=30, local_node="elsewhere")
+    sick = NodeRecord("n1", "unix:///x", "0", 0.0, "sim", 2, unhealthy=(gpu(0).uuid,))
+    await etcd_store.txn([], [Put(KEYS.node("n1"), sick.to_json())], timeout=5)
+    while (node := view.node("n1")) is None or not node.unhealthy:
+        assert await view.wait_changed(view.generation, timeout=5)
+    usable = {g.record.uuid: g.schedulable for g in leader.candidates("n1")}
+    assert usable == {gpu(0).uuid: False, gpu(1).uuid: True}
+    record, _ = await leader.acquire(spec(75 * GiB))
+    assert [s.gpu_uuid for s in record.slices] == [gpu(1).uuid]
+    with pytest.raises(Refusal) as refused:
+        await leader.acquire(spec(75 * GiB))
+    assert "unhealthy" in refused.value.message

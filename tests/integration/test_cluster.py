@@ -17,7 +17,7 @@ import pytest
 
 from tests.integration.conftest import Admin, wait_until
 from vgpu._private import reasons
-from vgpu.api.v1 import types_pb2, workload_pb2
+from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
 from vgpu.testing import LocalPool, local_pool
 from vgpud._private.core.model import LeaseRecord
 from vgpud._private.registry import Keys
@@ -237,6 +237,51 @@ def test_a_partitioned_daemon_keeps_leases_until_its_own_lease_would_lapse(tmp_p
                     assert "NODE_LOST" in details
                 finally:
                     os.kill(etcd.pid, signal.SIGCONT)
+            finally:
+                admin.close()
+    finally:
+        etcd.stop()
+
+
+async def queue_keys(endpoint: str) -> list[str]:
+    store = await EtcdStore.connect([endpoint])
+    try:
+        snapshot = await store.get_prefix(Keys("default").queue(""), timeout=5)
+        return [kv.key for kv in snapshot.kvs]
+    finally:
+        await store.close()
+
+
+def test_a_waiter_that_gives_up_while_etcd_is_unreachable_still_leaves_the_queue(tmp_path: Path) -> None:
+    """A queue key left behind would be granted later to nobody (seen in the fault-injection suite)."""
+    etcd = EmbeddedEtcd(tmp_path / "etcd")
+    etcd.start()
+    try:
+        with local_pool("h100-80gb:1", extra_args=("--etcd", etcd.endpoint), ttl=30) as daemon:
+            held = acquire(daemon, types_pb2.ResourceRequest(isolation=WHOLE))
+            admin = Admin(daemon.endpoint)
+            assert etcd.pid is not None
+            try:
+                request = workload_pb2.AcquireRequest(resources=types_pb2.ResourceRequest(isolation=WHOLE), wait=True)
+                stream = admin.workload.Acquire(request, timeout=60)
+                assert next(stream).WhichOneof("update") == "queued"
+                assert len(asyncio.run(queue_keys(etcd.endpoint))) == 1
+                os.kill(etcd.pid, signal.SIGSTOP)
+                try:
+                    stream.cancel()  # the client gives up while its daemon cannot reach etcd
+                    wait_until(
+                        lambda: "cannot withdraw a queued request yet" in daemon.log_tail(),
+                        timeout=30,
+                        what="the first withdrawal attempt to fail",
+                    )
+                finally:
+                    os.kill(etcd.pid, signal.SIGCONT)
+                wait_until(lambda: not asyncio.run(queue_keys(etcd.endpoint)), timeout=30, what="the queue to empty")
+                admin.workload.Release(
+                    workload_pb2.ReleaseRequest(lease_id=held.lease.id, token=held.lease.token), timeout=10
+                )
+                listed = admin.admin.ListAllLeases(admin_pb2.ListAllLeasesRequest(include_ended=True), timeout=10)
+                assert [lease.id for lease in listed.leases] == [held.lease.id]
             finally:
                 admin.close()
     finally:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 import time
@@ -15,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.etcd_cluster import EtcdCluster, TlsFiles, write_ca, write_leaf
+from tests.etcd_cluster import EtcdCluster, TlsFiles
 from tests.integration.conftest import Admin
-from tests.support import kill_if_alive, open_pidfd, wait_pidfd, watcher_streams
+from tests.parent_death import assert_etcd_dies_with_killed_parent
+from tests.pki import write_ca, write_leaf
+from tests.support import open_pidfd, wait_pidfd, watcher_streams
 from vgpu.testing import local_pool
 from vgpud._private.store.base import Put, StoreError, StoreUnavailableError, WatchEvent
-from vgpud._private.store.embedded_etcd import find_etcd_binary
 from vgpud._private.store.etcd_store import EtcdStore
 
 T = 5.0  # per-call deadline, as the daemon uses
@@ -271,28 +270,7 @@ def test_members_die_with_a_killed_test_process(tmp_path: Path) -> None:
         sys.stdin.read()
         """
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script, str(tmp_path / "c")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parents[2],
-    )
-    assert parent.stdout is not None
-    assert parent.stdin is not None
-    try:
-        member_pid = int(parent.stdout.readline())
-        pidfd = open_pidfd(member_pid)
-        assert Path(f"/proc/{member_pid}/exe").resolve() == find_etcd_binary().resolve()  # etcd, not a launcher
-    finally:
-        parent.kill()
-        parent.wait()
-        parent.stdin.close()
-        parent.stdout.close()
-    try:
-        assert wait_pidfd(pidfd, timeout=10), f"etcd member (pid {member_pid}) outlived its SIGKILLed parent"
-    finally:
-        kill_if_alive(pidfd)
-        os.close(pidfd)
+    assert_etcd_dies_with_killed_parent(script, str(tmp_path / "c"))
 
 
 def test_a_member_restarted_from_a_thread_outlives_that_thread(tmp_path: Path) -> None:

@@ -5,11 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.parent_death import assert_etcd_dies_with_killed_parent
 from tests.support import (
     compact,
     etcd_metric,
     free_port,
     free_ports,
-    kill_if_alive,
-    open_pidfd,
-    wait_pidfd,
     watcher_streams,
     write_test_pki,
 )
@@ -441,21 +437,4 @@ def test_etcd_dies_with_a_killed_parent(tmp_path: Path) -> None:
         sys.stdin.read()
         """
     )
-    parent = subprocess.Popen(
-        [sys.executable, "-c", script, str(tmp_path / "etcd")], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert parent.stdout is not None
-    try:
-        etcd_pid = int(parent.stdout.readline())
-        pidfd = open_pidfd(etcd_pid)
-    finally:
-        parent.kill()
-        parent.wait()
-        assert parent.stdin is not None
-        parent.stdin.close()
-        parent.stdout.close()
-    try:
-        assert wait_pidfd(pidfd, timeout=10), f"etcd (pid {etcd_pid}) outlived its SIGKILLed parent"
-    finally:
-        kill_if_alive(pidfd)
-        os.close(pidfd)
+    assert_etcd_dies_with_killed_parent(script, str(tmp_path / "etcd"))

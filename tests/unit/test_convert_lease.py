@@ -102,3 +102,12 @@ def test_an_ended_lease_has_no_environments() -> None:
     assert list(msg.node_environments) == []
     assert msg.ended_at.seconds == 1_700_000_100
     assert [s.node for s in msg.slices] == ["n2", "n1", "n2", "n3"]
+
+
+def test_the_request_shows_how_the_lease_was_to_be_placed() -> None:
+    spread = convert.lease(
+        dataclasses.replace(GANG, any_node=True, gang=True), node="n1", endpoint=LOCAL, endpoints=ENDPOINTS
+    )
+    assert (spread.request.node, spread.request.any_node, spread.request.gang) == ("", True, True)
+    named = convert.lease(dataclasses.replace(GANG, target_node="n2"), node="n1", endpoint=LOCAL, endpoints=ENDPOINTS)
+    assert (named.request.node, named.request.any_node, named.request.gang) == ("n2", False, False)

@@ -39,6 +39,8 @@ def lease(**overrides: Any) -> LeaseRecord:
         liveness_lease=77,
         request_id="cd" * 32,
         labels={"team": "cv"},
+        any_node=True,
+        gang=True,
     )
     return dataclasses.replace(base, **overrides)
 
@@ -49,6 +51,8 @@ def test_lease_record_round_trips() -> None:
     ended = record.ended_as(LeaseState.EXPIRED, "HEARTBEAT_TIMEOUT", "late", 1700000100.0)
     assert LeaseRecord.from_json(ended.to_json()) == ended
     assert ended.state.ended
+    named = lease(target_node="n2", any_node=False, gang=False)
+    assert LeaseRecord.from_json(named.to_json()) == named
 
 
 def test_gpu_state_round_trips_and_sums() -> None:

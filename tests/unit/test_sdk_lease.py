@@ -115,10 +115,29 @@ def test_heartbeat_answered_lease_ended_marks_lost_and_calls_on_lost_once(
     assert len(servicer.calls_of("Heartbeat")) == 1
     with pytest.raises(vgpu.LeaseLostError, match="revoked by admin"):
         lease.refresh()
-    with pytest.raises(vgpu.LeaseLostError):
-        next(iter(lease.events()))
     lease.release()  # fine after the loss
     assert lease.released
+
+
+def test_events_deliver_the_end_when_a_heartbeat_was_refused_because_the_lease_ended(
+    daemon: tuple[FakeWorkload, vgpu.Pool],
+) -> None:
+    """The heartbeat's LEASE_ENDED error carries no lease state; the stream is reopened once for the end."""
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[granted(ttl=1)]]
+    servicer.heartbeat = lambda _r: Fail(grpc.StatusCode.FAILED_PRECONDITION, reasons.LEASE_ENDED, "revoked by admin")
+    servicer.watch_scripts = [
+        [
+            event(1, workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT),
+            event(2, workload_pb2.LEASE_EVENT_TYPE_REVOKED, types_pb2.LEASE_STATE_REVOKED),
+        ]
+    ]
+    lost = threading.Event()
+    lease = pool.acquire(memory="1GiB", compute=0.1)
+    lease.on_lost = lambda _reason: lost.set()
+    assert lost.wait(WAIT)
+    assert [(e.type, e.state) for e in lease.events()] == [("snapshot", "granted"), ("revoked", "revoked")]
+    assert len(servicer.calls_of("WatchLease")) == 1
 
 
 def test_heartbeat_answer_with_an_ended_state_marks_lost(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:

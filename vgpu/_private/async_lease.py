@@ -143,7 +143,7 @@ class AsyncLease(LeaseBase):
         while True:
             if self.lost:
                 # Lost because it ended (the heartbeat heard first): reopen once to deliver the end event.
-                if not self._ended or final_try:
+                if not (self._ended or self._end_heard) or final_try:
                     raise LeaseLostError(f"lease {self.id} is lost: {self.lost_reason}")
                 final_try = True
             if self.released or (self._stop.is_set() and not final_try):
@@ -192,6 +192,7 @@ class AsyncLease(LeaseBase):
                     return
                 verdict = policy.failed(error)
                 if verdict.lost_reason is not None:
+                    self._end_heard = isinstance(error, LeaseEndedError)
                     await self._lose(verdict.lost_reason)
                     return
                 delay = verdict.retry_in

@@ -51,6 +51,8 @@ class LeaseBase:
         self._end_message = ""
         self._preempt_deadline: dt.datetime | None = None
         self._lost_reason: str | None = None
+        self._end_heard = False
+        """The daemon said the lease ended (a heartbeat's LEASE_ENDED) before its end event was read."""
         self._released = False
         self.on_lost: LostCallback | None = None
         """Called once with the reason when the SDK marks the lease lost (from the heartbeat thread/task)."""

@@ -7,9 +7,6 @@ one daemon) acting on the same view cannot both win: the loser re-reads and plac
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -30,6 +27,7 @@ from vgpud._private.core.model import (
     SliceRecord,
 )
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
 from vgpud._private.liveness_leases import LivenessLeases
 from vgpud._private.pool_view import PoolView, Queued, Versioned
 from vgpud._private.refusal import Refusal
@@ -59,34 +57,8 @@ class AcquireSpec:
     """Place on any node (the leader decides)."""
     span: bool = False
     """A gang that may spread over several nodes."""
-
-
-def hash_secret(text: str) -> str:
-    """Hex SHA-256; tokens and request ids are stored only this way."""
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def lease_identity(request_id: str) -> str:
-    """The lease id a request gets: derived from its request id (retries find it), else random."""
-    return f"lease-{hash_secret(request_id)[:12]}" if request_id else f"lease-{secrets.token_hex(6)}"
-
-
-def lease_token(lease_id: str, request_id: str) -> str:
-    """`<lease_id>.<secret>`; with a request id the secret is derived from it.
-
-    So a retried acquire can hand back the same token without the daemon ever storing it.
-    """
-    if request_id:
-        secret = hmac.new(request_id.encode(), lease_id.encode(), hashlib.sha256).hexdigest()[:40]
-    else:
-        secret = secrets.token_hex(20)
-    return f"{lease_id}.{secret}"
-
-
-def check_token(lease: LeaseRecord, token: str) -> None:
-    """Refuse unless `token` is this lease's token."""
-    if not hmac.compare_digest(hash_secret(token), lease.token_sha256):
-        raise Refusal(reasons.LEASE_TOKEN_MISMATCH, f"the token does not belong to lease {lease.id}")
+    gang: bool = False
+    """All slices or none (as asked; span is what it allows across nodes)."""
 
 
 class Allocator:
@@ -114,7 +86,7 @@ class Allocator:
         self._history_ttl = history_ttl
         self._clock = clock
         self._healthy = healthy
-        """Whether a GPU of this node may take new work (the backend's health check)."""
+        """Whether a GPU of this node may take new work (the backend's health check, fresher than etcd's)."""
         self._history: tuple[int, float] | None = None
         self._history_lock = asyncio.Lock()
         self._writes = WriteBatcher(store, keys, view, timeout, fence)
@@ -131,11 +103,15 @@ class Allocator:
         live = self._view.node(node)
         open_node = live is not None and not self._view.node_config(node).value.draining
         present = set(live.gpus) if live is not None and live.gpus else None
+
+        def usable(uuid: str) -> bool:
+            return open_node and live is not None and live.healthy(uuid) and self._healthy(uuid)
+
         return [
             GpuView(
                 record,
                 overlay.gpu_state(record.uuid) if overlay else self._view.gpu_state(record.uuid).value,
-                open_node and self._healthy(record.uuid),
+                usable(record.uuid),
             )
             for record in self._view.gpus_of(node)
             if present is None or record.uuid in present
@@ -266,6 +242,9 @@ class Allocator:
             liveness_lease=liveness,
             request_id=hash_secret(spec.request_id) if spec.request_id else "",
             labels=dict(spec.labels),
+            target_node="" if spec.any_node else spec.node,
+            any_node=spec.any_node,
+            gang=spec.gang,
         )
 
     async def existing(self, request_id: str) -> tuple[LeaseRecord, str] | None:

@@ -7,6 +7,7 @@ says what to change. A clean stop leaves every lease in etcd for the next start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -50,6 +51,7 @@ log = structlog.get_logger("vgpud")
 EXIT_OK = 0
 EXIT_CANNOT_START = 3
 _NODE_TTL = 10
+_HEALTH_POLL_S = 10.0
 _ELECTION_TTL = 5
 _STORE_TIMEOUT = 5.0
 
@@ -245,7 +247,7 @@ class Daemon:
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
-        self._tasks.start(self._watch_gpu_health(), "gpu-health")
+        self._tasks.start(self._watch_gpu_health(store), "gpu-health")
         self._tasks.start(self._update_metrics(view), "metrics")
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
@@ -264,6 +266,9 @@ class Daemon:
         await health_servicer.enter_graceful_shutdown()
         serving.stopping.set()
         await server.stop(cfg.shutdown_grace_s)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_STORE_TIMEOUT):
+                await queue.settled()  # waiters the stop turned away leave the queue now, not at lease lapse
         await self._tasks.cancel_all()
         await leadership.resign()
         # The node lease is left to lapse, not revoked: a restart within its TTL takes the node over
@@ -319,6 +324,10 @@ class Daemon:
         asked = time.monotonic()
         self._node_lease = await store.grant(_NODE_TTL, timeout=_STORE_TIMEOUT)
         self._node_alive_until = asked + _NODE_TTL
+        await self._publish_node(store)
+
+    async def _publish_node(self, store: Store) -> None:
+        """Write this node's record (bound to its etcd lease), with the GPUs its backend finds unhealthy."""
         record = NodeRecord(
             name=self._config.node_name,
             endpoint=self.endpoint,
@@ -328,6 +337,7 @@ class Daemon:
             gpu_count=len(self._gpus),
             gpus=tuple(g.uuid for g in self._gpus),
             host=socket.gethostname(),
+            unhealthy=tuple(uuid for uuid, ok in self._health_by_gpu.items() if not ok),
         )
         key = self._keys.node(self._config.node_name)
         await store.txn([], [Put(key, record.to_json(), lease=self._node_lease)], timeout=_STORE_TIMEOUT)
@@ -364,7 +374,9 @@ class Daemon:
                 await asyncio.sleep(1.0)
                 self._expiring.put_nowait(lease_id)
 
-    async def _watch_gpu_health(self) -> None:
+    async def _watch_gpu_health(self, store: Store) -> None:
+        """Poll the backend; publish changes in the node record so the leader places nothing on a bad GPU."""
+        stale = False
         while True:
             for uuid in list(self._health_by_gpu):
                 try:
@@ -373,8 +385,15 @@ class Daemon:
                     ok = False
                 if ok != self._health_by_gpu[uuid]:
                     log.warning("GPU health changed", gpu=uuid, healthy=ok)
+                    stale = True
                 self._health_by_gpu[uuid] = ok
-            await asyncio.sleep(10.0)
+            if stale:
+                try:
+                    await self._publish_node(store)
+                    stale = False
+                except StoreError as exc:
+                    log.warning("cannot publish GPU health yet; retrying", error=str(exc))
+            await asyncio.sleep(_HEALTH_POLL_S)
 
     async def _update_metrics(self, view: PoolView) -> None:
         while True:

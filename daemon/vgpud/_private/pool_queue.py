@@ -28,6 +28,8 @@ from vgpud._private.store.base import Delete, ModRevisionIs, Put, Store, StoreEr
 log = structlog.get_logger("vgpud.pool_queue")
 
 _RECHECK_S = 2.0
+_WITHDRAW_RETRY_S = 0.5
+_WITHDRAW_RETRY_MAX_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +67,7 @@ class PoolQueue:
         self._holds = holds
         """The leader's reasons for held requests when this daemon leads (empty otherwise)."""
         self._timeout = timeout
+        self._withdrawing: set[asyncio.Future[None]] = set()
 
     def waiting_for(self, node: str) -> bool:
         """Whether any live request in the queue could take capacity on `node` (so a newcomer must queue)."""
@@ -152,16 +155,44 @@ class PoolQueue:
             reasons.QUEUE_TIMEOUT, f"no capacity before the deadline (queue position {pos.position}): {pos.reason}"
         )
 
-    async def withdraw(self, lease_id: str) -> None:
-        """Leave the queue (client gone, deadline passed); a grant that raced in is given back."""
-        with contextlib.suppress(StoreError):
-            await self._delete(lease_id)
+    def withdraw(self, lease_id: str) -> None:
+        """Leave the queue (client gone, deadline passed); a grant that raced in is given back.
+
+        Runs in its own task, retried until etcd answers: the caller may be a cancelled stream, and a
+        queue key left behind (etcd briefly unreachable) would be granted later to a client that is gone.
+        """
+        task = asyncio.ensure_future(self._withdraw(lease_id))
+        self._withdrawing.add(task)
+        task.add_done_callback(self._withdrawing.discard)
+
+    async def settled(self) -> None:
+        """Until every withdrawal started so far is done (tests, and a clean stop)."""
+        while self._withdrawing:
+            await asyncio.gather(*self._withdrawing, return_exceptions=True)
+
+    async def _withdraw(self, lease_id: str) -> None:
+        delay = _WITHDRAW_RETRY_S
+        while True:
+            try:
+                await self._delete(lease_id)
+                await self._give_back(lease_id)
+            except StoreError as exc:
+                if self._stopping.is_set():
+                    return  # the key is bound to this node's etcd lease, which lapses without us
+                log.warning("cannot withdraw a queued request yet; retrying", lease=lease_id, error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _WITHDRAW_RETRY_MAX_S)
+            else:
+                return
+
+    async def _give_back(self, lease_id: str) -> None:
+        """End a grant that raced in before the withdrawal (StoreError when etcd cannot tell)."""
         granted = self._view.lease(lease_id)
         if granted is None:
-            with contextlib.suppress(StoreError, Refusal):
+            with contextlib.suppress(Refusal):
                 granted = await self._allocator.lookup(lease_id)
         if granted is not None and not granted.value.state.ended:
-            with contextlib.suppress(Refusal, StoreError):
+            with contextlib.suppress(Refusal):
                 await self._allocator.end(
                     lease_id, LeaseState.RELEASED, reasons.END_RELEASED, "the acquire was withdrawn before delivery"
                 )

@@ -173,11 +173,18 @@ class NodeRecord:
     """UUIDs the backend found at this start: the only GPUs of the node that take new work."""
     host: str = ""
     """Host name of the daemon's machine, so another host cannot take over a live node name."""
+    unhealthy: tuple[str, ...] = ()
+    """UUIDs its backend reports unhealthy now, so the leader and other daemons place nothing there."""
+
+    def healthy(self, uuid: str) -> bool:
+        """Whether this node's daemon last reported the GPU healthy."""
+        return uuid not in self.unhealthy
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
         data["gpus"] = list(self.gpus)
+        data["unhealthy"] = list(self.unhealthy)
         return _dumps(data)
 
     @classmethod
@@ -185,6 +192,7 @@ class NodeRecord:
         """Parse what to_json wrote."""
         data = _loads(raw)
         data["gpus"] = tuple(data.get("gpus", ()))
+        data["unhealthy"] = tuple(data.get("unhealthy", ()))
         return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data})
 
 
@@ -260,6 +268,12 @@ class LeaseRecord:
     ended_at: float = 0.0
     end_reason: str = ""
     end_message: str = ""
+    target_node: str = ""
+    """The node the request named (or the asked daemon's); empty when it asked for any node."""
+    any_node: bool = False
+    """The request let the leader place it on any node."""
+    gang: bool = False
+    """The request asked for all slices or none."""
 
     def ended_as(self, state: LeaseState, reason: str, message: str, at: float) -> LeaseRecord:
         """A copy in terminal `state` with its end reason."""
@@ -287,6 +301,9 @@ class LeaseRecord:
                     "compute_milli": self.request.compute_milli,
                     "count": self.request.count,
                     "gpu_models": list(self.request.gpu_models),
+                    "node": self.target_node,
+                    "any_node": self.any_node,
+                    "gang": self.gang,
                 },
                 "slices": [
                     {
@@ -351,4 +368,7 @@ class LeaseRecord:
             ended_at=float(d.get("ended_at", 0.0)),
             end_reason=d.get("end_reason", ""),
             end_message=d.get("end_message", ""),
+            target_node=req.get("node", ""),
+            any_node=bool(req.get("any_node", False)),
+            gang=bool(req.get("gang", False)),
         )

@@ -128,8 +128,10 @@ def _busy_message(request: ShapeRequest, eligible: Sequence[GpuView], fitting: i
     if not open_gpus:
         return f"no capacity for {_describe(request)}: every eligible GPU is draining or unhealthy"
     best = max(open_gpus, key=lambda g: (g.free_memory, g.free_compute))
+    closed = len(eligible) - len(open_gpus)
+    skipped = f"; {closed} more GPU(s) draining or unhealthy" if closed else ""
     return (
         f"no capacity for {_describe(request)} ({fitting} of {request.count} GPUs fit now); "
         f"largest free slice: {format_memory(max(best.free_memory, 0))} and "
-        f"{format_compute(max(best.free_compute, 0))} GPU on {best.record.uuid} ({best.record.model})"
+        f"{format_compute(max(best.free_compute, 0))} GPU on {best.record.uuid} ({best.record.model}){skipped}"
     )

@@ -58,10 +58,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         )
 
     def _healthy(self, gpu: GpuRecord) -> bool:
-        """This node's GPUs by the backend's health check; another node's by whether its daemon is alive."""
+        """This node's GPUs by the backend's health check; another node's by what its live daemon reports."""
         if gpu.node == self._s.node:
             return self._s.healthy(gpu.uuid)
-        return self._s.view.node(gpu.node) is not None
+        live = self._s.view.node(gpu.node)
+        return live is not None and live.healthy(gpu.uuid)
 
     def _endpoints(self) -> dict[str, str]:
         """What clients on each live node dial, for VGPU_ENDPOINT in that node's lease environment."""

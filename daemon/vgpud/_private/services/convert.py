@@ -79,6 +79,9 @@ def lease(
             isolation=ISOLATION[record.request.isolation],
             count=record.request.count,
             gpu_models=list(record.request.gpu_models),
+            node=record.target_node,
+            any_node=record.any_node,
+            gang=record.gang,
         ),
         slices=[
             types_pb2.Slice(

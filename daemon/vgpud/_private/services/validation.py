@@ -126,6 +126,7 @@ def acquire(
     return AcquireSpec(
         any_node=request.resources.any_node,
         span=request.resources.gang and request.resources.any_node,
+        gang=request.resources.gang,
         shape=shape(request.resources, known_models),
         node=node,
         ttl_seconds=ttl,

