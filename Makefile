@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,10 @@ bench: $(STAMP)
 
 bench-cluster: $(STAMP)
 	$(BIN)/python bench/cluster.py
+
+# MIG placement quality: our choose next to first fit on one random create/destroy sequence (pure, ~10 s).
+bench-mig: $(STAMP)
+	$(BIN)/python bench/mig.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

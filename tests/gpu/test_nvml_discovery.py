@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,17 +15,10 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture
-def backend() -> Iterator[NvmlBackend]:
-    try:
-        nvml = NvmlBackend()
-    except BackendError as exc:
-        pytest.skip(f"no NVML here: {exc}")
-    try:
-        if not nvml.discover():
-            pytest.skip("NVML works but sees no GPU")
-        yield nvml
-    finally:
-        nvml.close()
+def backend(nvml_backend: NvmlBackend) -> NvmlBackend:
+    if not nvml_backend.discover():
+        pytest.skip("NVML works but sees no GPU")
+    return nvml_backend
 
 
 def nvidia_smi_gpus() -> list[tuple[str, str, int]]:

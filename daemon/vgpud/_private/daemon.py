@@ -67,7 +67,7 @@ def run(config: DaemonConfig) -> int:
     try:
         _prepare_state_dir(config.state_dir)
         _prepare_socket(config.socket_path)
-        backend = make_backend(config.backend, config.sim_spec, config.node_name)
+        backend = make_backend(config.backend, config.sim_spec, config.node_name, config.state_dir)
         gpus = backend.discover()
         endpoints = list(config.etcd.endpoints)
         if not endpoints:

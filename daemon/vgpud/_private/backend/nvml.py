@@ -1,8 +1,9 @@
 """Real GPUs through NVML (`pynvml`, from nvidia-ml-py).
 
-The discovery and health logic here is written against `NvmlLibrary`, the slice of pynvml it calls. The
-sim backend runs this same logic over a simulated library, so every path the daemon relies on (name
-decoding, SM-count fallback, MIG-mode probing, NVML error codes) is exercised without a GPU as well.
+The discovery and health logic here, and the MIG operations in `mig`, are written against `MigLibrary`,
+the slice of pynvml they call. The sim backend runs this same logic over a simulated library, so every path
+the daemon relies on (name decoding, SM-count fallback, MIG-mode probing, the MIG call sequence, NVML error
+codes) is exercised without a GPU as well.
 pynvml is imported only when `NvmlBackend()` is built without a library, so this module imports cleanly
 on machines with no driver.
 """
@@ -11,103 +12,47 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Any, Protocol
+from collections.abc import Collection
+from typing import Any
 
 from vgpud._private.backend import geometry
-from vgpud._private.backend.base import BackendError, DiscoveredGpu
-
-# NVML return codes (nvml.h) that change what we do.
-NVML_ERROR_UNINITIALIZED = 1
-NVML_ERROR_INVALID_ARGUMENT = 2
-NVML_ERROR_NOT_SUPPORTED = 3
-NVML_ERROR_NOT_FOUND = 6
-NVML_ERROR_FUNCTION_NOT_FOUND = 13
-NVML_ERROR_GPU_IS_LOST = 15
-NVML_DEVICE_MIG_ENABLE = 1
+from vgpud._private.backend.base import BackendError, DiscoveredGpu, MigInstance, MigMode, MigProfileInfo
+from vgpud._private.backend.mig import MigOps
+from vgpud._private.backend.nvml_api import MigLibrary
+from vgpud._private.backend.nvml_codes import (
+    NVML_DEVICE_MIG_ENABLE,
+    NVML_ERROR_FUNCTION_NOT_FOUND,
+    NVML_ERROR_INVALID_ARGUMENT,
+    NVML_ERROR_NOT_FOUND,
+    NVML_ERROR_NOT_SUPPORTED,
+    error_code,
+)
+from vgpud._private.backend.nvml_codes import nvml_str as _text
 
 _UNSUPPORTED = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
 
 
-class NvmlLibrary(Protocol):
-    """The pynvml functions vgpud calls; the real module and the simulator both provide them."""
-
-    NVMLError: type[Exception]
-    """Raised by every call; its `.value` is the NVML return code."""
-
-    def nvmlInit(self) -> None:  # noqa: N802 -- pynvml's names
-        """Load and initialise NVML."""
-        ...
-
-    def nvmlShutdown(self) -> None:  # noqa: N802 -- pynvml's names
-        """Release NVML."""
-        ...
-
-    def nvmlDeviceGetCount(self) -> int:  # noqa: N802 -- pynvml's names
-        """Number of GPUs."""
-        ...
-
-    def nvmlDeviceGetHandleByIndex(self, index: int) -> Any:  # noqa: N802 -- pynvml's names
-        """Opaque handle of GPU `index`."""
-        ...
-
-    def nvmlDeviceGetHandleByUUID(self, uuid: str) -> Any:  # noqa: N802 -- pynvml's names
-        """Opaque handle of the GPU with this UUID; NOT_FOUND when none."""
-        ...
-
-    def nvmlDeviceGetUUID(self, handle: Any) -> str | bytes:  # noqa: N802 -- pynvml's names
-        """The "GPU-..." UUID (bytes from older pynvml)."""
-        ...
-
-    def nvmlDeviceGetName(self, handle: Any) -> str | bytes:  # noqa: N802 -- pynvml's names
-        """Product name (bytes from older pynvml)."""
-        ...
-
-    def nvmlDeviceGetMemoryInfo(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
-        """Struct with `total`, `free`, `used` in bytes."""
-        ...
-
-    def nvmlDeviceGetAttributes(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
-        """Struct with `multiprocessorCount`; NOT_SUPPORTED on some GPUs and drivers."""
-        ...
-
-    def nvmlDeviceGetMigMode(self, handle: Any) -> Any:  # noqa: N802 -- pynvml's names
-        """[current, pending]; NOT_SUPPORTED on GPUs without MIG."""
-        ...
-
-
-def _text(value: str | bytes) -> str:
-    """Decode what pynvml returns: str on current releases, bytes on old ones; drop NUL padding."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", errors="replace")
-    return value.rstrip("\x00").strip()
-
-
-def error_code(exc: BaseException) -> int | None:
-    """The NVML return code carried by a pynvml error, if any."""
-    value = getattr(exc, "value", None)
-    return value if isinstance(value, int) else None
-
-
-def _load_pynvml() -> NvmlLibrary:
+def _load_pynvml() -> MigLibrary:
     try:
         import pynvml  # noqa: PLC0415 -- imported lazily so that hosts without a driver can import vgpud
     except ImportError as exc:
         raise BackendError(
             f"no NVIDIA driver/GPU found: cannot import pynvml ({exc}); use --sim SPEC to simulate GPUs"
         ) from None
-    library: NvmlLibrary = pynvml
+    library: MigLibrary = pynvml
     return library
 
 
 class NvmlBackend:
     """GPUs as NVML reports them; `library` is pynvml unless a test or the simulator passes its own."""
 
-    def __init__(self, library: NvmlLibrary | None = None, *, name: str = "nvml") -> None:
+    def __init__(self, library: MigLibrary | None = None, *, name: str = "nvml") -> None:
         """Initialise NVML; BackendError when there is no driver or no library."""
         self.name = name
         self._nvml = library if library is not None else _load_pynvml()
         self._lock = threading.Lock()
         self._closed = False
+        self._mig = MigOps(self._nvml)
         try:
             self._nvml.nvmlInit()
         except self._nvml.NVMLError as exc:
@@ -194,6 +139,31 @@ class NvmlBackend:
         except nvml.NVMLError:
             return False
         return True
+
+    def set_mig_mode(self, gpu_uuid: str, enabled: bool) -> MigMode:
+        """Turn MIG on or off; BackendError says what to do when the GPU is busy or needs a reset."""
+        self._check_open()
+        return self._mig.set_mode(gpu_uuid, enabled)
+
+    def mig_profiles(self, gpu_uuid: str) -> list[MigProfileInfo]:
+        """The GPU's MIG profiles and placements as NVML reports them; MIG must be on."""
+        self._check_open()
+        return self._mig.profiles(gpu_uuid)
+
+    def mig_instances(self, gpu_uuid: str) -> list[MigInstance]:
+        """Every GPU instance that exists now (ours and others'), by start: rediscovery after a restart."""
+        self._check_open()
+        return self._mig.instances(gpu_uuid)
+
+    def create_mig_instance(self, gpu_uuid: str, profile_id: int, start: int) -> MigInstance:
+        """Create a GI at an explicit placement with one full-size CI; nothing is left behind on failure."""
+        self._check_open()
+        return self._mig.create(gpu_uuid, profile_id, start)
+
+    def destroy_mig_instance(self, gpu_uuid: str, gpu_instance_id: int, *, owned: Collection[str]) -> None:
+        """Destroy a GI and its CIs, only if all its MIG UUIDs are in `owned` and no process runs on it."""
+        self._check_open()
+        self._mig.destroy(gpu_uuid, gpu_instance_id, owned)
 
     def close(self) -> None:
         """nvmlShutdown, once; later calls to discover/healthy raise BackendError.
