@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
@@ -117,27 +117,6 @@ def test_heartbeat_answered_lease_ended_marks_lost_and_calls_on_lost_once(
         lease.refresh()
     lease.release()  # fine after the loss
     assert lease.released
-
-
-def test_events_deliver_the_end_when_a_heartbeat_was_refused_because_the_lease_ended(
-    daemon: tuple[FakeWorkload, vgpu.Pool],
-) -> None:
-    """The heartbeat's LEASE_ENDED error carries no lease state; the stream is reopened once for the end."""
-    servicer, pool = daemon
-    servicer.acquire_scripts = [[granted(ttl=1)]]
-    servicer.heartbeat = lambda _r: Fail(grpc.StatusCode.FAILED_PRECONDITION, reasons.LEASE_ENDED, "revoked by admin")
-    servicer.watch_scripts = [
-        [
-            event(1, workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT),
-            event(2, workload_pb2.LEASE_EVENT_TYPE_REVOKED, types_pb2.LEASE_STATE_REVOKED),
-        ]
-    ]
-    lost = threading.Event()
-    lease = pool.acquire(memory="1GiB", compute=0.1)
-    lease.on_lost = lambda _reason: lost.set()
-    assert lost.wait(WAIT)
-    assert [(e.type, e.state) for e in lease.events()] == [("snapshot", "granted"), ("revoked", "revoked")]
-    assert len(servicer.calls_of("WatchLease")) == 1
 
 
 def test_heartbeat_answer_with_an_ended_state_marks_lost(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
@@ -259,13 +238,23 @@ def test_events_start_after_the_given_sequence_and_can_show_keepalives(
     assert servicer.calls_of("WatchLease")[0].request.after_sequence == 12
 
 
+def _heartbeat_says_revoked(servicer: FakeWorkload) -> None:
+    servicer.heartbeat = lambda _r: workload_pb2.HeartbeatResponse(state=types_pb2.LEASE_STATE_REVOKED)
+    servicer.lease = make_lease(state=types_pb2.LEASE_STATE_REVOKED, end_reason=reasons.END_EVICTED)
+
+
+def _heartbeat_refused_as_ended(servicer: FakeWorkload) -> None:
+    """The LEASE_ENDED error carries no lease state; the stream is still reopened once for the end."""
+    servicer.heartbeat = lambda _r: Fail(grpc.StatusCode.FAILED_PRECONDITION, reasons.LEASE_ENDED, "revoked by admin")
+
+
+@pytest.mark.parametrize("heartbeat_hears_end", [_heartbeat_says_revoked, _heartbeat_refused_as_ended])
 def test_events_still_deliver_the_end_when_the_heartbeat_heard_of_it_first(
-    daemon: tuple[FakeWorkload, vgpu.Pool],
+    daemon: tuple[FakeWorkload, vgpu.Pool], heartbeat_hears_end: Callable[[FakeWorkload], None]
 ) -> None:
     servicer, pool = daemon
     servicer.acquire_scripts = [[granted(ttl=1)]]
-    servicer.heartbeat = lambda _r: workload_pb2.HeartbeatResponse(state=types_pb2.LEASE_STATE_REVOKED)
-    servicer.lease = make_lease(state=types_pb2.LEASE_STATE_REVOKED, end_reason=reasons.END_EVICTED)
+    heartbeat_hears_end(servicer)
     servicer.watch_scripts = [
         [
             event(1, workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT),

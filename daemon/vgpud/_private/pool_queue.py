@@ -166,7 +166,7 @@ class PoolQueue:
         task.add_done_callback(self._withdrawing.discard)
 
     async def settled(self) -> None:
-        """Until every withdrawal started so far is done (tests, and a clean stop)."""
+        """Until every withdrawal started so far is done (a clean stop waits for this)."""
         while self._withdrawing:
             await asyncio.gather(*self._withdrawing, return_exceptions=True)
 
