@@ -1,12 +1,14 @@
-"""`make demo`: a throwaway pool with two simulated H100-80GB, four workloads sharing it.
+"""`make demo`: a throwaway pool with two simulated H100-80GB, four workloads sharing it, then MIG.
 
 Starts vgpud (embedded etcd, simulated GPUs), runs example workloads that share the GPUs (the last one
 has to wait in the queue until another releases), shows the pool through vgpuctl while they run and
-after, and exits 0 only when every step worked.
+after; then switches one GPU to MIG mode and runs two workloads on MIG instances created for them.
+Exits 0 only when every step worked.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +32,29 @@ def vgpuctl(env: dict[str, str], *args: str) -> None:
     subprocess.run([sys.executable, "-m", "vgpuctl", *args], env=env, check=True)
 
 
+MIG_JOBS = [("infer-a", "3g.40gb"), ("infer-b", "1g.10gb")]
+
+
+def run_mig(env: dict[str, str]) -> list[int]:
+    """GPU 1 goes to MIG mode; two workloads each get a MIG instance of their own."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "vgpuctl", "gpus", "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    second = json.loads(listing.stdout)[1]["uuid"]
+    vgpuctl(env, "gpu", "mode", second, "mig")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "workload.py"), "--name", name, "--mig", profile, "--seconds", "2"], env=env
+        )
+        for name, profile in MIG_JOBS
+    ]
+    time.sleep(1.5)
+    vgpuctl(env, "mig", "show")
+    codes = [p.wait(timeout=60) for p in procs]
+    vgpuctl(env, "mig", "show")
+    return codes
+
+
 def main() -> int:
     started = time.monotonic()
     with local_pool(sim="h100-80gb:2") as pool:
@@ -49,10 +74,12 @@ def main() -> int:
         codes = [p.wait(timeout=90) for p in procs]
         vgpuctl(env, "gpus")
         vgpuctl(env, "leases", "--all")
+        codes += run_mig(env)
     if any(codes):
         print(f"\ndemo FAILED: workload exit codes {codes}", file=sys.stderr)
         return 1
-    print(f"\ndemo OK: {len(JOBS)} workloads shared 2 GPUs in {time.monotonic() - started:.1f}s", flush=True)
+    took = time.monotonic() - started
+    print(f"\ndemo OK: {len(JOBS) + len(MIG_JOBS)} workloads shared 2 GPUs (2 on MIG instances) in {took:.1f}s")
     return 0
 
 

@@ -1,6 +1,7 @@
 """An example workload: take a GPU slice, work inside its budget, give it back.
 
     python examples/workload.py --name train-a --memory 40GiB --compute 0.5 --seconds 3
+    python examples/workload.py --name infer --mig 1g.10gb --seconds 3      # a MIG instance
 
 Without a GPU the "work" is NumPy on the CPU; on a GPU host the same lease environment
 (CUDA_VISIBLE_DEVICES, CUPY_GPU_MEMORY_LIMIT) is what a CuPy or PyTorch job would run with.
@@ -22,8 +23,9 @@ import vgpu
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--memory", required=True)
-    parser.add_argument("--compute", required=True)
+    parser.add_argument("--memory")
+    parser.add_argument("--compute")
+    parser.add_argument("--mig", help="a MIG profile such as 3g.40gb instead of memory/compute")
     parser.add_argument("--seconds", type=float, default=2.0)
     args = parser.parse_args()
 
@@ -31,7 +33,8 @@ def main() -> int:
         print(f"[{args.name}] waiting: position {info.position} of {info.queue_length} ({info.reason})", flush=True)
 
     started = time.monotonic()
-    with vgpu.acquire(memory=args.memory, compute=args.compute, description=args.name, on_queued=queued) as lease:
+    shape = {"mig": args.mig} if args.mig else {"memory": args.memory, "compute": args.compute}
+    with vgpu.acquire(**shape, description=args.name, on_queued=queued) as lease:
         waited = time.monotonic() - started
         where = ", ".join(f"GPU {s.gpu_index} ({s.gpu_uuid[:12]}…)" for s in lease.slices)
         print(f"[{args.name}] granted {lease.id} after {waited:.2f}s on {where}", flush=True)

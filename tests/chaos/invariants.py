@@ -16,7 +16,18 @@ from typing import Final
 import grpc
 
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
-from vgpud._private.core.model import GpuMode, GpuRecord, GpuState, Isolation, LeaseRecord, LeaseState
+from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState, overlapping
+from vgpud._private.core.mig_slices import model_of
+from vgpud._private.core.model import (
+    Claim,
+    GpuMode,
+    GpuRecord,
+    GpuState,
+    Isolation,
+    LeaseRecord,
+    LeaseState,
+    SliceRecord,
+)
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Store
 
@@ -35,6 +46,12 @@ RELEASE_LOST: Final = "release not honoured"
 NOT_IDLE: Final = "not idle"
 DAEMON_DISAGREES: Final = "daemon disagrees"
 UNREADABLE: Final = "unreadable record"
+MIG_OVERLAP: Final = "mig overlap"
+MIG_OVER_MAX: Final = "mig over max"
+MIG_BAD_SLOT: Final = "bad mig slot"
+MIG_ORPHAN: Final = "orphan mig instance"
+MIG_MISSING: Final = "missing mig instance"
+MIG_DUPLICATE_UUID: Final = "duplicate mig uuid"
 KINDS: Final = (
     OVER_COMMIT,
     ORPHAN_CLAIM,
@@ -45,6 +62,12 @@ KINDS: Final = (
     NOT_IDLE,
     DAEMON_DISAGREES,
     UNREADABLE,
+    MIG_OVERLAP,
+    MIG_OVER_MAX,
+    MIG_BAD_SLOT,
+    MIG_ORPHAN,
+    MIG_MISSING,
+    MIG_DUPLICATE_UUID,
 )
 
 
@@ -143,7 +166,13 @@ def _gib(n: int) -> str:
 
 
 def capacity_violations(pool: PoolContents) -> list[str]:
-    """Per GPU: claimed memory and compute within the GPU, a whole-GPU claim alone, claims fit the mode."""
+    """Per GPU: claimed memory and compute within the GPU, a whole-GPU claim alone, claims fit the mode.
+
+    MIG claims count in the sums like any other: every layout the MIG rules allow books at most the GPU's
+    memory and 1000 milli (each profile's memory and SM share, summed over the fullest layouts of every model
+    in the geometry table), so a sum beyond the GPU is a breach whatever the claims' kind. Whether the MIG
+    instances themselves fit together is `mig_violations`' part.
+    """
     out: list[str] = []
     for uuid, state in sorted(pool.states.items()):
         if not state.claims:
@@ -167,16 +196,47 @@ def capacity_violations(pool: PoolContents) -> list[str]:
         if whole and len(state.claims) > 1:
             others = [c.lease_id for c in state.claims if c.lease_id != whole[0]]
             out.append(f"{OVER_COMMIT}: GPU {uuid} is held whole by {whole[0]} but also claimed by {others}")
-        shared = [c.lease_id for c in state.claims if c.isolation is Isolation.SHARED]
-        if shared and state.mode is not GpuMode.SHARED:
-            out.append(f"{OVER_COMMIT}: GPU {uuid} is in {state.mode.value} mode but has shared claims of {shared}")
+        out += _mode_violations(uuid, record, state)
     return out
+
+
+def _mode_violations(uuid: str, record: GpuRecord, state: GpuState) -> list[str]:
+    """Claims that do not fit the GPU's mode.
+
+    Shared claims in shared mode only, MIG claims in MIG mode only, whole ones never in MIG mode, and no
+    shared or whole claim while MIG is still on the hardware or instances are still booked (placement keeps
+    off such a GPU until its node daemon has destroyed them and switched MIG off).
+    """
+    out: list[str] = []
+    shared = [c.lease_id for c in state.claims if c.isolation is Isolation.SHARED]
+    if shared and state.mode is not GpuMode.SHARED:
+        out.append(f"{OVER_COMMIT}: GPU {uuid} is in {state.mode.value} mode but has shared claims of {shared}")
+    mig = [c.lease_id for c in state.claims if c.isolation is Isolation.MIG]
+    if mig and state.mode is not GpuMode.MIG:
+        out.append(f"{OVER_COMMIT}: GPU {uuid} is in {state.mode.value} mode but has MIG claims of {mig}")
+    whole = [c.lease_id for c in state.claims if c.isolation is Isolation.WHOLE]
+    if whole and state.mode is GpuMode.MIG:
+        out.append(f"{OVER_COMMIT}: GPU {uuid} is in mig mode but is held whole by {whole}")
+    plain = shared + whole
+    if plain and (record.mig_enabled or state.mig):
+        out.append(
+            f"{OVER_COMMIT}: GPU {uuid} has shared or whole claims of {plain} while MIG is still on it "
+            f"(hardware mig_enabled={record.mig_enabled}, {len(state.mig)} MIG instance record(s))"
+        )
+    slotless = [c.lease_id for c in state.claims if (c.isolation is Isolation.MIG) != (c.mig is not None)]
+    if slotless:
+        out.append(f"{MIG_BAD_SLOT}: GPU {uuid} has claims of {slotless} whose MIG slot does not match their kind")
+    return out
+
+
+_Share = tuple[str, int, int, Isolation, tuple[str, int, int] | tuple[()]]
+"""What a claim and its slice must agree on: GPU, memory, compute, kind, and (profile, start, size) for MIG."""
 
 
 def claim_violations(pool: PoolContents) -> list[str]:
     """Claims and live leases match one to one: each claim is a slice of a live lease, each slice has its claim."""
     out: list[str] = []
-    claims_of: dict[str, Counter[tuple[str, int, int, Isolation]]] = {}
+    claims_of: dict[str, Counter[_Share]] = {}
     for uuid, state in sorted(pool.states.items()):
         for c in state.claims:
             lease = pool.leases.get(c.lease_id)
@@ -188,23 +248,161 @@ def claim_violations(pool: PoolContents) -> list[str]:
                     f"{lease.state.value} ({lease.end_reason or 'no reason'})"
                 )
             else:
-                claims_of.setdefault(c.lease_id, Counter())[(uuid, c.memory_bytes, c.compute_milli, c.isolation)] += 1
+                claims_of.setdefault(c.lease_id, Counter())[_claim_share(uuid, c)] += 1
     for lease_id, lease in sorted(pool.leases.items()):
         if lease.state.ended:
             continue
-        slices = Counter((s.gpu_uuid, s.memory_bytes, s.compute_milli, s.isolation) for s in lease.slices)
+        slices = Counter(_slice_share(s) for s in lease.slices)
         claims = claims_of.get(lease_id, Counter())
-        for uuid, memory, compute, isolation in sorted((claims - slices).elements()):
+        for uuid, memory, compute, isolation, mig in sorted((claims - slices).elements()):
             out.append(
                 f"{ORPHAN_CLAIM}: GPU {uuid} holds a {isolation.value} claim of {lease_id} ({_gib(memory)}, "
-                f"{compute} milli) that matches none of the lease's slices {sorted(slices)}"
+                f"{compute} milli{_at_slot(mig)}) that matches none of the lease's slices {sorted(slices)}"
             )
-        for uuid, memory, compute, isolation in sorted((slices - claims).elements()):
+        for uuid, memory, compute, isolation, mig in sorted((slices - claims).elements()):
             out.append(
                 f"{MISSING_CLAIM}: live lease {lease_id} ({lease.state.value}) has a {isolation.value} slice on "
-                f"GPU {uuid} ({_gib(memory)}, {compute} milli) with no matching claim in gpustate/{uuid}"
+                f"GPU {uuid} ({_gib(memory)}, {compute} milli{_at_slot(mig)}) with no matching claim in "
+                f"gpustate/{uuid}"
             )
     return out
+
+
+def _claim_share(uuid: str, claim: Claim) -> _Share:
+    mig = (claim.mig.profile, claim.mig.start, claim.mig.size) if claim.mig is not None else ()
+    return (uuid, claim.memory_bytes, claim.compute_milli, claim.isolation, mig)
+
+
+def _slice_share(s: SliceRecord) -> _Share:
+    mig = (s.mig_profile, s.mig_start, s.mig_size) if s.isolation is Isolation.MIG else ()
+    return (s.gpu_uuid, s.memory_bytes, s.compute_milli, s.isolation, mig)
+
+
+def _at_slot(mig: tuple[str, int, int] | tuple[()]) -> str:
+    return f", MIG {mig[0]} at slot {mig[1]}" if mig else ""
+
+
+def _describe(m: MigRecord) -> str:
+    holder = f" of {m.lease_id}" if m.lease_id else ""
+    made = f" {m.uuid}" if m.uuid else ""
+    slots = f"{m.start}-{m.start + m.slot.size - 1}"
+    return f"{m.slot.profile} (id {m.slot.profile_id}) at slots {slots} {m.state.value}{holder}{made}"
+
+
+def mig_violations(pool: PoolContents) -> list[str]:
+    """MIG instance records: a layout the hardware allows, each held one a live lease's claim, each MIG slice booked.
+
+    Per GPU: no two records overlap; no profile beyond its max instances; every record vgpu made at an
+    allowed start of a profile of the GPU's model; every CREATING/READY record belongs to a live lease that
+    holds a MIG claim at exactly that slot. Per live lease: each MIG slice has its record, held by the lease,
+    READY with the slice's MIG UUID once it has one (both are written in one transaction), CREATING before.
+    Over the pool: no MIG UUID booked twice.
+    """
+    out: list[str] = []
+    owners: dict[str, list[str]] = {}
+    for uuid, state in sorted(pool.states.items()):
+        if not state.mig:
+            continue
+        for m in state.mig:
+            if m.uuid:
+                owners.setdefault(m.uuid, []).append(f"{uuid} slot {m.start}")
+        record = pool.gpus.get(uuid)
+        if record is None:
+            out.append(
+                f"{MIG_ORPHAN}: gpustate/{uuid} books {len(state.mig)} MIG instance(s) but gpus/{uuid} does not exist"
+            )
+            continue
+        out += [
+            f"{MIG_OVERLAP}: GPU {uuid} books {_describe(a)} and {_describe(b)} over the same memory slices"
+            for a, b in overlapping(state.mig)
+        ]
+        out += _layout_violations(uuid, record, state)
+        out += [_orphan(pool, uuid, state, m) for m in state.mig if m.held and not _holds(pool, state, m)]
+    for lease_id, lease in sorted(pool.leases.items()):
+        if lease.state.ended:
+            continue
+        for s in lease.slices:
+            if s.isolation is Isolation.MIG:
+                problem = _slice_problem(lease_id, s, pool.states.get(s.gpu_uuid, GpuState()))
+                if problem:
+                    out.append(
+                        f"{MIG_MISSING}: live lease {lease_id} ({lease.state.value}) has a MIG slice {s.mig_profile} "
+                        f"at slot {s.mig_start} of GPU {s.gpu_uuid} (uuid {s.mig_uuid or 'not yet'}) but {problem}"
+                    )
+    out += [
+        f"{MIG_DUPLICATE_UUID}: MIG instance {mig_uuid} is booked {len(where)} times: {', '.join(where)}"
+        for mig_uuid, where in sorted(owners.items())
+        if len(where) > 1
+    ]
+    return out
+
+
+def _layout_violations(uuid: str, record: GpuRecord, state: GpuState) -> list[str]:
+    """Max instances per profile id, and the slots of the records vgpu made, against the model's geometry."""
+    model = model_of(record)
+    if model is None or not model.mig_capable:
+        return [f"{MIG_BAD_SLOT}: GPU {uuid} is a {record.model}, which has no MIG, but books MIG instances"]
+    out: list[str] = []
+    by_id = {p.id: p for p in model.mig_profiles}
+    for profile_id, n in sorted(Counter(m.slot.profile_id for m in state.mig).items()):
+        profile = by_id.get(profile_id)
+        if profile is not None and n > profile.max_instances:
+            out.append(
+                f"{MIG_OVER_MAX}: GPU {uuid} ({record.model}) books {n} instances of {profile.name} (id {profile_id}); "
+                f"at most {profile.max_instances} can exist"
+            )
+    for m in state.mig:
+        if m.state is MigState.FOREIGN:
+            continue  # found on the hardware: whatever the driver made, even a profile the table lacks
+        profile = by_id.get(m.slot.profile_id)
+        if profile is None or MigSlot(profile.name, profile.id, m.start, profile.memory_slices) != m.slot:
+            out.append(f"{MIG_BAD_SLOT}: GPU {uuid} ({record.model}) books {_describe(m)}, no profile of the model")
+        elif m.start not in profile.allowed_starts:
+            out.append(
+                f"{MIG_BAD_SLOT}: GPU {uuid} ({record.model}) books {_describe(m)}; {profile.name} starts only at "
+                f"{list(profile.allowed_starts)}"
+            )
+    return out
+
+
+def _holds(pool: PoolContents, state: GpuState, m: MigRecord) -> bool:
+    """Whether a held record's lease is live and holds a MIG claim at exactly its slot."""
+    lease = pool.leases.get(m.lease_id)
+    if lease is None or lease.state.ended:
+        return False
+    return any(c.lease_id == m.lease_id and c.mig == m.slot for c in state.claims)
+
+
+def _orphan(pool: PoolContents, uuid: str, state: GpuState, m: MigRecord) -> str:
+    lease = pool.leases.get(m.lease_id)
+    if not m.lease_id:
+        why = "it names no lease"
+    elif lease is None:
+        why = f"{m.lease_id} has no lease record"
+    elif lease.state.ended:
+        why = f"{m.lease_id} ended as {lease.state.value} ({lease.end_reason or 'no reason'})"
+    else:
+        claims = [
+            (c.isolation.value, c.mig.profile if c.mig else "", c.mig.start if c.mig else -1)
+            for c in state.claims
+            if c.lease_id == m.lease_id
+        ]
+        why = f"{m.lease_id} holds no MIG claim at that slot (its claims here: {claims})"
+    return f"{MIG_ORPHAN}: GPU {uuid} books {_describe(m)} but {why}"
+
+
+def _slice_problem(lease_id: str, s: SliceRecord, state: GpuState) -> str:
+    """What is wrong with the record behind a live lease's MIG slice; empty when it is right."""
+    m = state.mig_at(s.mig_start)
+    if m is None:
+        return f"gpustate/{s.gpu_uuid} books no instance there"
+    if (m.slot.profile, m.slot.size) != (s.mig_profile, s.mig_size) or m.lease_id != lease_id or not m.held:
+        return f"the record there is {_describe(m)}"
+    if s.mig_uuid and (m.state is not MigState.READY or m.uuid != s.mig_uuid):
+        return f"the record there is {_describe(m)}"
+    if not s.mig_uuid and m.state is not MigState.CREATING:
+        return f"the record there is {_describe(m)}, yet the slice was never given its UUID"
+    return ""
 
 
 def end_violations(pool: PoolContents) -> list[str]:
@@ -266,6 +464,7 @@ def static_violations(pool: PoolContents, granted: Mapping[str, ClientView], *, 
         *pool.unreadable,
         *capacity_violations(pool),
         *claim_violations(pool),
+        *mig_violations(pool),
         *end_violations(pool),
         *client_violations(pool, granted),
         *(idle_violations(pool) if expect_idle else []),

@@ -38,7 +38,6 @@ def acquire_error(admin: Admin, **resources: Any) -> grpc.RpcError:
     ("resources", "code", "reason", "needle"),
     [
         ({"compute_milli": 100}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "memory is required"),
-        ({"memory_bytes": GiB}, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST", "1..1000"),
         (
             {"memory_bytes": GiB, "compute_milli": 5000},
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -57,7 +56,9 @@ def acquire_error(admin: Admin, **resources: Any) -> grpc.RpcError:
             "UNKNOWN_GPU_MODEL",
             "known models",
         ),
-        ({"mig_profile": "3g.40gb"}, grpc.StatusCode.UNIMPLEMENTED, "NOT_IMPLEMENTED", "MIG"),
+        ({"mig_profile": "3g.40gb"}, grpc.StatusCode.FAILED_PRECONDITION, "NEVER_FITS", "vgpuctl gpu mode"),
+        ({"mig_profile": "3g.41gb"}, grpc.StatusCode.INVALID_ARGUMENT, "UNKNOWN_MIG_PROFILE", "3g.40gb"),
+        ({"mig_profile": "3g.20gb"}, grpc.StatusCode.FAILED_PRECONDITION, "NEVER_FITS", "h100-80gb: 1g.10gb"),
         (
             {"memory_bytes": 200 * GiB, "compute_milli": 1},
             grpc.StatusCode.FAILED_PRECONDITION,

@@ -15,6 +15,7 @@ from vgpu._private import errors, reasons
 BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (reasons.INVALID_REQUEST, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
     (reasons.UNKNOWN_GPU_MODEL, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
+    (reasons.UNKNOWN_MIG_PROFILE, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
     (reasons.NO_CAPACITY, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.NoCapacityError),
     (reasons.NEVER_FITS, grpc.StatusCode.FAILED_PRECONDITION, vgpu.NeverFitsError),
     (reasons.QUEUE_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, vgpu.QueueTimeoutError),

@@ -47,7 +47,6 @@ def test_default_ttl_applies() -> None:
     [
         (types_pb2.ResourceRequest(compute_milli=500), "memory is required"),
         (types_pb2.ResourceRequest(memory_bytes=2**63, compute_milli=500), "larger than any GPU"),
-        (types_pb2.ResourceRequest(memory_bytes=GiB), "outside 1..1000"),
         (types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=1001), "outside 1..1000"),
         (types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=1, count=65), "limit of 64"),
         (
@@ -60,6 +59,45 @@ def test_bad_shapes_say_what_to_change(resources: types_pb2.ResourceRequest, nee
     assert needle in refused(reasons.INVALID_REQUEST, resources=resources)
 
 
+PROFILES = frozenset({"1g.10gb", "3g.40gb", "7g.80gb", "3g.20gb"})
+
+
+def mig_acquire(**resources: Any) -> AcquireSpec:
+    request = workload_pb2.AcquireRequest(resources=types_pb2.ResourceRequest(**resources))
+    return validation.acquire(
+        request, local_node="n1", known_models=MODELS, default_ttl=30, ttl_bounds=(5, 3600), known_profiles=PROFILES
+    )
+
+
+def test_mig_requests_by_profile_or_by_memory() -> None:
+    named = mig_acquire(mig_profile="MIG 3G.40GB").shape
+    assert (named.isolation, named.mig_profile, named.memory_bytes) == (Isolation.MIG, "3g.40gb", 0)
+    sized = mig_acquire(memory_bytes=18 * GiB, isolation=types_pb2.ISOLATION_MIG).shape
+    assert (sized.isolation, sized.mig_profile, sized.memory_bytes) == (Isolation.MIG, "", 18 * GiB)
+
+
+def test_memory_alone_lets_the_pool_pick_mig_or_shared() -> None:
+    flexible = mig_acquire(memory_bytes=18 * GiB).shape
+    assert (flexible.isolation, flexible.flexible, flexible.compute_milli) == (Isolation.SHARED, True, 0)
+    assert not mig_acquire(memory_bytes=18 * GiB, compute_milli=100).shape.flexible
+    assert not mig_acquire(memory_bytes=18 * GiB, isolation=types_pb2.ISOLATION_SHARED).shape.flexible
+
+
+@pytest.mark.parametrize(
+    ("resources", "reason", "needle"),
+    [
+        ({"mig_profile": "3g.41gb"}, reasons.UNKNOWN_MIG_PROFILE, "1g.10gb, 3g.20gb, 3g.40gb, 7g.80gb"),
+        ({"mig_profile": "3g.40gb", "memory_bytes": GiB}, reasons.INVALID_REQUEST, "fixes memory and compute"),
+        ({"isolation": types_pb2.ISOLATION_MIG}, reasons.INVALID_REQUEST, "needs a profile"),
+    ],
+)
+def test_bad_mig_requests_say_what_to_change(resources: dict[str, Any], reason: str, needle: str) -> None:
+    with pytest.raises(Refusal) as info:
+        mig_acquire(**resources)
+    assert info.value.reason == reason
+    assert needle in info.value.message
+
+
 def test_unknown_model_lists_known_ones() -> None:
     message = refused(
         reasons.UNKNOWN_GPU_MODEL,
@@ -69,7 +107,6 @@ def test_unknown_model_lists_known_ones() -> None:
 
 
 def test_not_yet_features_are_unimplemented() -> None:
-    refused(reasons.NOT_IMPLEMENTED, resources=types_pb2.ResourceRequest(mig_profile="3g.40gb"))
     refused(
         reasons.NOT_IMPLEMENTED,
         resources=types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=100, compute_milli_max=500),

@@ -30,6 +30,9 @@ UUID_A0 = "GPU-1a2b3c4d-0000-4000-8000-000000000001"
 UUID_A1 = "GPU-1a2b9999-0000-4000-8000-000000000002"
 UUID_B0 = "GPU-5e6f7a8b-0000-4000-8000-000000000003"
 UUID_C0 = "GPU-9c0d1e2f-0000-4000-8000-000000000004"
+MIG_READY = "MIG-11111111-0000-4000-8000-00000000000a"
+MIG_WARM = "MIG-22222222-0000-4000-8000-00000000000b"
+MIG_FOREIGN = "MIG-33333333-0000-4000-8000-00000000000c"
 
 
 def stamp(seconds_ago: float) -> Timestamp:
@@ -74,6 +77,7 @@ def canned_gpus() -> list[types_pb2.Gpu]:
             memory_bytes=40 * GiB,
             mode=types_pb2.GPU_MODE_EXCLUSIVE,
             healthy=False,
+            mig_memory_slices=8,
         ),
         types_pb2.Gpu(
             uuid=UUID_A0,
@@ -84,6 +88,7 @@ def canned_gpus() -> list[types_pb2.Gpu]:
             mode=types_pb2.GPU_MODE_SHARED,
             healthy=True,
             allocated=types_pb2.GpuAllocation(memory_bytes=20 * GiB, compute_milli=500, slices=1),
+            mig_memory_slices=8,
         ),
         types_pb2.Gpu(
             uuid=UUID_A1,
@@ -93,6 +98,13 @@ def canned_gpus() -> list[types_pb2.Gpu]:
             memory_bytes=H100_BYTES,
             mode=types_pb2.GPU_MODE_MIG,
             healthy=True,
+            mig_memory_slices=8,
+            mig_instances=canned_mig_instances(),
+            # Free: slices 5 and 7; a 1g starts at 0..6, so one fits (at 5), and the one 1g+me allowed.
+            mig_fits=[
+                types_pb2.MigFit(profile="1g.10gb", more=1),
+                types_pb2.MigFit(profile="1g.10gb+me", more=1),
+            ],
         ),
         types_pb2.Gpu(
             uuid=UUID_C0,
@@ -103,8 +115,54 @@ def canned_gpus() -> list[types_pb2.Gpu]:
             mode=types_pb2.GPU_MODE_SHARED,
             healthy=False,  # vgpud reports the GPUs of a down node as not healthy
             allocated=types_pb2.GpuAllocation(memory_bytes=10 * GiB, compute_milli=250, slices=1),
+            mig_memory_slices=8,
         ),
     ]
+
+
+def canned_mig_instances() -> list[types_pb2.MigInstance]:
+    """UUID_A1's instances: a leased 3g over slices 0-3, a warm 1g at 4, a hand-made 1g at 6."""
+    return [
+        types_pb2.MigInstance(
+            profile="3g.40gb",
+            start=0,
+            size=4,
+            uuid=MIG_READY,
+            lease_id="lease-mig",
+            state=types_pb2.MIG_INSTANCE_STATE_READY,
+        ),
+        types_pb2.MigInstance(
+            profile="1g.10gb", start=4, size=1, uuid=MIG_WARM, state=types_pb2.MIG_INSTANCE_STATE_WARM
+        ),
+        types_pb2.MigInstance(
+            profile="1g.10gb", start=6, size=1, uuid=MIG_FOREIGN, state=types_pb2.MIG_INSTANCE_STATE_FOREIGN
+        ),
+    ]
+
+
+def plan_step(action: str, uuid: str, profile: str, start: int, blocked_by: str = "") -> admin_pb2.MigPlanStep:
+    return admin_pb2.MigPlanStep(
+        action=admin_pb2.MigPlanStep.Action.Value(f"ACTION_{action.upper()}"),
+        node="node-a",
+        gpu_uuid=uuid,
+        profile=profile,
+        start=start,
+        blocked_by=blocked_by,
+    )
+
+
+def canned_plan() -> admin_pb2.PlanMigLayoutResponse:
+    """What PlanMigLayout answers: UUID_A1's leased 3g is in the way, UUID_A0 is not in MIG mode yet."""
+    waits = "waits for 3g.40gb@0: lease lease-mig"
+    return admin_pb2.PlanMigLayoutResponse(
+        steps=[
+            plan_step("destroy", UUID_A1, "3g.40gb", 0, "lease lease-mig"),
+            plan_step("destroy", UUID_A1, "1g.10gb", 4, waits),
+            plan_step("create", UUID_A1, "4g.40gb", 0, waits),
+            plan_step("keep", UUID_A1, "1g.10gb", 6),
+            plan_step("create", UUID_A0, "7g.80gb", 0, f"GPU not in MIG mode: vgpuctl gpu mode {UUID_A0} mig"),
+        ]
+    )
 
 
 def canned_leases() -> list[types_pb2.Lease]:
@@ -174,6 +232,9 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self.plain_failure: tuple[grpc.StatusCode, str] | None = None
         self.hang = False
         self.release = threading.Event()
+        self.gpus = canned_gpus()
+        self.plan = canned_plan()
+        self.mode_pending = False
 
     def _enter(self, request: Message, context: grpc.ServicerContext) -> None:
         self.requests.append(request)
@@ -198,7 +259,7 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListGpusRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListGpusResponse:
         self._enter(request, context)
-        return admin_pb2.ListGpusResponse(gpus=[gpu for gpu in canned_gpus() if request.node in ("", gpu.node)])
+        return admin_pb2.ListGpusResponse(gpus=[gpu for gpu in self.gpus if request.node in ("", gpu.node)])
 
     def ListAllLeases(  # noqa: N802 -- servicer method names come from the .proto
         self, request: admin_pb2.ListAllLeasesRequest, context: grpc.ServicerContext
@@ -231,6 +292,7 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         self._enter(request, context)
         gpu = next(gpu for gpu in canned_gpus() if gpu.uuid == request.gpu_uuid)
         gpu.mode = request.mode
+        gpu.mode_pending = self.mode_pending
         return admin_pb2.SetGpuModeResponse(gpu=gpu)
 
     def DrainNode(  # noqa: N802 -- servicer method names come from the .proto
@@ -241,6 +303,12 @@ class FakeAdmin(admin_pb2_grpc.AdminServiceServicer):
         node.draining = not request.undrain
         node.state = types_pb2.NODE_STATE_READY if request.undrain else types_pb2.NODE_STATE_DRAINING
         return admin_pb2.DrainNodeResponse(node=node)
+
+    def PlanMigLayout(  # noqa: N802 -- servicer method names come from the .proto
+        self, request: admin_pb2.PlanMigLayoutRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PlanMigLayoutResponse:
+        self._enter(request, context)
+        return self.plan
 
 
 @dataclass(frozen=True)
@@ -327,25 +395,27 @@ def test_gpus_table_shortens_uuids_and_shows_allocation(capsys: pytest.CaptureFi
     result = run(capsys, daemon, "gpus")
     assert result.code == 0, result.err
     rows = table(result.out)
-    assert rows[0] == ["NODE", "IDX", "UUID", "MODEL", "MODE", "MEMORY", "COMPUTE", "LEASES", "HEALTH"]
+    assert rows[0] == ["NODE", "IDX", "UUID", "MODEL", "MODE", "MIG", "MEMORY", "COMPUTE", "LEASES", "HEALTH"]
     assert rows[1] == [
         "node-a",
         "0",
         "GPU-1a2b3c4d…",
         "h100-80gb",
         "shared",
+        "-",
         "20GiB/79.6GiB",
         "0.5/1",
         "1",
         "ok",
     ]
-    assert rows[2] == ["node-a", "1", "GPU-1a2b9999…", "h100-80gb", "mig", "0/79.6GiB", "0/1", "0", "ok"]
+    assert rows[2] == ["node-a", "1", "GPU-1a2b9999…", "h100-80gb", "mig", "6/8", "0/79.6GiB", "0/1", "0", "ok"]
     assert rows[3] == [
         "node-b",
         "0",
         "GPU-5e6f7a8b…",
         "a100-40gb",
         "exclusive",
+        "-",
         "0/40GiB",
         "0/1",
         "0",
@@ -357,6 +427,7 @@ def test_gpus_table_shortens_uuids_and_shows_allocation(capsys: pytest.CaptureFi
         "GPU-9c0d1e2f…",
         "h100-80gb",
         "shared",
+        "-",
         "10GiB/79.6GiB",
         "0.25/1",
         "1",
@@ -365,6 +436,19 @@ def test_gpus_table_shortens_uuids_and_shows_allocation(capsys: pytest.CaptureFi
     assert len(rows) == 5
     assert UUID_A0 not in result.out
     assert daemon.admin.requests == [admin_pb2.ListGpusRequest(), admin_pb2.ListNodesRequest()]
+
+
+def test_gpus_table_marks_a_pending_mode_and_counts_mig_slots_once(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon
+) -> None:
+    mig_gpu = daemon.admin.gpus[2]
+    assert mig_gpu.uuid == UUID_A1
+    mig_gpu.mode_pending = True
+    mig_gpu.mig_instances.add(profile="7g.80gb", start=0, size=8)  # overlaps the others: 8 slices, not 14
+    daemon.admin.gpus[1].mode_pending = True
+    rows = table(run(capsys, daemon, "gpus").out)
+    assert rows[1][4:6] == ["shared(pending)", "-"]
+    assert rows[2][4:6] == ["mig(pending)", "8/8"]
 
 
 def test_gpus_json_keeps_full_uuids(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
@@ -520,6 +604,15 @@ def test_gpu_mode_with_a_full_uuid_goes_straight_to_the_daemon(
     assert result.out == f"GPU {UUID_A1} (node node-a, index 1): mode exclusive\n"
 
 
+def test_gpu_mode_says_when_the_hardware_switch_is_pending(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:
+    daemon.admin.mode_pending = True
+    result = run(capsys, daemon, "gpu", "mode", UUID_A0, "mig")
+    assert result.code == 0, result.err
+    assert result.out == (
+        f"GPU {UUID_A0} (node node-a, index 0): mode mig (pending: the node daemon switches the hardware next)\n"
+    )
+
+
 @pytest.mark.parametrize("given", ["GPU-1a2b3c4d…", "gpu-1a2b3c", "1a2b3c4d", "GPU-1a2b3c4d..."])
 def test_gpu_mode_accepts_a_unique_prefix(capsys: pytest.CaptureFixture[str], daemon: Daemon, given: str) -> None:
     result = run(capsys, daemon, "gpu", "mode", given, "MIG", "--json")
@@ -642,6 +735,7 @@ VERBS = [
     ("drain", "node-a"),
     ("gpu", "mode", UUID_A0, "shared"),
     ("gpu", "mode", "GPU-5e6f", "shared"),
+    ("mig", "show"),
 ]
 
 

@@ -22,6 +22,7 @@ _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.INVALID_REQUEST: errors.InvalidRequestError,
     reasons.UNKNOWN_GPU_MODEL: errors.InvalidRequestError,
+    reasons.UNKNOWN_MIG_PROFILE: errors.InvalidRequestError,
     reasons.GPU_NOT_FOUND: errors.InvalidRequestError,
     reasons.NODE_NOT_FOUND: errors.InvalidRequestError,
     reasons.NO_CAPACITY: errors.NoCapacityError,

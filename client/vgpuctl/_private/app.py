@@ -18,7 +18,7 @@ from vgpu._private.endpoint import DEFAULT_ENDPOINT, ENV_ENDPOINT
 from vgpuctl._private import exit_codes
 from vgpuctl._private.errors import PREFIX, CliError, one_line
 from vgpuctl._private.transport import DEFAULT_TIMEOUT_S, Target
-from vgpuctl._private.verbs import drain, evict, gpu_mode, gpus, health, leases, nodes
+from vgpuctl._private.verbs import drain, evict, gpu_mode, gpus, health, leases, mig_plan, mig_show, nodes
 
 PROG: Final = "vgpuctl"
 DEBUG_ENV: Final = "VGPUCTL_DEBUG"
@@ -62,6 +62,13 @@ def _gpu_root(ctx: typer.Context) -> None:
         raise typer.Exit(exit_codes.USAGE)
 
 
+def _mig_root(ctx: typer.Context) -> None:
+    """MIG instances of the pool: `vgpuctl mig show`, and `vgpuctl mig plan LAYOUT.toml` (a dry run)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exit_codes.USAGE)
+
+
 def build() -> typer.Typer:
     """The typer app with every verb registered."""
     app = typer.Typer(
@@ -83,6 +90,11 @@ def build() -> typer.Typer:
     gpu_app.callback()(_gpu_root)
     gpu_app.command("mode", epilog=exit_codes.EPILOG)(gpu_mode.mode)
     app.add_typer(gpu_app)
+    mig_app = typer.Typer(name="mig", context_settings=_SETTINGS, invoke_without_command=True, epilog=exit_codes.EPILOG)
+    mig_app.callback()(_mig_root)
+    mig_app.command("show", epilog=exit_codes.EPILOG)(mig_show.show)
+    mig_app.command("plan", epilog=exit_codes.EPILOG)(mig_plan.plan)
+    app.add_typer(mig_app)
     return app
 
 

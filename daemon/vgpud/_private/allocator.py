@@ -10,13 +10,16 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 import structlog
 
 from vgpu._private import reasons
 from vgpud._private.core.cluster_placement import place_on_nodes
 from vgpud._private.core.lease_state import check_transition
+from vgpud._private.core.mig_records import MigState
 from vgpud._private.core.model import (
+    Claim,
     GpuMode,
     GpuState,
     LeaseRecord,
@@ -36,6 +39,7 @@ from vgpud._private.store.base import Delete, Put, Store, StoreError, StoreUnava
 from vgpud._private.write_batch import Fence, Overlay, WriteBatcher
 
 log = structlog.get_logger("vgpud.allocator")
+T = TypeVar("T")
 
 _ALIVE_TRACKED = 10_000
 
@@ -78,6 +82,7 @@ class Allocator:
         fence: Fence | None = None,
         local_node: str = "",
         node_alive_until: Callable[[], float] = lambda: float("inf"),
+        auto_mode: bool = False,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -96,6 +101,8 @@ class Allocator:
         self._alive_until: dict[str, float] = {}
         """Per lease: monotonic time until which its liveness lease surely holds, from our last refresh."""
         self.liveness = LivenessLeases(store, ttl=default_ttl, timeout=timeout)
+        self._auto_mode = auto_mode
+        """Idle MIG-capable GPUs count as switchable, so requests for the other mode wait instead of failing."""
 
     # -- grant -------------------------------------------------------------------------------------
     def candidates(self, node: str, overlay: Overlay | None = None) -> list[GpuView]:
@@ -107,20 +114,23 @@ class Allocator:
         def usable(uuid: str) -> bool:
             return open_node and live is not None and live.healthy(uuid) and self._healthy(uuid)
 
-        return [
-            GpuView(
-                record,
-                overlay.gpu_state(record.uuid) if overlay else self._view.gpu_state(record.uuid).value,
-                usable(record.uuid),
-            )
-            for record in self._view.gpus_of(node)
-            if present is None or record.uuid in present
-        ]
+        views = []
+        for record in self._view.gpus_of(node):
+            if present is not None and record.uuid not in present:
+                continue
+            state = overlay.gpu_state(record.uuid) if overlay else self._view.gpu_state(record.uuid).value
+            switchable = self._auto_mode and record.mig_capable and switchable_now(state)
+            views.append(GpuView(record, state, usable(record.uuid), switchable))
+        return views
 
     def candidates_by_node(self, target: str, overlay: Overlay | None = None) -> dict[str, list[GpuView]]:
         """Every live node's GPUs (or only `target`'s), as cross-node placement takes them."""
         names = [target] if target else sorted(self._view.nodes())
         return {name: self.candidates(name, overlay) for name in names if self._view.node(name) is not None}
+
+    def try_place_in_pool(self, request: ShapeRequest, target: str = "") -> Placement | Unplaceable:
+        """Whether `request` could be placed now on `target` (or any node), without writing anything."""
+        return place_on_nodes(request, self.candidates_by_node(target), "")
 
     def try_place(self, spec: AcquireSpec) -> Placement | Unplaceable:
         """Placement against the current view, without writing anything."""
@@ -162,7 +172,7 @@ class Allocator:
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
                 overlay.put_gpu_state(view.record.uuid, overlay.gpu_state(view.record.uuid).with_claim(claim))
-            record = self._record(spec, lease_id, token, liveness, result)
+            record = self._record(spec, lease_id, token, liveness, result, overlay=overlay)
             overlay.put_lease(record, new=True)
             overlay.stage(Put(self._keys.alive(lease_id), b"", lease=liveness))
             return record
@@ -199,7 +209,7 @@ class Allocator:
             record = replace(
                 waiting.lease,
                 state=LeaseState.GRANTED,
-                slices=_slices(result),
+                slices=_slices(result, overlay),
                 created_at=self._clock(),
                 liveness_lease=liveness,
             )
@@ -225,8 +235,17 @@ class Allocator:
         record = self._record(spec, lease_id, token, 0, Placement(()))
         return replace(record, state=LeaseState.PENDING, node=granting_node)
 
-    def _record(self, spec: AcquireSpec, lease_id: str, token: str, liveness: int, placement: Placement) -> LeaseRecord:
-        slices = _slices(placement)
+    def _record(
+        self,
+        spec: AcquireSpec,
+        lease_id: str,
+        token: str,
+        liveness: int,
+        placement: Placement,
+        *,
+        overlay: Overlay | None = None,
+    ) -> LeaseRecord:
+        slices = _slices(placement, overlay)
         return LeaseRecord(
             id=lease_id,
             token_sha256=hash_secret(token),
@@ -372,24 +391,35 @@ class Allocator:
 
         await self._writes.submit(build)
 
+    async def commit(self, build: Callable[[Overlay], T]) -> T:
+        """One guarded write through this daemon's group-committing writer (the MIG realiser's books)."""
+        return await self._writes.submit(build)
+
     # -- admin -------------------------------------------------------------------------------------
     async def set_mode(self, uuid: str, mode: GpuMode) -> GpuState:
-        """Change a GPU's mode; refused while any claim is on it."""
+        """Change a GPU's mode; refused while a claim or a MIG instance other than a warm one is on it.
+
+        Only the books change here: the GPU's node daemon then switches the hardware (MIG on or off) and
+        the GPU takes work in its new mode once it has (`mode_pending` until then).
+        """
         record = self._view.gpu(uuid)
         if record is None:
             raise Refusal(reasons.GPU_NOT_FOUND, f"no GPU {uuid!r} is registered (see vgpuctl gpus)")
-        if mode is GpuMode.MIG:
-            if not record.mig_capable:
-                raise Refusal(reasons.INVALID_REQUEST, f"{record.model} GPUs cannot run MIG; use shared or exclusive")
-            raise Refusal(reasons.NOT_IMPLEMENTED, "MIG mode arrives with MIG slices; use shared or exclusive")
+        if mode is GpuMode.MIG and not record.mig_capable:
+            raise Refusal(
+                reasons.INVALID_REQUEST, f"{record.model} GPUs cannot run MIG; modes for {uuid}: shared, exclusive"
+            )
 
         def build(overlay: Overlay) -> GpuState:
             current = overlay.gpu_state(uuid)
-            if current.claims:
-                holders = sorted({c.lease_id for c in current.claims})
+            if current.mode is mode:
+                return current
+            busy_with = _busy_with(current)
+            if busy_with:
                 raise Refusal(
                     reasons.GPU_BUSY,
-                    f"GPU {uuid} has {len(holders)} lease(s) ({', '.join(holders[:5])}); release or evict them first",
+                    f"GPU {uuid} is in use ({busy_with}); release or evict them first (vgpuctl leases --node "
+                    f"{record.node}), then switch it",
                 )
             new_state = replace(current, mode=mode)
             overlay.put_gpu_state(uuid, new_state)
@@ -411,7 +441,7 @@ class Allocator:
         return await self._writes.submit(build)
 
 
-def _slices(placement: Placement) -> tuple[SliceRecord, ...]:
+def _slices(placement: Placement, overlay: Overlay | None = None) -> tuple[SliceRecord, ...]:
     return tuple(
         SliceRecord(
             node=view.record.node,
@@ -421,9 +451,43 @@ def _slices(placement: Placement) -> tuple[SliceRecord, ...]:
             isolation=claim.isolation,
             memory_bytes=claim.memory_bytes,
             compute_milli=claim.compute_milli,
+            **_mig_fields(view.record.uuid, claim, overlay),
         )
         for view, claim in placement.assignments
     )
+
+
+def _mig_fields(uuid: str, claim: Claim, overlay: Overlay | None) -> dict[str, Any]:
+    """The MIG part of a slice: its slot, and the instance's UUID when a warm one was bound."""
+    if claim.mig is None:
+        return {}
+    bound = overlay.gpu_state(uuid).mig_at(claim.mig.start) if overlay is not None else None
+    return {
+        "mig_profile": claim.mig.profile,
+        "mig_start": claim.mig.start,
+        "mig_size": claim.mig.size,
+        "mig_uuid": bound.uuid if bound is not None and bound.lease_id == claim.lease_id else "",
+    }
+
+
+def switchable_now(state: GpuState) -> bool:
+    """Idle and in shared or MIG mode: what auto mode may switch."""
+    return not state.claims and not state.mig and state.mode in (GpuMode.SHARED, GpuMode.MIG)
+
+
+def _busy_with(state: GpuState) -> str:
+    """What keeps a GPU from switching modes, in words; empty when nothing does (warm instances go)."""
+    holders = sorted({c.lease_id for c in state.claims})
+    parts = [f"{len(holders)} lease(s): {', '.join(holders[:5])}"] if holders else []
+    foreign = [m for m in state.mig if m.state is MigState.FOREIGN]
+    if foreign:
+        parts.append(f"{len(foreign)} MIG instance(s) vgpu did not create: destroy them with nvidia-smi mig")
+    releasing = [
+        m for m in state.mig if m.state in (MigState.RELEASING, MigState.CREATING) and m.lease_id not in holders
+    ]
+    if releasing:
+        parts.append(f"{len(releasing)} MIG instance(s) still being destroyed: retry in a moment")
+    return "; ".join(parts)
 
 
 def _reused(lease: LeaseRecord) -> Refusal:

@@ -31,6 +31,7 @@ _OVERRIDES: dict[str, tuple[str, str]] = {
     "node_name": ("node_name", "--node-name"),
     "metrics_port": ("metrics.port", "--metrics-port"),
     "lease_ttl": ("lease.default_ttl_s", "--lease-ttl"),
+    "mig_keep_warm": ("mig.keep_warm_s", "--mig-keep-warm"),
     "log_format": ("log.format", "--log-format"),
     "log_level": ("log.level", "--log-level"),
 }
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-name", metavar="NAME", help="this host's name in the pool (default: host name)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
     p.add_argument("--lease-ttl", type=int, metavar="SECONDS", help="default lease heartbeat TTL (default 30)")
+    p.add_argument(
+        "--mig-keep-warm", type=float, metavar="SECONDS", help="keep ended leases' MIG instances for reuse (default 0)"
+    )
     p.add_argument("--log-format", choices=["auto", "json", "console"], help="log format (default auto)")
     p.add_argument(
         "--log-level",

@@ -76,6 +76,16 @@ class LeaseConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MigConfig:
+    """MIG instances ([mig] table)."""
+
+    keep_warm_s: float = 0.0
+    """How long an ended lease's instance stays created for the next request of its profile (0: destroy at once)."""
+    auto_mode: bool = False
+    """Let the leader switch an idle MIG-capable GPU to the mode waiting requests need (shared or MIG)."""
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus endpoint ([metrics] table)."""
 
@@ -121,6 +131,8 @@ class DaemonConfig:
     """[lease] table."""
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     """[metrics] table."""
+    mig: MigConfig = field(default_factory=MigConfig)
+    """[mig] table."""
     log: LogConfig = field(default_factory=LogConfig)
     """[log] table."""
 
@@ -129,6 +141,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "etcd": EtcdConfig,
     "lease": LeaseConfig,
     "metrics": MetricsConfig,
+    "mig": MigConfig,
     "log": LogConfig,
 }
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -157,6 +170,7 @@ _SCALARS: dict[Any, tuple[str, Callable[[object], bool], Callable[[Any], object]
     str: ("a string", lambda v: isinstance(v, str), str),
     int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
     float: ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool), float),
+    bool: ("true or false", lambda v: isinstance(v, bool), bool),
     Path: ("a path (string)", lambda v: isinstance(v, Path) or (isinstance(v, str) and v != ""), Path),
 }
 

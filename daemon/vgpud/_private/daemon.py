@@ -29,12 +29,13 @@ from vgpud._private import sdnotify
 from vgpud._private.allocator import Allocator
 from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
-from vgpud._private.backend.geometry import known_models
+from vgpud._private.backend.geometry import all_models, known_models
 from vgpud._private.config import DaemonConfig
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
+from vgpud._private.mig_realiser import MigRealiser
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
@@ -200,6 +201,7 @@ class Daemon:
                 fence=fence,
                 local_node=cfg.node_name,
                 node_alive_until=lambda: self._node_alive_until,
+                auto_mode=cfg.mig.auto_mode,
             )
 
         allocator = make_allocator()
@@ -234,6 +236,7 @@ class Daemon:
             node=cfg.node_name,
             endpoint=self.endpoint,
             known_models=frozenset(known_models()),
+            known_profiles=frozenset(p.name for m in all_models() for p in m.mig_profiles),
             default_ttl=cfg.lease.default_ttl_s,
             ttl_bounds=(cfg.lease.min_ttl_s, cfg.lease.max_ttl_s),
             rpc_timeout=_STORE_TIMEOUT,
@@ -246,6 +249,16 @@ class Daemon:
         self._tasks.start(leadership.run(), "leadership")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
+        realiser = MigRealiser(
+            self._backend,
+            allocator,
+            view,
+            self._keys,
+            cfg.node_name,
+            keep_warm_s=cfg.mig.keep_warm_s,
+            auto_mode=cfg.mig.auto_mode,
+        )
+        self._tasks.start(realiser.run(), "mig-realiser")
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
         self._tasks.start(self._watch_gpu_health(store), "gpu-health")
         self._tasks.start(self._update_metrics(view), "metrics")

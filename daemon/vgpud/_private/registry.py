@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vgpud._private.core.model import GpuRecord, GpuState
+from vgpud._private.core.model import GpuMode, GpuRecord, GpuState
 from vgpud._private.store.base import Delete, ModRevisionIs, Put, Store
 
 
@@ -73,7 +73,7 @@ async def register_gpus(store: Store, keys: Keys, node: str, gpus: list[GpuRecor
     """
     for gpu in gpus:
         facts = Put(keys.gpu(gpu.uuid), gpu.to_json())
-        fresh = Put(keys.gpustate(gpu.uuid), GpuState().to_json())
+        fresh = Put(keys.gpustate(gpu.uuid), GpuState(GpuMode.MIG if gpu.mig_enabled else GpuMode.SHARED).to_json())
         await store.txn([ModRevisionIs(keys.gpustate(gpu.uuid), 0)], [facts, fresh], [facts], timeout=timeout)
     present = {g.uuid for g in gpus}
     listed = await store.get_prefix(keys.root + "gpus/", timeout=timeout)
@@ -82,7 +82,7 @@ async def register_gpus(store: Store, keys: Keys, node: str, gpus: list[GpuRecor
         if record.node != node or record.uuid in present:
             continue
         state = await store.get(keys.gpustate(record.uuid), timeout=timeout)
-        if state is not None and GpuState.from_json(state.value).claims:
+        if state is not None and (GpuState.from_json(state.value).claims or GpuState.from_json(state.value).mig):
             continue
         guard = [ModRevisionIs(keys.gpustate(record.uuid), state.mod_revision if state else 0)]
         await store.txn(guard, [Delete(keys.gpu(record.uuid)), Delete(keys.gpustate(record.uuid))], timeout=timeout)

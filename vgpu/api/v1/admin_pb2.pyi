@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from vgpu.api.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
@@ -267,3 +268,97 @@ class DrainNodeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DrainNodeResponse: _TypeAlias = DrainNodeResponse  # noqa: Y015
+
+@_typing.final
+class PlanMigLayoutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYOUT_TOML_FIELD_NUMBER: _builtins.int
+    layout_toml: _builtins.str
+    """The layout file's text (TOML); see `vgpuctl mig plan --help` for its form."""
+    def __init__(
+        self,
+        *,
+        layout_toml: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layout_toml", b"layout_toml"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanMigLayoutRequest: _TypeAlias = PlanMigLayoutRequest  # noqa: Y015
+
+@_typing.final
+class MigPlanStep(_message.Message):
+    """One step of a MIG layout plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _Action:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _ActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[MigPlanStep._Action.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        ACTION_UNSPECIFIED: MigPlanStep._Action.ValueType  # 0
+        ACTION_CREATE: MigPlanStep._Action.ValueType  # 1
+        ACTION_DESTROY: MigPlanStep._Action.ValueType  # 2
+        ACTION_KEEP: MigPlanStep._Action.ValueType  # 3
+
+    class Action(_Action, metaclass=_ActionEnumTypeWrapper): ...
+    ACTION_UNSPECIFIED: MigPlanStep.Action.ValueType  # 0
+    ACTION_CREATE: MigPlanStep.Action.ValueType  # 1
+    ACTION_DESTROY: MigPlanStep.Action.ValueType  # 2
+    ACTION_KEEP: MigPlanStep.Action.ValueType  # 3
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    GPU_UUID_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    BLOCKED_BY_FIELD_NUMBER: _builtins.int
+    action: Global___MigPlanStep.Action.ValueType
+    node: _builtins.str
+    gpu_uuid: _builtins.str
+    profile: _builtins.str
+    start: _builtins.int
+    blocked_by: _builtins.str
+    """Why the step cannot be taken now (e.g. a lease holds the instance); empty when it can."""
+    def __init__(
+        self,
+        *,
+        action: Global___MigPlanStep.Action.ValueType = ...,
+        node: _builtins.str = ...,
+        gpu_uuid: _builtins.str = ...,
+        profile: _builtins.str = ...,
+        start: _builtins.int = ...,
+        blocked_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "blocked_by", b"blocked_by", "gpu_uuid", b"gpu_uuid", "node", b"node", "profile", b"profile", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigPlanStep: _TypeAlias = MigPlanStep  # noqa: Y015
+
+@_typing.final
+class PlanMigLayoutResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEPS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigPlanStep]: ...
+    def __init__(
+        self,
+        *,
+        steps: _abc.Iterable[Global___MigPlanStep] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PlanMigLayoutResponse: _TypeAlias = PlanMigLayoutResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class AdminServiceStub:
                 request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeRequest.SerializeToString,
                 response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeResponse.FromString,
                 _registered_method=True)
+        self.PlanMigLayout = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/PlanMigLayout',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -110,6 +115,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PlanMigLayout(self, request, context):
+        """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +154,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.DrainNode,
                     request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeRequest.FromString,
                     response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeResponse.SerializeToString,
+            ),
+            'PlanMigLayout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlanMigLayout,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +324,33 @@ class AdminService:
             '/vgpu.api.v1.AdminService/DrainNode',
             vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeRequest.SerializeToString,
             vgpu_dot_api_dot_v1_dot_admin__pb2.DrainNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlanMigLayout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/PlanMigLayout',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,8 @@ class AdminServiceStub:
     """Refused with FAILED_PRECONDITION while leases hold slices on the GPU."""
     DrainNode: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DrainNodeRequest, _admin_pb2.DrainNodeResponse]
     """Stop new work from landing on a node (or undo that); existing leases finish normally."""
+    PlanMigLayout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PlanMigLayoutRequest, _admin_pb2.PlanMigLayoutResponse]
+    """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -57,6 +59,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Refused with FAILED_PRECONDITION while leases hold slices on the GPU."""
     DrainNode: _aio.UnaryUnaryMultiCallable[_admin_pb2.DrainNodeRequest, _admin_pb2.DrainNodeResponse]  # type: ignore[assignment]
     """Stop new work from landing on a node (or undo that); existing leases finish normally."""
+    PlanMigLayout: _aio.UnaryUnaryMultiCallable[_admin_pb2.PlanMigLayoutRequest, _admin_pb2.PlanMigLayoutResponse]  # type: ignore[assignment]
+    """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """The door for platform admins (vgpuctl): the whole pool, from any daemon."""
@@ -105,5 +109,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.DrainNodeResponse, _abc.Awaitable[_admin_pb2.DrainNodeResponse]]:
         """Stop new work from landing on a node (or undo that); existing leases finish normally."""
+
+    @_abc_1.abstractmethod
+    def PlanMigLayout(
+        self,
+        request: _admin_pb2.PlanMigLayoutRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PlanMigLayoutResponse, _abc.Awaitable[_admin_pb2.PlanMigLayoutResponse]]:
+        """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vgpu/api/v1/types.proto\x12\x0bvgpu.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x05Owner\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xfd\x01\n\x0fResourceRequest\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rcompute_milli\x18\x02 \x01(\r\x12\x19\n\x11\x63ompute_milli_max\x18\x03 \x01(\r\x12\x13\n\x0bmig_profile\x18\x04 \x01(\t\x12)\n\tisolation\x18\x05 \x01(\x0e\x32\x16.vgpu.api.v1.Isolation\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tcount_max\x18\x07 \x01(\r\x12\x0c\n\x04gang\x18\x08 \x01(\x08\x12\x12\n\ngpu_models\x18\t \x03(\t\x12\x0c\n\x04node\x18\n \x01(\t\x12\x10\n\x08\x61ny_node\x18\x0b \x01(\x08\"\xdf\x01\n\x05Slice\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x11\n\tgpu_index\x18\x03 \x01(\r\x12\x11\n\tgpu_model\x18\x04 \x01(\t\x12)\n\tisolation\x18\x05 \x01(\x0e\x32\x16.vgpu.api.v1.Isolation\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x15\n\rcompute_milli\x18\x07 \x01(\r\x12\x13\n\x0bmig_profile\x18\x08 \x01(\t\x12\x10\n\x08mig_uuid\x18\t \x01(\t\x12\x11\n\tmig_start\x18\n \x01(\r\"\x7f\n\x0fNodeEnvironment\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x03\x65nv\x18\x02 \x03(\x0b\x32%.vgpu.api.v1.NodeEnvironment.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x05\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.vgpu.api.v1.LeaseState\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\t\x12!\n\x05owner\x18\x05 \x01(\x0b\x32\x12.vgpu.api.v1.Owner\x12-\n\x07request\x18\x06 \x01(\x0b\x32\x1c.vgpu.api.v1.ResourceRequest\x12\"\n\x06slices\x18\x07 \x03(\x0b\x32\x12.vgpu.api.v1.Slice\x12(\n\x03\x65nv\x18\x08 \x03(\x0b\x32\x1b.vgpu.api.v1.Lease.EnvEntry\x12\x37\n\x11node_environments\x18\t \x03(\x0b\x32\x1c.vgpu.api.v1.NodeEnvironment\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04node\x18\r \x01(\t\x12\x12\n\nend_reason\x18\x0e \x01(\t\x12\x13\n\x0b\x65nd_message\x18\x0f \x01(\t\x12\r\n\x05token\x18\x10 \x01(\t\x12\x12\n\nrequest_id\x18\x11 \x01(\t\x12.\n\x06labels\x18\x12 \x03(\x0b\x32\x1e.vgpu.api.v1.Lease.LabelsEntry\x12\x34\n\x10preempt_deadline\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0bQueueStatus\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x14\n\x0cqueue_length\x18\x02 \x01(\r\x12\x31\n\x0e\x65stimated_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\rGpuAllocation\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rcompute_milli\x18\x02 \x01(\r\x12\x0e\n\x06slices\x18\x03 \x01(\r\"\x94\x02\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x10\n\x08sm_count\x18\x07 \x01(\r\x12\"\n\x04mode\x18\x08 \x01(\x0e\x32\x14.vgpu.api.v1.GpuMode\x12\x13\n\x0bmig_capable\x18\t \x01(\x08\x12\x13\n\x0bmig_enabled\x18\n \x01(\x08\x12-\n\tallocated\x18\x0b \x01(\x0b\x32\x1a.vgpu.api.v1.GpuAllocation\x12\x0f\n\x07healthy\x18\x0c \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\t\"\xa2\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.vgpu.api.v1.NodeState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x11\n\tgpu_count\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12-\n\x06labels\x18\x08 \x03(\x0b\x32\x1d.vgpu.api.v1.Node.LabelsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*b\n\x07GpuMode\x12\x18\n\x14GPU_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGPU_MODE_SHARED\x10\x01\x12\x10\n\x0cGPU_MODE_MIG\x10\x02\x12\x16\n\x12GPU_MODE_EXCLUSIVE\x10\x03*d\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\x14\n\x10ISOLATION_SHARED\x10\x01\x12\x11\n\rISOLATION_MIG\x10\x02\x12\x13\n\x0fISOLATION_WHOLE\x10\x03*\xf8\x01\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEASE_STATE_PENDING\x10\x01\x12\x17\n\x13LEASE_STATE_GRANTED\x10\x02\x12\x18\n\x14LEASE_STATE_RESIZING\x10\x03\x12\x1a\n\x16LEASE_STATE_PREEMPTING\x10\x04\x12\x19\n\x15LEASE_STATE_SUSPENDED\x10\x05\x12\x18\n\x14LEASE_STATE_RELEASED\x10\x06\x12\x17\n\x13LEASE_STATE_REVOKED\x10\x07\x12\x17\n\x13LEASE_STATE_EXPIRED\x10\x08*k\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x13\n\x0fNODE_STATE_DOWN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vgpu/api/v1/types.proto\x12\x0bvgpu.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"E\n\x05Owner\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\xfd\x01\n\x0fResourceRequest\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rcompute_milli\x18\x02 \x01(\r\x12\x19\n\x11\x63ompute_milli_max\x18\x03 \x01(\r\x12\x13\n\x0bmig_profile\x18\x04 \x01(\t\x12)\n\tisolation\x18\x05 \x01(\x0e\x32\x16.vgpu.api.v1.Isolation\x12\r\n\x05\x63ount\x18\x06 \x01(\r\x12\x11\n\tcount_max\x18\x07 \x01(\r\x12\x0c\n\x04gang\x18\x08 \x01(\x08\x12\x12\n\ngpu_models\x18\t \x03(\t\x12\x0c\n\x04node\x18\n \x01(\t\x12\x10\n\x08\x61ny_node\x18\x0b \x01(\x08\"\xf1\x01\n\x05Slice\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x02 \x01(\t\x12\x11\n\tgpu_index\x18\x03 \x01(\r\x12\x11\n\tgpu_model\x18\x04 \x01(\t\x12)\n\tisolation\x18\x05 \x01(\x0e\x32\x16.vgpu.api.v1.Isolation\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x15\n\rcompute_milli\x18\x07 \x01(\r\x12\x13\n\x0bmig_profile\x18\x08 \x01(\t\x12\x10\n\x08mig_uuid\x18\t \x01(\t\x12\x11\n\tmig_start\x18\n \x01(\r\x12\x10\n\x08mig_size\x18\x0b \x01(\r\"\x89\x01\n\x0bMigInstance\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0c\n\x04size\x18\x03 \x01(\r\x12\x0c\n\x04uuid\x18\x04 \x01(\t\x12\x10\n\x08lease_id\x18\x05 \x01(\t\x12,\n\x05state\x18\x06 \x01(\x0e\x32\x1d.vgpu.api.v1.MigInstanceState\"\'\n\x06MigFit\x12\x0f\n\x07profile\x18\x01 \x01(\t\x12\x0c\n\x04more\x18\x02 \x01(\r\"\x7f\n\x0fNodeEnvironment\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x32\n\x03\x65nv\x18\x02 \x03(\x0b\x32%.vgpu.api.v1.NodeEnvironment.EnvEntry\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xd8\x05\n\x05Lease\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.vgpu.api.v1.LeaseState\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\t\x12!\n\x05owner\x18\x05 \x01(\x0b\x32\x12.vgpu.api.v1.Owner\x12-\n\x07request\x18\x06 \x01(\x0b\x32\x1c.vgpu.api.v1.ResourceRequest\x12\"\n\x06slices\x18\x07 \x03(\x0b\x32\x12.vgpu.api.v1.Slice\x12(\n\x03\x65nv\x18\x08 \x03(\x0b\x32\x1b.vgpu.api.v1.Lease.EnvEntry\x12\x37\n\x11node_environments\x18\t \x03(\x0b\x32\x1c.vgpu.api.v1.NodeEnvironment\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03ttl\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04node\x18\r \x01(\t\x12\x12\n\nend_reason\x18\x0e \x01(\t\x12\x13\n\x0b\x65nd_message\x18\x0f \x01(\t\x12\r\n\x05token\x18\x10 \x01(\t\x12\x12\n\nrequest_id\x18\x11 \x01(\t\x12.\n\x06labels\x18\x12 \x03(\x0b\x32\x1e.vgpu.api.v1.Lease.LabelsEntry\x12\x34\n\x10preempt_deadline\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"x\n\x0bQueueStatus\x12\x10\n\x08position\x18\x01 \x01(\r\x12\x14\n\x0cqueue_length\x18\x02 \x01(\r\x12\x31\n\x0e\x65stimated_wait\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\rGpuAllocation\x12\x14\n\x0cmemory_bytes\x18\x01 \x01(\x04\x12\x15\n\rcompute_milli\x18\x02 \x01(\r\x12\x0e\n\x06slices\x18\x03 \x01(\r\"\x9d\x03\n\x03Gpu\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05index\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x06 \x01(\x04\x12\x10\n\x08sm_count\x18\x07 \x01(\r\x12\"\n\x04mode\x18\x08 \x01(\x0e\x32\x14.vgpu.api.v1.GpuMode\x12\x13\n\x0bmig_capable\x18\t \x01(\x08\x12\x13\n\x0bmig_enabled\x18\n \x01(\x08\x12-\n\tallocated\x18\x0b \x01(\x0b\x32\x1a.vgpu.api.v1.GpuAllocation\x12\x0f\n\x07healthy\x18\x0c \x01(\x08\x12\x0f\n\x07\x62\x61\x63kend\x18\r \x01(\t\x12\x19\n\x11mig_memory_slices\x18\x0e \x01(\r\x12/\n\rmig_instances\x18\x0f \x03(\x0b\x32\x18.vgpu.api.v1.MigInstance\x12%\n\x08mig_fits\x18\x10 \x03(\x0b\x32\x13.vgpu.api.v1.MigFit\x12\x14\n\x0cmode_pending\x18\x11 \x01(\x08\"\xa2\x02\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.vgpu.api.v1.NodeState\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x11\n\tgpu_count\x18\x04 \x01(\r\x12\x0f\n\x07version\x18\x05 \x01(\t\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x07 \x01(\x08\x12-\n\x06labels\x18\x08 \x03(\x0b\x32\x1d.vgpu.api.v1.Node.LabelsEntry\x12\x0f\n\x07\x62\x61\x63kend\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*b\n\x07GpuMode\x12\x18\n\x14GPU_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0fGPU_MODE_SHARED\x10\x01\x12\x10\n\x0cGPU_MODE_MIG\x10\x02\x12\x16\n\x12GPU_MODE_EXCLUSIVE\x10\x03*d\n\tIsolation\x12\x19\n\x15ISOLATION_UNSPECIFIED\x10\x00\x12\x14\n\x10ISOLATION_SHARED\x10\x01\x12\x11\n\rISOLATION_MIG\x10\x02\x12\x13\n\x0fISOLATION_WHOLE\x10\x03*\xf8\x01\n\nLeaseState\x12\x1b\n\x17LEASE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEASE_STATE_PENDING\x10\x01\x12\x17\n\x13LEASE_STATE_GRANTED\x10\x02\x12\x18\n\x14LEASE_STATE_RESIZING\x10\x03\x12\x1a\n\x16LEASE_STATE_PREEMPTING\x10\x04\x12\x19\n\x15LEASE_STATE_SUSPENDED\x10\x05\x12\x18\n\x14LEASE_STATE_RELEASED\x10\x06\x12\x17\n\x13LEASE_STATE_REVOKED\x10\x07\x12\x17\n\x13LEASE_STATE_EXPIRED\x10\x08*k\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x17\n\x13NODE_STATE_DRAINING\x10\x02\x12\x13\n\x0fNODE_STATE_DOWN\x10\x03*\xd4\x01\n\x10MigInstanceState\x12\"\n\x1eMIG_INSTANCE_STATE_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMIG_INSTANCE_STATE_CREATING\x10\x01\x12\x1c\n\x18MIG_INSTANCE_STATE_READY\x10\x02\x12\x1b\n\x17MIG_INSTANCE_STATE_WARM\x10\x03\x12 \n\x1cMIG_INSTANCE_STATE_RELEASING\x10\x04\x12\x1e\n\x1aMIG_INSTANCE_STATE_FOREIGN\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,38 +41,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LEASE_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_GPUMODE']._serialized_start=2290
-  _globals['_GPUMODE']._serialized_end=2388
-  _globals['_ISOLATION']._serialized_start=2390
-  _globals['_ISOLATION']._serialized_end=2490
-  _globals['_LEASESTATE']._serialized_start=2493
-  _globals['_LEASESTATE']._serialized_end=2741
-  _globals['_NODESTATE']._serialized_start=2743
-  _globals['_NODESTATE']._serialized_end=2850
+  _globals['_GPUMODE']._serialized_start=2626
+  _globals['_GPUMODE']._serialized_end=2724
+  _globals['_ISOLATION']._serialized_start=2726
+  _globals['_ISOLATION']._serialized_end=2826
+  _globals['_LEASESTATE']._serialized_start=2829
+  _globals['_LEASESTATE']._serialized_end=3077
+  _globals['_NODESTATE']._serialized_start=3079
+  _globals['_NODESTATE']._serialized_end=3186
+  _globals['_MIGINSTANCESTATE']._serialized_start=3189
+  _globals['_MIGINSTANCESTATE']._serialized_end=3401
   _globals['_OWNER']._serialized_start=105
   _globals['_OWNER']._serialized_end=174
   _globals['_RESOURCEREQUEST']._serialized_start=177
   _globals['_RESOURCEREQUEST']._serialized_end=430
   _globals['_SLICE']._serialized_start=433
-  _globals['_SLICE']._serialized_end=656
-  _globals['_NODEENVIRONMENT']._serialized_start=658
-  _globals['_NODEENVIRONMENT']._serialized_end=785
-  _globals['_NODEENVIRONMENT_ENVENTRY']._serialized_start=743
-  _globals['_NODEENVIRONMENT_ENVENTRY']._serialized_end=785
-  _globals['_LEASE']._serialized_start=788
-  _globals['_LEASE']._serialized_end=1516
-  _globals['_LEASE_ENVENTRY']._serialized_start=743
-  _globals['_LEASE_ENVENTRY']._serialized_end=785
-  _globals['_LEASE_LABELSENTRY']._serialized_start=1471
-  _globals['_LEASE_LABELSENTRY']._serialized_end=1516
-  _globals['_QUEUESTATUS']._serialized_start=1518
-  _globals['_QUEUESTATUS']._serialized_end=1638
-  _globals['_GPUALLOCATION']._serialized_start=1640
-  _globals['_GPUALLOCATION']._serialized_end=1716
-  _globals['_GPU']._serialized_start=1719
-  _globals['_GPU']._serialized_end=1995
-  _globals['_NODE']._serialized_start=1998
-  _globals['_NODE']._serialized_end=2288
-  _globals['_NODE_LABELSENTRY']._serialized_start=1471
-  _globals['_NODE_LABELSENTRY']._serialized_end=1516
+  _globals['_SLICE']._serialized_end=674
+  _globals['_MIGINSTANCE']._serialized_start=677
+  _globals['_MIGINSTANCE']._serialized_end=814
+  _globals['_MIGFIT']._serialized_start=816
+  _globals['_MIGFIT']._serialized_end=855
+  _globals['_NODEENVIRONMENT']._serialized_start=857
+  _globals['_NODEENVIRONMENT']._serialized_end=984
+  _globals['_NODEENVIRONMENT_ENVENTRY']._serialized_start=942
+  _globals['_NODEENVIRONMENT_ENVENTRY']._serialized_end=984
+  _globals['_LEASE']._serialized_start=987
+  _globals['_LEASE']._serialized_end=1715
+  _globals['_LEASE_ENVENTRY']._serialized_start=942
+  _globals['_LEASE_ENVENTRY']._serialized_end=984
+  _globals['_LEASE_LABELSENTRY']._serialized_start=1670
+  _globals['_LEASE_LABELSENTRY']._serialized_end=1715
+  _globals['_QUEUESTATUS']._serialized_start=1717
+  _globals['_QUEUESTATUS']._serialized_end=1837
+  _globals['_GPUALLOCATION']._serialized_start=1839
+  _globals['_GPUALLOCATION']._serialized_end=1915
+  _globals['_GPU']._serialized_start=1918
+  _globals['_GPU']._serialized_end=2331
+  _globals['_NODE']._serialized_start=2334
+  _globals['_NODE']._serialized_end=2624
+  _globals['_NODE_LABELSENTRY']._serialized_start=1670
+  _globals['_NODE_LABELSENTRY']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

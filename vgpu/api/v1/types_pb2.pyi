@@ -126,6 +126,40 @@ NODE_STATE_DOWN: NodeState.ValueType  # 3
 """Its liveness key expired."""
 Global___NodeState: _TypeAlias = NodeState  # noqa: Y015
 
+class _MigInstanceState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigInstanceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigInstanceState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIG_INSTANCE_STATE_UNSPECIFIED: _MigInstanceState.ValueType  # 0
+    MIG_INSTANCE_STATE_CREATING: _MigInstanceState.ValueType  # 1
+    """Placed for a lease; the node daemon is creating it."""
+    MIG_INSTANCE_STATE_READY: _MigInstanceState.ValueType  # 2
+    """Created and held by a lease."""
+    MIG_INSTANCE_STATE_WARM: _MigInstanceState.ValueType  # 3
+    """Created, held by no lease, kept for reuse by the next request of its profile."""
+    MIG_INSTANCE_STATE_RELEASING: _MigInstanceState.ValueType  # 4
+    """Its lease ended; the node daemon is destroying it."""
+    MIG_INSTANCE_STATE_FOREIGN: _MigInstanceState.ValueType  # 5
+    """Found on the GPU but not created by vgpu: its slots are off limits, vgpu never destroys it."""
+
+class MigInstanceState(_MigInstanceState, metaclass=_MigInstanceStateEnumTypeWrapper):
+    """Where a MIG instance on a GPU stands."""
+
+MIG_INSTANCE_STATE_UNSPECIFIED: MigInstanceState.ValueType  # 0
+MIG_INSTANCE_STATE_CREATING: MigInstanceState.ValueType  # 1
+"""Placed for a lease; the node daemon is creating it."""
+MIG_INSTANCE_STATE_READY: MigInstanceState.ValueType  # 2
+"""Created and held by a lease."""
+MIG_INSTANCE_STATE_WARM: MigInstanceState.ValueType  # 3
+"""Created, held by no lease, kept for reuse by the next request of its profile."""
+MIG_INSTANCE_STATE_RELEASING: MigInstanceState.ValueType  # 4
+"""Its lease ended; the node daemon is destroying it."""
+MIG_INSTANCE_STATE_FOREIGN: MigInstanceState.ValueType  # 5
+"""Found on the GPU but not created by vgpu: its slots are off limits, vgpu never destroys it."""
+Global___MigInstanceState: _TypeAlias = MigInstanceState  # noqa: Y015
+
 @_typing.final
 class Owner(_message.Message):
     """Who holds a lease. Informational until authentication arrives."""
@@ -240,6 +274,7 @@ class Slice(_message.Message):
     MIG_PROFILE_FIELD_NUMBER: _builtins.int
     MIG_UUID_FIELD_NUMBER: _builtins.int
     MIG_START_FIELD_NUMBER: _builtins.int
+    MIG_SIZE_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     gpu_uuid: _builtins.str
     gpu_index: _builtins.int
@@ -252,6 +287,8 @@ class Slice(_message.Message):
     """MIG device UUID ("MIG-...") for MIG slices."""
     mig_start: _builtins.int
     """First memory slice of the MIG placement."""
+    mig_size: _builtins.int
+    """Memory slices the MIG placement spans."""
     def __init__(
         self,
         *,
@@ -265,14 +302,79 @@ class Slice(_message.Message):
         mig_profile: _builtins.str = ...,
         mig_uuid: _builtins.str = ...,
         mig_start: _builtins.int = ...,
+        mig_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_milli", b"compute_milli", "gpu_index", b"gpu_index", "gpu_model", b"gpu_model", "gpu_uuid", b"gpu_uuid", "isolation", b"isolation", "memory_bytes", b"memory_bytes", "mig_profile", b"mig_profile", "mig_start", b"mig_start", "mig_uuid", b"mig_uuid", "node", b"node"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_milli", b"compute_milli", "gpu_index", b"gpu_index", "gpu_model", b"gpu_model", "gpu_uuid", b"gpu_uuid", "isolation", b"isolation", "memory_bytes", b"memory_bytes", "mig_profile", b"mig_profile", "mig_size", b"mig_size", "mig_start", b"mig_start", "mig_uuid", b"mig_uuid", "node", b"node"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Slice: _TypeAlias = Slice  # noqa: Y015
+
+@_typing.final
+class MigInstance(_message.Message):
+    """One MIG instance (GPU instance plus its full-size compute instance) on a GPU in MIG mode."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    UUID_FIELD_NUMBER: _builtins.int
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    """Profile name such as "3g.40gb"."""
+    start: _builtins.int
+    """First memory slice, and how many it spans."""
+    size: _builtins.int
+    uuid: _builtins.str
+    """"MIG-..." once created."""
+    lease_id: _builtins.str
+    """The lease holding it; empty when warm or foreign."""
+    state: Global___MigInstanceState.ValueType
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        start: _builtins.int = ...,
+        size: _builtins.int = ...,
+        uuid: _builtins.str = ...,
+        lease_id: _builtins.str = ...,
+        state: Global___MigInstanceState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "profile", b"profile", "size", b"size", "start", b"start", "state", b"state", "uuid", b"uuid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigInstance: _TypeAlias = MigInstance  # noqa: Y015
+
+@_typing.final
+class MigFit(_message.Message):
+    """A MIG profile that still fits on a GPU, and how many more instances of it would."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILE_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    profile: _builtins.str
+    more: _builtins.int
+    def __init__(
+        self,
+        *,
+        profile: _builtins.str = ...,
+        more: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "profile", b"profile"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigFit: _TypeAlias = MigFit  # noqa: Y015
 
 @_typing.final
 class NodeEnvironment(_message.Message):
@@ -530,6 +632,10 @@ class Gpu(_message.Message):
     ALLOCATED_FIELD_NUMBER: _builtins.int
     HEALTHY_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    MIG_MEMORY_SLICES_FIELD_NUMBER: _builtins.int
+    MIG_INSTANCES_FIELD_NUMBER: _builtins.int
+    MIG_FITS_FIELD_NUMBER: _builtins.int
+    MODE_PENDING_FIELD_NUMBER: _builtins.int
     uuid: _builtins.str
     node: _builtins.str
     index: _builtins.int
@@ -544,8 +650,20 @@ class Gpu(_message.Message):
     mig_enabled: _builtins.bool
     healthy: _builtins.bool
     backend: _builtins.str
+    mig_memory_slices: _builtins.int
+    """MIG memory slices of the model (8 on A100/H100/H200, 4 on A30; 0 without MIG)."""
+    mode_pending: _builtins.bool
+    """True while the GPU's node daemon has not yet switched the hardware to `mode`."""
     @_builtins.property
     def allocated(self) -> Global___GpuAllocation: ...
+    @_builtins.property
+    def mig_instances(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigInstance]:
+        """Instances on the GPU (MIG mode), in start order."""
+
+    @_builtins.property
+    def mig_fits(self) -> _containers.RepeatedCompositeFieldContainer[Global___MigFit]:
+        """Profiles that still fit now (MIG mode), largest first."""
+
     def __init__(
         self,
         *,
@@ -562,10 +680,14 @@ class Gpu(_message.Message):
         allocated: Global___GpuAllocation | None = ...,
         healthy: _builtins.bool = ...,
         backend: _builtins.str = ...,
+        mig_memory_slices: _builtins.int = ...,
+        mig_instances: _abc.Iterable[Global___MigInstance] | None = ...,
+        mig_fits: _abc.Iterable[Global___MigFit] | None = ...,
+        mode_pending: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "backend", b"backend", "healthy", b"healthy", "index", b"index", "memory_bytes", b"memory_bytes", "mig_capable", b"mig_capable", "mig_enabled", b"mig_enabled", "mode", b"mode", "model", b"model", "name", b"name", "node", b"node", "sm_count", b"sm_count", "uuid", b"uuid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated", b"allocated", "backend", b"backend", "healthy", b"healthy", "index", b"index", "memory_bytes", b"memory_bytes", "mig_capable", b"mig_capable", "mig_enabled", b"mig_enabled", "mig_fits", b"mig_fits", "mig_instances", b"mig_instances", "mig_memory_slices", b"mig_memory_slices", "mode", b"mode", "mode_pending", b"mode_pending", "model", b"model", "name", b"name", "node", b"node", "sm_count", b"sm_count", "uuid", b"uuid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

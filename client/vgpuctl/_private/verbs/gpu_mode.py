@@ -55,9 +55,10 @@ def mode(ctx: typer.Context, gpu: GpuName, new_mode: ModeChoice, as_json: JsonFl
         render.print_json(render.message_dict(response.gpu))
     else:
         changed = response.gpu
+        pending = " (pending: the node daemon switches the hardware next)" if changed.mode_pending else ""
         render.print_line(
             f"GPU {changed.uuid or uuid} (node {changed.node or '?'}, index {changed.index}): "
-            f"mode {cells.gpu_mode(changed.mode) if changed.mode else new_mode.value}"
+            f"mode {cells.gpu_mode(changed.mode) if changed.mode else new_mode.value}{pending}"
         )
 
 

@@ -19,6 +19,7 @@ COLUMNS = (
     Column("UUID"),
     Column("MODEL", elastic=True),
     Column("MODE"),
+    Column("MIG", justify_right=True),
     Column("MEMORY", justify_right=True),
     Column("COMPUTE", justify_right=True),
     Column("LEASES", justify_right=True),
@@ -28,6 +29,10 @@ COLUMNS = (
 
 def gpus(ctx: typer.Context, node: NodeFilter = None, as_json: JsonFlag = False) -> None:
     """List GPUs by NODE: MEMORY and COMPUTE are allocated/total, LEASES counts slices; --json has full uuids.
+
+    MODE reads e.g. mig(pending) until the node daemon has switched the hardware to it.
+
+    MIG: memory slices taken by MIG instances/all, in MIG mode; `vgpuctl mig show` has the detail.
 
     HEALTH is ok, unhealthy, or node-down for the GPUs of a node whose daemon is gone (vgpuctl nodes: down).
     """
@@ -61,9 +66,18 @@ def row(gpu: types_pb2.Gpu, *, node_down: bool = False) -> list[str]:
         str(gpu.index),
         cells.short_uuid(gpu.uuid),
         gpu.model or gpu.name or cells.NONE,
-        cells.gpu_mode(gpu.mode),
+        cells.gpu_mode(gpu.mode) + ("(pending)" if gpu.mode_pending else ""),
+        mig_slots(gpu),
         cells.usage_of(gpu.allocated.memory_bytes, gpu.memory_bytes),
         cells.share_of(gpu.allocated.compute_milli),
         str(gpu.allocated.slices),
         cells.gpu_health(gpu, node_down=node_down),
     ]
+
+
+def mig_slots(gpu: types_pb2.Gpu) -> str:
+    """'3/8': memory slices covered by MIG instances, of the model's; '-' outside MIG mode or without MIG."""
+    if gpu.mode != types_pb2.GPU_MODE_MIG or not gpu.mig_memory_slices:
+        return cells.NONE
+    covered = {slot for inst in gpu.mig_instances for slot in range(inst.start, inst.start + inst.size)}
+    return f"{len(covered & set(range(gpu.mig_memory_slices)))}/{gpu.mig_memory_slices}"

@@ -6,13 +6,13 @@ from vgpud._private.core.model import LeaseRecord
 
 
 def lease_environment(lease: LeaseRecord, node: str, endpoint: str, token: str = "") -> dict[str, str]:
-    """CUDA_VISIBLE_DEVICES by GPU UUID plus the budget variables of the slices on `node`.
+    """CUDA_VISIBLE_DEVICES by GPU UUID (MIG-<uuid> for a MIG slice) plus the budget variables of the slices on `node`.
 
     The token goes in only when given (the acquire answer): later reads must not leak it.
     """
     local = [s for s in lease.slices if s.node == node]
     env = {
-        "CUDA_VISIBLE_DEVICES": ",".join(s.gpu_uuid for s in local),
+        "CUDA_VISIBLE_DEVICES": ",".join(s.mig_uuid or s.gpu_uuid for s in local),
         "VGPU_LEASE_ID": lease.id,
         "VGPU_ENDPOINT": endpoint,
     }

@@ -247,7 +247,7 @@ def slot_owners(gpu: MigGpu) -> tuple[MigInstance | None, ...]:
 
 def _candidates(gpus: Sequence[MigGpu], profile_name: str) -> list[tuple[int, MigGpu, MigProfile]]:
     """(index, gpu, its profile) of every open MIG GPU whose model has the profile; raises when none ever could."""
-    _check_name(gpus, profile_name)
+    check_name(gpus, profile_name)
     out: list[tuple[int, MigGpu, MigProfile]] = []
     for index, gpu in enumerate(gpus):
         profile = profile_named(gpu.model, profile_name)
@@ -328,7 +328,7 @@ def smallest_profile_for(model: GpuModel, memory_bytes: int, compute_milli: int 
     compute_milli=1000 asks for the whole MIG-able GPU. A plain profile wins over its "+me" twin.
     """
     if not model.mig_capable:
-        raise MigProfileError(MigErrorKind.NO_MIG_GPU, f"{model.key} has no MIG; MIG-capable: {_mig_model_keys()}")
+        raise MigProfileError(MigErrorKind.NO_MIG_GPU, f"{model.key} has no MIG; MIG-capable: {mig_model_keys()}")
     fitting = [
         p
         for p in model.mig_profiles
@@ -346,16 +346,16 @@ def smallest_profile_for(model: GpuModel, memory_bytes: int, compute_milli: int 
     )
 
 
-def _mig_model_keys() -> str:
+def mig_model_keys() -> str:
     return ", ".join(m.key for m in all_models() if m.mig_capable)
 
 
-def _check_name(gpus: Sequence[MigGpu], profile_name: str) -> None:
+def check_name(gpus: Sequence[MigGpu], profile_name: str) -> None:
     """Raise MigProfileError unless some GPU of the pool has a profile of this name."""
     models = list({g.model.key: g.model for g in gpus if g.model.mig_capable}.values())
     if not models:
         raise MigProfileError(
-            MigErrorKind.NO_MIG_GPU, f"no GPU of this pool is MIG-capable; MIG-capable models: {_mig_model_keys()}"
+            MigErrorKind.NO_MIG_GPU, f"no GPU of this pool is MIG-capable; MIG-capable models: {mig_model_keys()}"
         )
     if not any(profile_named(m, profile_name) is not None for m in models):
         raise _profile_error(profile_name, models)

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any, Self
 
+from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState
+
 
 class GpuMode(enum.StrEnum):
     """How a GPU is split (DESIGN.md: shared, mig, exclusive)."""
@@ -94,6 +96,8 @@ class Claim:
     memory_bytes: int
     compute_milli: int
     isolation: Isolation = Isolation.SHARED
+    mig: MigSlot | None = None
+    """The MIG instance a MIG claim takes (isolation MIG only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,8 @@ class GpuState:
 
     mode: GpuMode = GpuMode.SHARED
     claims: tuple[Claim, ...] = ()
+    mig: tuple[MigRecord, ...] = ()
+    """MIG instances on the GPU, from placement until destroyed: every one holds its memory slices."""
 
     @property
     def memory_claimed(self) -> int:
@@ -118,12 +124,33 @@ class GpuState:
         return sum(c.compute_milli for c in self.claims)
 
     def with_claim(self, claim: Claim) -> GpuState:
-        """This state plus one claim."""
-        return replace(self, claims=(*self.claims, claim))
+        """This state plus one claim; a MIG claim binds the warm instance at its slot or books a new one."""
+        state = replace(self, claims=(*self.claims, claim))
+        if claim.mig is None:
+            return state
+        warm = self.mig_at(claim.mig.start)
+        if warm is not None and warm.state is MigState.WARM and warm.slot == claim.mig:
+            bound = replace(warm, state=MigState.READY, lease_id=claim.lease_id, idle_since=0.0)
+            return state.with_mig_replaced(warm, bound)
+        booked = (*self.mig, MigRecord(claim.mig, MigState.CREATING, claim.lease_id))
+        return replace(state, mig=tuple(sorted(booked, key=lambda m: m.slot.start)))
 
     def without_lease(self, lease_id: str) -> GpuState:
-        """This state with every claim of `lease_id` removed."""
-        return replace(self, claims=tuple(c for c in self.claims if c.lease_id != lease_id))
+        """This state with every claim of `lease_id` removed; its MIG instances turn RELEASING (slots stay taken)."""
+        return replace(
+            self,
+            claims=tuple(c for c in self.claims if c.lease_id != lease_id),
+            mig=tuple(m.released() if m.held and m.lease_id == lease_id else m for m in self.mig),
+        )
+
+    def mig_at(self, start: int) -> MigRecord | None:
+        """The MIG record starting at memory slice `start`."""
+        return next((m for m in self.mig if m.slot.start == start), None)
+
+    def with_mig_replaced(self, old: MigRecord, new: MigRecord | None) -> GpuState:
+        """This state with one MIG record swapped for `new` (or dropped with None)."""
+        kept = tuple(m for m in self.mig if m != old)
+        return replace(self, mig=kept if new is None else tuple(sorted((*kept, new), key=lambda m: m.slot.start)))
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
@@ -136,9 +163,11 @@ class GpuState:
                         "memory_bytes": c.memory_bytes,
                         "compute_milli": c.compute_milli,
                         "isolation": c.isolation.value,
+                        **({"mig": c.mig.to_dict()} if c.mig else {}),
                     }
                     for c in self.claims
                 ],
+                **({"mig": [m.to_dict() for m in self.mig]} if self.mig else {}),
             }
         )
 
@@ -152,10 +181,12 @@ class GpuState:
                 memory_bytes=int(c["memory_bytes"]),
                 compute_milli=int(c["compute_milli"]),
                 isolation=Isolation(c.get("isolation", "shared")),
+                mig=MigSlot.from_dict(c["mig"]) if "mig" in c else None,
             )
             for c in data.get("claims", [])
         )
-        return cls(mode=GpuMode(data.get("mode", "shared")), claims=claims)
+        mig = tuple(MigRecord.from_dict(m) for m in data.get("mig", []))
+        return cls(mode=GpuMode(data.get("mode", "shared")), claims=claims, mig=mig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +262,10 @@ class ShapeRequest:
     compute_milli: int
     count: int = 1
     gpu_models: tuple[str, ...] = ()
+    mig_profile: str = ""
+    """MIG profile asked for by name; empty with isolation MIG: the smallest holding memory/compute."""
+    flexible: bool = False
+    """No isolation asked: a MIG instance may serve a SHARED-shaped request (the pool picks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +279,16 @@ class SliceRecord:
     isolation: Isolation
     memory_bytes: int
     compute_milli: int
+    mig_profile: str = ""
+    mig_start: int = 0
+    mig_size: int = 0
+    mig_uuid: str = ""
+    """Empty until the node daemon has created the instance: the lease is delivered once all are set."""
+
+    @property
+    def waiting_for_mig(self) -> bool:
+        """A MIG slice whose instance does not exist yet."""
+        return self.isolation is Isolation.MIG and not self.mig_uuid
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +320,11 @@ class LeaseRecord:
     gang: bool = False
     """The request asked for all slices or none."""
 
+    @property
+    def waiting_for_mig(self) -> bool:
+        """Granted, but a MIG instance of it is not created yet (not deliverable)."""
+        return any(s.waiting_for_mig for s in self.slices)
+
     def ended_as(self, state: LeaseState, reason: str, message: str, at: float) -> LeaseRecord:
         """A copy in terminal `state` with its end reason."""
         return replace(self, state=state, end_reason=reason, end_message=message, ended_at=at)
@@ -301,6 +351,8 @@ class LeaseRecord:
                     "compute_milli": self.request.compute_milli,
                     "count": self.request.count,
                     "gpu_models": list(self.request.gpu_models),
+                    "mig_profile": self.request.mig_profile,
+                    "flexible": self.request.flexible,
                     "node": self.target_node,
                     "any_node": self.any_node,
                     "gang": self.gang,
@@ -314,6 +366,12 @@ class LeaseRecord:
                         "isolation": s.isolation.value,
                         "memory_bytes": s.memory_bytes,
                         "compute_milli": s.compute_milli,
+                        **(
+                            {"mig_profile": s.mig_profile, "mig_start": s.mig_start, "mig_size": s.mig_size}
+                            | {"mig_uuid": s.mig_uuid}
+                            if s.isolation is Isolation.MIG
+                            else {}
+                        ),
                     }
                     for s in self.slices
                 ],
@@ -347,6 +405,8 @@ class LeaseRecord:
                 compute_milli=int(req["compute_milli"]),
                 count=int(req.get("count", 1)),
                 gpu_models=tuple(req.get("gpu_models", ())),
+                mig_profile=req.get("mig_profile", ""),
+                flexible=bool(req.get("flexible", False)),
             ),
             slices=tuple(
                 SliceRecord(
@@ -357,6 +417,10 @@ class LeaseRecord:
                     isolation=Isolation(s["isolation"]),
                     memory_bytes=int(s["memory_bytes"]),
                     compute_milli=int(s["compute_milli"]),
+                    mig_profile=s.get("mig_profile", ""),
+                    mig_start=int(s.get("mig_start", 0)),
+                    mig_size=int(s.get("mig_size", 0)),
+                    mig_uuid=s.get("mig_uuid", ""),
                 )
                 for s in d.get("slices", [])
             ),

@@ -7,45 +7,13 @@ request still finds an empty GPU. A request for several slices takes distinct GP
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from vgpu._private.units import MILLI_PER_GPU, format_compute, format_memory
-from vgpud._private.core.model import Claim, GpuMode, GpuRecord, GpuState, Isolation, ShapeRequest
+from vgpud._private.core.mig_slices import place_mig
+from vgpud._private.core.model import Claim, GpuMode, Isolation, ShapeRequest
+from vgpud._private.core.slice_views import GpuView, Placement, Unplaceable
 
-
-@dataclass(frozen=True, slots=True)
-class GpuView:
-    """One GPU as placement sees it: facts, current state, and whether new work may land there."""
-
-    record: GpuRecord
-    state: GpuState
-    schedulable: bool = True
-    """False when the GPU is unhealthy or its node is draining or down."""
-
-    @property
-    def free_memory(self) -> int:
-        """Bytes not claimed."""
-        return self.record.memory_bytes - self.state.memory_claimed
-
-    @property
-    def free_compute(self) -> int:
-        """Milli-GPU not claimed."""
-        return MILLI_PER_GPU - self.state.compute_claimed
-
-
-@dataclass(frozen=True, slots=True)
-class Placement:
-    """Where each slice goes: one (gpu, claim) pair per slice."""
-
-    assignments: tuple[tuple[GpuView, Claim], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unplaceable:
-    """Why nothing was placed. `never` means no GPU could hold the request even when empty."""
-
-    never: bool
-    message: str
+__all__ = ["GpuView", "Placement", "Unplaceable", "leftover", "place"]
 
 
 def _accepts(view: GpuView, request: ShapeRequest) -> bool:
@@ -53,23 +21,32 @@ def _accepts(view: GpuView, request: ShapeRequest) -> bool:
     if request.gpu_models and view.record.model not in request.gpu_models:
         return False
     if request.isolation is Isolation.SHARED:
-        return view.state.mode is GpuMode.SHARED and request.memory_bytes <= view.record.memory_bytes
+        shared = view.state.mode is GpuMode.SHARED or view.switchable
+        return shared and request.memory_bytes <= view.record.memory_bytes
     if request.isolation is Isolation.WHOLE:
-        return view.state.mode in (GpuMode.SHARED, GpuMode.EXCLUSIVE)
+        return view.state.mode in (GpuMode.SHARED, GpuMode.EXCLUSIVE) or view.switchable
     return False
+
+
+def proportional_compute(view: GpuView, memory_bytes: int) -> int:
+    """The compute share of a slice that gave none: its fraction of the GPU's memory, rounded up."""
+    return max(1, min(MILLI_PER_GPU, -(-memory_bytes * MILLI_PER_GPU // max(1, view.record.memory_bytes))))
 
 
 def _claim_for(view: GpuView, request: ShapeRequest, lease_id: str) -> Claim | None:
     """The claim this request would make on `view` now, or None when it does not fit."""
+    if view.record.mig_enabled or view.state.mig:
+        return None  # the hardware is (still) in MIG mode: its node daemon has not switched it back yet
     if request.isolation is Isolation.WHOLE:
         if view.state.claims:
             return None
         return Claim(lease_id, view.record.memory_bytes, MILLI_PER_GPU, Isolation.WHOLE)
     if any(c.isolation is Isolation.WHOLE for c in view.state.claims):
         return None
-    if view.free_memory < request.memory_bytes or view.free_compute < request.compute_milli:
+    compute = request.compute_milli or proportional_compute(view, request.memory_bytes)
+    if view.free_memory < request.memory_bytes or view.free_compute < compute:
         return None
-    return Claim(lease_id, request.memory_bytes, request.compute_milli, Isolation.SHARED)
+    return Claim(lease_id, request.memory_bytes, compute, Isolation.SHARED)
 
 
 def leftover(view: GpuView, claim: Claim) -> float:
@@ -80,6 +57,35 @@ def leftover(view: GpuView, claim: Claim) -> float:
 
 
 def place(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
+    """Place `request.count` slices, or say why that is impossible.
+
+    MIG requests go to mig_slices; a request that named no isolation (`flexible`) takes a MIG instance
+    when one holding at most 1.5x the asked memory fits (hardware isolation for little waste), else a
+    shared slice.
+    """
+    if request.isolation is Isolation.MIG:
+        return place_mig(request, gpus, lease_id)
+    shared = _place_shared(request, gpus, lease_id)
+    if not request.flexible:
+        return shared
+    mig = place_mig(request, gpus, lease_id)
+    if isinstance(mig, Placement) and (isinstance(shared, Unplaceable) or _modest(request, mig)):
+        return mig
+    if isinstance(shared, Placement):
+        return shared
+    if isinstance(mig, Placement):
+        return mig
+    never = shared.never and mig.never
+    chosen = shared if shared.never == never else mig
+    return Unplaceable(never=never, message=chosen.message)
+
+
+def _modest(request: ShapeRequest, mig: Placement) -> bool:
+    """Whether the MIG instances hold at most 1.5x the asked memory (hardware isolation worth the rest)."""
+    return all(2 * claim.memory_bytes <= 3 * request.memory_bytes for _, claim in mig.assignments)
+
+
+def _place_shared(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
     """Best-fit `request.count` slices on distinct GPUs, or say why that is impossible."""
     eligible = [g for g in gpus if _accepts(g, request)]
     if len(eligible) < request.count:

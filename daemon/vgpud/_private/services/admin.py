@@ -9,11 +9,15 @@ import grpc
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpud._private.core.model import GpuRecord, LeaseRecord, LeaseState
-from vgpud._private.services import convert, validation
+from vgpud._private.refusal import Refusal
+from vgpud._private.services import convert, mig_plan, validation
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_unary
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+_MAX_LAYOUT = 1 << 20
+"""A layout file for thousands of GPUs fits in far less than 1 MiB."""
 
 
 class AdminService(admin_pb2_grpc.AdminServiceServicer):
@@ -109,11 +113,27 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     async def SetGpuMode(  # noqa: N802 -- gRPC method name
         self, request: admin_pb2.SetGpuModeRequest, context: Ctx
     ) -> admin_pb2.SetGpuModeResponse:
-        """Switch a GPU between shared and exclusive; refused while leases are on it."""
+        """Switch a GPU between shared, MIG and exclusive; refused while leases are on it."""
         uuid = validation.gpu_uuid(request.gpu_uuid)
         mode = validation.gpu_mode(request.mode)
         state = await self._s.allocator.set_mode(uuid, mode)
         return admin_pb2.SetGpuModeResponse(gpu=convert.gpu(self._s.view.gpus()[uuid], state))
+
+    @guarded_unary("PlanMigLayout")
+    async def PlanMigLayout(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.PlanMigLayoutRequest, context: Ctx
+    ) -> admin_pb2.PlanMigLayoutResponse:
+        """What a declarative MIG layout would create and destroy against the pool now (a dry run)."""
+        if len(request.layout_toml) > _MAX_LAYOUT:
+            raise Refusal(
+                reasons.INVALID_REQUEST, f"layout is {len(request.layout_toml)} bytes; the limit is {_MAX_LAYOUT}"
+            )
+        view = self._s.view
+        gpus = [
+            (r, view.gpu_state(r.uuid).value, self._healthy(r))
+            for r in sorted(view.gpus().values(), key=lambda g: (g.node, g.index))
+        ]
+        return mig_plan.plan_response(gpus, request.layout_toml)
 
     @guarded_unary("DrainNode")
     async def DrainNode(  # noqa: N802 -- gRPC method name

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from vgpu.api.v1 import types_pb2
 from vgpud._private.core.environment import lease_environment
+from vgpud._private.core.mig_placement import still_fits
+from vgpud._private.core.mig_records import MigState
+from vgpud._private.core.mig_slices import mig_gpu
 from vgpud._private.core.model import (
     GpuMode,
     GpuRecord,
@@ -74,9 +77,12 @@ def lease(
             description=record.owner.description,
         ),
         request=types_pb2.ResourceRequest(
-            memory_bytes=record.request.memory_bytes if record.request.isolation is Isolation.SHARED else 0,
-            compute_milli=record.request.compute_milli if record.request.isolation is Isolation.SHARED else 0,
-            isolation=ISOLATION[record.request.isolation],
+            memory_bytes=record.request.memory_bytes if record.request.isolation is not Isolation.WHOLE else 0,
+            compute_milli=record.request.compute_milli if record.request.isolation is not Isolation.WHOLE else 0,
+            isolation=types_pb2.ISOLATION_UNSPECIFIED
+            if record.request.flexible
+            else ISOLATION[record.request.isolation],
+            mig_profile=record.request.mig_profile,
             count=record.request.count,
             gpu_models=list(record.request.gpu_models),
             node=record.target_node,
@@ -92,6 +98,10 @@ def lease(
                 isolation=ISOLATION[s.isolation],
                 memory_bytes=s.memory_bytes,
                 compute_milli=s.compute_milli,
+                mig_profile=s.mig_profile,
+                mig_uuid=s.mig_uuid,
+                mig_start=s.mig_start,
+                mig_size=s.mig_size,
             )
             for s in record.slices
         ],
@@ -155,7 +165,43 @@ def gpu(record: GpuRecord, state: GpuState, *, healthy: bool = True) -> types_pb
         ),
         healthy=healthy,
         backend=record.backend,
+        mode_pending=(state.mode is GpuMode.MIG) != record.mig_enabled,
+        **_mig_part(record, state, schedulable=healthy),
     )
+
+
+_MIG_STATE: Final = {
+    MigState.CREATING: types_pb2.MIG_INSTANCE_STATE_CREATING,
+    MigState.READY: types_pb2.MIG_INSTANCE_STATE_READY,
+    MigState.WARM: types_pb2.MIG_INSTANCE_STATE_WARM,
+    MigState.RELEASING: types_pb2.MIG_INSTANCE_STATE_RELEASING,
+    MigState.FOREIGN: types_pb2.MIG_INSTANCE_STATE_FOREIGN,
+}
+
+
+def _mig_part(record: GpuRecord, state: GpuState, *, schedulable: bool) -> dict[str, Any]:
+    """The MIG fields of a GPU message: slots, instances and what still fits (nothing for non-MIG models)."""
+    mig = mig_gpu(record, state, schedulable=schedulable)
+    if mig is None:
+        return {}
+    return {
+        "mig_memory_slices": mig.model.memory_slices,
+        "mig_instances": [
+            types_pb2.MigInstance(
+                profile=m.slot.profile,
+                start=m.slot.start,
+                size=m.slot.size,
+                uuid=m.uuid,
+                lease_id=m.lease_id if m.state is not MigState.FOREIGN else "",
+                state=_MIG_STATE[m.state],
+            )
+            for m in state.mig
+        ],
+        "mig_fits": [
+            types_pb2.MigFit(profile=room.profile.name, more=room.more)
+            for room in sorted(still_fits(mig), key=lambda r: -r.profile.memory_slices)
+        ],
+    }
 
 
 def node(name: str, record: NodeRecord | None, config: NodeConfig, gpu_count: int) -> types_pb2.Node:

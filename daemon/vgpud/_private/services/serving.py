@@ -27,6 +27,8 @@ class Serving:
     endpoint: str
     """What clients on this node dial (put into lease environments)."""
     known_models: Collection[str]
+    known_profiles: Collection[str]
+    """Every MIG profile name of the geometry table (what a mig= request may name)."""
     default_ttl: int
     ttl_bounds: tuple[int, int]
     rpc_timeout: float

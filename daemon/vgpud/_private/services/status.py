@@ -26,6 +26,7 @@ log = structlog.get_logger("vgpud.rpc")
 CODES: Final[dict[str, grpc.StatusCode]] = {
     reasons.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.UNKNOWN_GPU_MODEL: grpc.StatusCode.INVALID_ARGUMENT,
+    reasons.UNKNOWN_MIG_PROFILE: grpc.StatusCode.INVALID_ARGUMENT,
     reasons.NO_CAPACITY: grpc.StatusCode.RESOURCE_EXHAUSTED,
     reasons.NEVER_FITS: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.QUEUE_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,

@@ -59,10 +59,10 @@ def labels(raw: Mapping[str, str]) -> dict[str, str]:
     return {_name("label key", k, required=True): bounded_text(f"label {k}", v) for k, v in raw.items()}
 
 
-def shape(raw: types_pb2.ResourceRequest, known_models: Collection[str]) -> ShapeRequest:
-    """A ResourceRequest as a core ShapeRequest."""
-    if raw.mig_profile or raw.isolation == types_pb2.ISOLATION_MIG:
-        raise Refusal(reasons.NOT_IMPLEMENTED, "MIG slices are not available yet; ask for memory and compute")
+def shape(
+    raw: types_pb2.ResourceRequest, known_models: Collection[str], known_profiles: Collection[str] = ()
+) -> ShapeRequest:
+    """A ResourceRequest as a core ShapeRequest (`known_profiles`: MIG profile names of the pool's models)."""
     if raw.compute_milli_max not in (0, raw.compute_milli) or raw.count_max not in (0, raw.count):
         raise Refusal(
             reasons.NOT_IMPLEMENTED, "elastic (min..max) requests are not available yet; ask for a fixed size"
@@ -84,16 +84,51 @@ def shape(raw: types_pb2.ResourceRequest, known_models: Collection[str]) -> Shap
         if raw.memory_bytes or raw.compute_milli:
             raise _bad("a whole-GPU request takes no memory or compute; drop them or ask for a shared slice")
         return ShapeRequest(Isolation.WHOLE, 0, MILLI_PER_GPU, count, models)
+    if raw.mig_profile or raw.isolation == types_pb2.ISOLATION_MIG:
+        return _mig_shape(raw, count, models, known_profiles)
     if raw.memory_bytes == 0:
         raise _bad("memory is required for a shared slice, e.g. memory='20GiB'")
+    _memory_and_compute(raw)
+    flexible = raw.isolation == types_pb2.ISOLATION_UNSPECIFIED and raw.compute_milli == 0
+    return ShapeRequest(Isolation.SHARED, raw.memory_bytes, raw.compute_milli, count, models, flexible=flexible)
+
+
+def _memory_and_compute(raw: types_pb2.ResourceRequest) -> None:
+    """Bounds of memory and compute (compute 0: in proportion to memory, or the profile's own)."""
     if raw.memory_bytes > MAX_SLICE_MEMORY:
         raise _bad(f"memory {raw.memory_bytes} bytes is larger than any GPU (limit {format_memory(MAX_SLICE_MEMORY)})")
-    if not 1 <= raw.compute_milli <= MILLI_PER_GPU:
+    if not 0 <= raw.compute_milli <= MILLI_PER_GPU:
         raise _bad(
             f"compute_milli {raw.compute_milli} is outside 1..1000; "
             "ask for a share such as compute=0.25 (250 milli-GPU)"
         )
-    return ShapeRequest(Isolation.SHARED, raw.memory_bytes, raw.compute_milli, count, models)
+
+
+def _profile_order(name: str) -> tuple[int, str]:
+    """Sort "1g.10gb" before "3g.40gb" before "7g.80gb"."""
+    head = name.partition("g.")[0]
+    return (int(head) if head.isdigit() else 99, name)
+
+
+def _mig_shape(
+    raw: types_pb2.ResourceRequest, count: int, models: tuple[str, ...], known_profiles: Collection[str]
+) -> ShapeRequest:
+    """A MIG request: a profile by name, or memory (and compute) for the smallest profile holding them."""
+    profile = raw.mig_profile.strip().removeprefix("MIG ").strip().lower()
+    if profile:
+        if raw.memory_bytes or raw.compute_milli:
+            raise _bad(f"mig profile {profile!r} fixes memory and compute; drop memory/compute or drop the profile")
+        if profile not in known_profiles:
+            listed = ", ".join(sorted(known_profiles, key=_profile_order))
+            raise Refusal(
+                reasons.UNKNOWN_MIG_PROFILE,
+                f"unknown MIG profile {raw.mig_profile[:40]!r}; MIG profiles are named like: {listed}",
+            )
+        return ShapeRequest(Isolation.MIG, 0, 0, count, models, mig_profile=profile)
+    if raw.memory_bytes == 0:
+        raise _bad("a MIG slice needs a profile (mig='3g.40gb') or memory (memory='18GiB', isolation='mig')")
+    _memory_and_compute(raw)
+    return ShapeRequest(Isolation.MIG, raw.memory_bytes, raw.compute_milli, count, models)
 
 
 def acquire(
@@ -103,6 +138,7 @@ def acquire(
     known_models: Collection[str],
     default_ttl: int,
     ttl_bounds: tuple[int, int],
+    known_profiles: Collection[str] = (),
 ) -> AcquireSpec:
     """An AcquireRequest as an AcquireSpec."""
     if request.request_id and not _ID_RE.match(request.request_id):
@@ -127,7 +163,7 @@ def acquire(
         any_node=request.resources.any_node,
         span=request.resources.gang and request.resources.any_node,
         gang=request.resources.gang,
-        shape=shape(request.resources, known_models),
+        shape=shape(request.resources, known_models, known_profiles),
         node=node,
         ttl_seconds=ttl,
         project=_name("project", request.project),

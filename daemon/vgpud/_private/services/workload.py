@@ -75,6 +75,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             request,
             local_node=s.node,
             known_models=s.known_models,
+            known_profiles=s.known_profiles,
             default_ttl=s.default_ttl,
             ttl_bounds=s.ttl_bounds,
         )
@@ -90,6 +91,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     if not (request.wait and refusal.reason == reasons.NO_CAPACITY):
                         raise
                 else:
+                    record = await self._realised(record, context)
                     yield workload_pb2.AcquireResponse(lease=self._lease_msg(record, token))
                     return
             outcome = "queued"
@@ -130,7 +132,8 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             async for update in s.queue.follow(queued, deadline):
                 if isinstance(update, LeaseRecord):
                     delivered = True
-                    yield workload_pb2.AcquireResponse(lease=self._lease_msg(update, token))
+                    ready = await self._realised(update, context)
+                    yield workload_pb2.AcquireResponse(lease=self._lease_msg(ready, token))
                     return
                 status = types_pb2.QueueStatus(
                     position=update.position, queue_length=update.length, reason=update.reason
@@ -139,6 +142,37 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         finally:
             if not delivered:
                 s.queue.withdraw(lease_id)
+
+    async def _realised(self, record: LeaseRecord, context: Ctx) -> LeaseRecord:
+        """The lease once its node daemon has created every MIG instance of it (at once for other slices).
+
+        If creation fails the lease has ended and the caller hears why; if the caller's deadline comes
+        first, the lease is released so its instances are not left to nobody.
+        """
+        view = self._s.view
+        deadline = time.monotonic() + _deadline(context, self._s.rpc_timeout)
+        while True:
+            generation = view.generation
+            current = view.lease(record.id)
+            record = current.value if current is not None else record
+            if record.state.ended:
+                detail = f": {record.end_message}" if record.end_message else ""
+                raise Refusal(
+                    reasons.LEASE_ENDED, f"lease {record.id} ended before delivery ({record.end_reason}{detail})"
+                )
+            if not record.waiting_for_mig:
+                return record
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                await self._s.allocator.end(
+                    record.id, LeaseState.RELEASED, reasons.END_RELEASED, "acquire gave up waiting for its MIG instance"
+                )
+                raise Refusal(
+                    reasons.NO_CAPACITY,
+                    "the MIG instance was not created before the deadline (is the node daemon of "
+                    f"{record.slices[0].node} running?); the lease was released, retry with a longer timeout",
+                )
+            await view.wait_changed(generation, timeout=min(remaining, 1.0))
 
     # -- lease operations --------------------------------------------------------------------------
     @guarded_unary("Release")
