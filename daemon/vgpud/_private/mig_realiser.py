@@ -84,11 +84,13 @@ class MigRealiser:
         for record in self._view.gpus_of(self._node):
             state = self._view.gpu_state(record.uuid).value
             await self._mode(record, state)
+            waiting = any(m.state in (MigState.CREATING, MigState.RELEASING) for m in state.mig)
+            hardware = await self._hardware(record.uuid) if waiting else []  # one listing per GPU and round
             for mig in state.mig:
                 if mig.state is MigState.CREATING:
-                    await self._create(record, mig)
+                    await self._create(record, mig, hardware)
                 elif mig.state is MigState.RELEASING:
-                    await self._release(record, mig)
+                    await self._release(record, mig, hardware)
                 elif mig.state is MigState.WARM and self._expired(mig, state):
                     await self._unwarm(record, mig)
         if self._auto_mode:
@@ -130,9 +132,9 @@ class MigRealiser:
             self._complain(gpu, "list", str(exc))
             return []
 
-    async def _create(self, record: GpuRecord, mig: MigRecord) -> None:
+    async def _create(self, record: GpuRecord, mig: MigRecord, hardware: list[MigInstance]) -> None:
         """Create the instance (or adopt one a crash left between create and booking) and book its UUID."""
-        found = _at(await self._hardware(record.uuid), mig.slot)
+        found = _at(hardware, mig.slot)
         if found is None or found.mig_uuid in {m.uuid for m in self._view.gpu_state(record.uuid).value.mig}:
             try:
                 found = await asyncio.to_thread(
@@ -154,7 +156,7 @@ class MigRealiser:
             await self._allocator.end(mig.lease_id, LeaseState.REVOKED, reasons.END_MIG_FAILED, message)
         await self._allocator.commit(lambda overlay: _drop(overlay, record.uuid, mig.slot, MigState.RELEASING))
 
-    async def _release(self, record: GpuRecord, mig: MigRecord) -> None:
+    async def _release(self, record: GpuRecord, mig: MigRecord, hardware: list[MigInstance]) -> None:
         """A lease ended: keep the instance warm when configured, else destroy it."""
         if self._keep_warm_s > 0 and mig.uuid and self._view.gpu_state(record.uuid).value.mode is GpuMode.MIG:
             now = self._clock()
@@ -164,7 +166,7 @@ class MigRealiser:
                 )
             )
             return
-        await self._destroy(record, mig)
+        await self._destroy(record, mig, hardware)
 
     async def _unwarm(self, record: GpuRecord, mig: MigRecord) -> None:
         """Book a warm instance RELEASING first, so no grant can bind it while it is being destroyed."""
@@ -172,9 +174,8 @@ class MigRealiser:
             lambda overlay: _swap(overlay, record.uuid, mig, replace(mig, state=MigState.RELEASING))
         )
 
-    async def _destroy(self, record: GpuRecord, mig: MigRecord) -> None:
+    async def _destroy(self, record: GpuRecord, mig: MigRecord, hardware: list[MigInstance]) -> None:
         """Destroy the instance if it is on the GPU (a record without UUID may be one a crash left), then unbook it."""
-        hardware = await self._hardware(record.uuid)
         booked = {m.uuid for m in self._view.gpu_state(record.uuid).value.mig if m.uuid}
         if mig.uuid:
             found = next((h for h in hardware if h.mig_uuid == mig.uuid), None)

@@ -82,7 +82,8 @@ async def register_gpus(store: Store, keys: Keys, node: str, gpus: list[GpuRecor
         if record.node != node or record.uuid in present:
             continue
         state = await store.get(keys.gpustate(record.uuid), timeout=timeout)
-        if state is not None and (GpuState.from_json(state.value).claims or GpuState.from_json(state.value).mig):
+        held = GpuState.from_json(state.value) if state is not None else GpuState()
+        if held.claims or held.mig:
             continue
         guard = [ModRevisionIs(keys.gpustate(record.uuid), state.mod_revision if state else 0)]
         await store.txn(guard, [Delete(keys.gpu(record.uuid)), Delete(keys.gpustate(record.uuid))], timeout=timeout)

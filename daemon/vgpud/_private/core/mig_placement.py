@@ -101,9 +101,14 @@ class ProfileRoom:
     """How many more instances of it could be created if nothing else were (NVML's RemainingCapacity)."""
 
 
+def profile_key(name: str) -> str:
+    """A profile name as the table spells it: "MIG 3G.40GB " -> "3g.40gb"."""
+    return name.strip().removeprefix("MIG ").strip().lower()
+
+
 def profile_named(model: GpuModel, name: str) -> MigProfile | None:
     """The model's profile called `name` ("3g.40gb", "MIG 3g.40gb", any case), or None."""
-    wanted = name.strip().removeprefix("MIG ").strip().lower()
+    wanted = profile_key(name)
     return next((p for p in model.mig_profiles if p.name == wanted), None)
 
 

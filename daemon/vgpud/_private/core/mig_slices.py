@@ -18,7 +18,7 @@ from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState
 from vgpud._private.core.model import Claim, GpuMode, GpuRecord, GpuState, Isolation, ShapeRequest
 from vgpud._private.core.slice_views import GpuView, Placement, Unplaceable
 
-FOREIGN_HOLDER = "(not vgpu's)"
+_FOREIGN_HOLDER = "(not vgpu's)"
 """What a foreign instance shows as its holder, so a layout plan never offers to destroy it."""
 
 
@@ -32,7 +32,7 @@ def model_of(record: GpuRecord) -> GpuModel | None:
 
 def _holder(record: MigRecord) -> str:
     if record.state is MigState.FOREIGN:
-        return FOREIGN_HOLDER
+        return _FOREIGN_HOLDER
     if record.state is MigState.WARM:
         return ""
     return record.lease_id or f"({record.state.value})"
@@ -84,42 +84,65 @@ def _claim(lease_id: str, model: GpuModel, profile: MigProfile, start: int) -> C
     return Claim(lease_id, profile.memory_bytes, compute_share(model, profile), Isolation.MIG, slot)
 
 
-def _profile_names(gpus: Sequence[MigGpu], request: ShapeRequest) -> dict[str, list[int]]:
-    """Per profile name the request would take, the indexes of the GPUs where it would."""
-    names: dict[str, list[int]] = {}
-    for index, gpu in enumerate(gpus):
-        try:
-            names.setdefault(profile_for(gpu.model, request).name, []).append(index)
-        except MigProfileError:
-            continue
-    return names
+@dataclass(frozen=True, slots=True)
+class _Profiles:
+    """The profile the request takes on each GPU (None where its model has none that serves it), resolved once."""
+
+    by_gpu: tuple[MigProfile | None, ...]
+    first_error: MigProfileError | None
+
+    @classmethod
+    def of(cls, gpus: Sequence[MigGpu], request: ShapeRequest) -> _Profiles:
+        found: list[MigProfile | None] = []
+        first_error: MigProfileError | None = None
+        for gpu in gpus:
+            try:
+                found.append(profile_for(gpu.model, request))
+            except MigProfileError as exc:
+                found.append(None)
+                first_error = first_error or exc
+        return cls(tuple(found), first_error)
+
+    @property
+    def serving(self) -> list[int]:
+        """Indexes of the GPUs whose model has a profile for the request."""
+        return [i for i, p in enumerate(self.by_gpu) if p is not None]
+
+    def names(self) -> dict[str, list[int]]:
+        """Per profile name, the indexes of the GPUs where the request takes it."""
+        out: dict[str, list[int]] = {}
+        for i, p in enumerate(self.by_gpu):
+            if p is not None:
+                out.setdefault(p.name, []).append(i)
+        return out
 
 
-def choose_one(gpus: Sequence[MigGpu], request: ShapeRequest, lease_id: str) -> MigCandidate | None:
+def _choose_one(
+    gpus: Sequence[MigGpu], profiles: _Profiles, request: ShapeRequest, lease_id: str
+) -> MigCandidate | None:
     """Where one MIG slice of `request` goes now: a warm instance of its profile, else a new one; None: no room."""
-    names = _profile_names(gpus, request)
     for index, gpu in enumerate(gpus):
-        if not (gpu.mig_enabled and gpu.schedulable):
+        wanted = profiles.by_gpu[index]
+        if wanted is None or not (gpu.mig_enabled and gpu.schedulable):
             continue
         for inst in gpu.instances:
-            profile = mig_placement.profile_of(gpu.model, inst)
-            if inst.lease_id == "" and profile is not None and index in names.get(profile.name, ()):
-                return MigCandidate(index, _claim(lease_id, gpu.model, profile, inst.start), 0)
+            if inst.lease_id == "" and inst.profile_id == wanted.id:
+                return MigCandidate(index, _claim(lease_id, gpu.model, wanted, inst.start), 0)
     best: MigCandidate | None = None
-    for name, indexes in sorted(names.items()):
-        subset = [gpus[i] for i in indexes]
-        choice = mig_placement.choose(subset, name)
+    for name, indexes in sorted(profiles.names().items()):
+        choice = mig_placement.choose([gpus[i] for i in indexes], name)
         if choice is None:
             continue
-        index = indexes[choice.index]
         stranded = max(0, choice.profile.memory_bytes - request.memory_bytes) if not request.mig_profile else 0
-        candidate = MigCandidate(index, _claim(lease_id, choice.gpu.model, choice.profile, choice.start), stranded)
+        candidate = MigCandidate(
+            indexes[choice.index], _claim(lease_id, choice.gpu.model, choice.profile, choice.start), stranded
+        )
         if best is None or candidate.stranded < best.stranded:
             best = candidate
     return best
 
 
-def check_request(gpus: Sequence[MigGpu], request: ShapeRequest) -> None:
+def _check_request(gpus: Sequence[MigGpu], profiles: _Profiles, request: ShapeRequest) -> None:
     """Raise MigProfileError when no GPU of `gpus` could ever serve the request (profile unknown, too big...)."""
     if request.mig_profile:
         mig_placement.check_name(gpus, request.mig_profile)
@@ -129,15 +152,8 @@ def check_request(gpus: Sequence[MigGpu], request: ShapeRequest) -> None:
             mig_placement.MigErrorKind.NO_MIG_GPU,
             f"no GPU here is MIG-capable; MIG-capable models: {mig_placement.mig_model_keys()}",
         )
-    errors: list[MigProfileError] = []
-    for gpu in gpus:
-        try:
-            profile_for(gpu.model, request)
-        except MigProfileError as exc:
-            errors.append(exc)
-        else:
-            return
-    raise errors[0]
+    if not profiles.serving and profiles.first_error is not None:
+        raise profiles.first_error
 
 
 def place_mig(request: ShapeRequest, views: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
@@ -150,12 +166,13 @@ def place_mig(request: ShapeRequest, views: Sequence[GpuView], lease_id: str) ->
         if gpu is not None:
             eligible.append((view, gpu))
     gpus = [gpu for _, gpu in eligible]
+    profiles = _Profiles.of(gpus, request)
     try:
-        check_request(gpus, request)
+        _check_request(gpus, profiles, request)
     except MigProfileError as exc:
         return Unplaceable(never=True, message=exc.message)
-    serving = _serving(gpus, request)
-    ever = sum(_capacity_when_empty(gpus[i], request) for i in serving)
+    serving = profiles.serving
+    ever = sum(_capacity_when_empty(gpus[i], profiles.by_gpu[i]) for i in serving)
     if ever < request.count:
         return Unplaceable(
             never=True,
@@ -172,11 +189,11 @@ def place_mig(request: ShapeRequest, views: Sequence[GpuView], lease_id: str) ->
     assignments: list[tuple[GpuView, Claim]] = []
     current = list(gpus)
     for _ in range(request.count):
-        candidate = choose_one(current, request, lease_id)
+        candidate = _choose_one(current, profiles, request, lease_id)
         if candidate is None:
-            return Unplaceable(never=False, message=_busy(gpus, request))
+            return Unplaceable(never=False, message=_busy(gpus, profiles, request))
         slot = candidate.claim.mig
-        assert slot is not None
+        assert slot is not None, "_choose_one always makes MIG claims"
         gpu = current[candidate.index]
         current[candidate.index] = gpu.without_instance(slot.start).with_instance(
             MigInstance(slot.profile_id, slot.start, slot.size, lease_id)
@@ -185,24 +202,16 @@ def place_mig(request: ShapeRequest, views: Sequence[GpuView], lease_id: str) ->
     return Placement(tuple(assignments))
 
 
-def _serving(gpus: Sequence[MigGpu], request: ShapeRequest) -> list[int]:
-    """Indexes of the GPUs whose model has a profile for the request."""
-    return sorted(i for indexes in _profile_names(gpus, request).values() for i in indexes)
+def _capacity_when_empty(gpu: MigGpu, profile: MigProfile | None) -> int:
+    """How many instances of `profile` an empty GPU of this model holds."""
+    if profile is None:
+        return 0
+    return mig_placement.capacity(replace(gpu, instances=(), mig_enabled=True), profile)
 
 
-def _capacity_when_empty(gpu: MigGpu, request: ShapeRequest) -> int:
-    """How many instances of the request's profile an empty GPU of this model holds."""
-    empty = replace(gpu, instances=(), mig_enabled=True)
-    return mig_placement.capacity(empty, profile_for(gpu.model, request))
-
-
-def _busy(gpus: Sequence[MigGpu], request: ShapeRequest) -> str:
-    names = _profile_names(gpus, request)
-    name = request.mig_profile or min(names, key=lambda n: _order(gpus, names[n][0], n))
-    message = mig_placement.no_room_message(gpus, name)
-    return message if request.mig_profile else f"{message} (the smallest profile holding the request)"
-
-
-def _order(gpus: Sequence[MigGpu], index: int, name: str) -> int:
-    profile = mig_placement.profile_named(gpus[index].model, name)
-    return profile.memory_bytes if profile is not None else 0
+def _busy(gpus: Sequence[MigGpu], profiles: _Profiles, request: ShapeRequest) -> str:
+    """Why nothing fits now, for the smallest profile the request takes anywhere."""
+    if request.mig_profile:
+        return mig_placement.no_room_message(gpus, request.mig_profile)
+    smallest = min((p for p in profiles.by_gpu if p is not None), key=lambda p: p.memory_bytes)
+    return f"{mig_placement.no_room_message(gpus, smallest.name)} (the smallest profile holding the request)"

@@ -100,6 +100,11 @@ class Claim:
     """The MIG instance a MIG claim takes (isolation MIG only)."""
 
 
+def _by_start(records: tuple[MigRecord, ...]) -> tuple[MigRecord, ...]:
+    """MIG records in memory-slice order (how a GPU state keeps them)."""
+    return tuple(sorted(records, key=lambda m: m.slot.start))
+
+
 @dataclass(frozen=True, slots=True)
 class GpuState:
     """The mutable part of a GPU (key gpustate/<uuid>): its mode and every claim on it.
@@ -132,8 +137,7 @@ class GpuState:
         if warm is not None and warm.state is MigState.WARM and warm.slot == claim.mig:
             bound = replace(warm, state=MigState.READY, lease_id=claim.lease_id, idle_since=0.0)
             return state.with_mig_replaced(warm, bound)
-        booked = (*self.mig, MigRecord(claim.mig, MigState.CREATING, claim.lease_id))
-        return replace(state, mig=tuple(sorted(booked, key=lambda m: m.slot.start)))
+        return replace(state, mig=_by_start((*self.mig, MigRecord(claim.mig, MigState.CREATING, claim.lease_id))))
 
     def without_lease(self, lease_id: str) -> GpuState:
         """This state with every claim of `lease_id` removed; its MIG instances turn RELEASING (slots stay taken)."""
@@ -150,7 +154,7 @@ class GpuState:
     def with_mig_replaced(self, old: MigRecord, new: MigRecord | None) -> GpuState:
         """This state with one MIG record swapped for `new` (or dropped with None)."""
         kept = tuple(m for m in self.mig if m != old)
-        return replace(self, mig=kept if new is None else tuple(sorted((*kept, new), key=lambda m: m.slot.start)))
+        return replace(self, mig=kept if new is None else _by_start((*kept, new)))
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
@@ -291,6 +295,10 @@ class SliceRecord:
         return self.isolation is Isolation.MIG and not self.mig_uuid
 
 
+def _mig_slice_fields(s: SliceRecord) -> dict[str, Any]:
+    return {"mig_profile": s.mig_profile, "mig_start": s.mig_start, "mig_size": s.mig_size, "mig_uuid": s.mig_uuid}
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseRecord:
     """A lease (key leases/<id>). Only the SHA-256 of its token is stored."""
@@ -366,12 +374,7 @@ class LeaseRecord:
                         "isolation": s.isolation.value,
                         "memory_bytes": s.memory_bytes,
                         "compute_milli": s.compute_milli,
-                        **(
-                            {"mig_profile": s.mig_profile, "mig_start": s.mig_start, "mig_size": s.mig_size}
-                            | {"mig_uuid": s.mig_uuid}
-                            if s.isolation is Isolation.MIG
-                            else {}
-                        ),
+                        **(_mig_slice_fields(s) if s.isolation is Isolation.MIG else {}),
                     }
                     for s in self.slices
                 ],

@@ -129,10 +129,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 reasons.INVALID_REQUEST, f"layout is {len(request.layout_toml)} bytes; the limit is {_MAX_LAYOUT}"
             )
         view = self._s.view
-        gpus = [
-            (r, view.gpu_state(r.uuid).value, self._healthy(r))
-            for r in sorted(view.gpus().values(), key=lambda g: (g.node, g.index))
-        ]
+        gpus = [(r, view.gpu_state(r.uuid).value, self._healthy(r)) for r in view.gpus().values()]
         return mig_plan.plan_response(gpus, request.layout_toml)
 
     @guarded_unary("DrainNode")

@@ -17,7 +17,7 @@ from vgpu.api.v1 import admin_pb2
 from vgpud._private.core.mig_layout import Layout, LayoutError, Plan, Step, parse_layout, plan
 from vgpud._private.core.mig_placement import MigGpu, MigInstance, profile_of
 from vgpud._private.core.mig_records import MigState
-from vgpud._private.core.mig_slices import FOREIGN_HOLDER, mig_gpu
+from vgpud._private.core.mig_slices import mig_gpu
 from vgpud._private.core.model import GpuMode, GpuRecord, GpuState
 from vgpud._private.refusal import Refusal
 
@@ -114,7 +114,7 @@ def _conflict_reason(gpu: _Gpu, step: Step) -> str:
     """Why an instance the layout removes cannot go now: its lease, or that vgpu never made it."""
     holder = step.instance.lease_id
     record = gpu.state.mig_at(step.instance.start)
-    if holder == FOREIGN_HOLDER or (record is not None and record.state is MigState.FOREIGN):
+    if record is not None and record.state is MigState.FOREIGN:
         return FOREIGN_BLOCK
     if record is not None and record.state is MigState.RELEASING:
         return f"lease {record.lease_id or '?'} ended; the node daemon is still destroying the instance"

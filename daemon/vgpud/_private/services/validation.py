@@ -14,6 +14,7 @@ from vgpu._private import reasons
 from vgpu._private.units import MILLI_PER_GPU, format_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpud._private.allocator import AcquireSpec
+from vgpud._private.core.mig_placement import profile_key
 from vgpud._private.core.model import GpuMode, Isolation, Owner, ShapeRequest
 from vgpud._private.refusal import Refusal
 
@@ -114,7 +115,7 @@ def _mig_shape(
     raw: types_pb2.ResourceRequest, count: int, models: tuple[str, ...], known_profiles: Collection[str]
 ) -> ShapeRequest:
     """A MIG request: a profile by name, or memory (and compute) for the smallest profile holding them."""
-    profile = raw.mig_profile.strip().removeprefix("MIG ").strip().lower()
+    profile = profile_key(raw.mig_profile)
     if profile:
         if raw.memory_bytes or raw.compute_milli:
             raise _bad(f"mig profile {profile!r} fixes memory and compute; drop memory/compute or drop the profile")
