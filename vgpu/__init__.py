@@ -21,15 +21,18 @@ from vgpu._private.errors import (
     LeaseLostError,
     LeaseNotFoundError,
     LeasePermissionError,
+    LeaseStateError,
     NeverFitsError,
     NoCapacityError,
     NodeDrainingError,
+    NotPreemptibleError,
     NotSupportedError,
     QueueTimeoutError,
+    QuotaExceededError,
     VgpuError,
 )
 from vgpu._private.lease import Lease
-from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, QueueInfo, Slice
+from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, PreemptNotice, QueueInfo, Slice
 from vgpu._private.pool import Pool, acquire, attach
 
 __all__ = [
@@ -47,14 +50,18 @@ __all__ = [
     "LeaseLostError",
     "LeaseNotFoundError",
     "LeasePermissionError",
+    "LeaseStateError",
     "NeverFitsError",
     "NoCapacityError",
     "NodeDrainingError",
+    "NotPreemptibleError",
     "NotSupportedError",
     "Owner",
     "Pool",
+    "PreemptNotice",
     "QueueInfo",
     "QueueTimeoutError",
+    "QuotaExceededError",
     "Slice",
     "VgpuError",
     "acquire",

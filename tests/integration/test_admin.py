@@ -18,6 +18,7 @@ NODE_DOWN_WAIT = 40.0
 
 
 def test_vgpuctl_reads_the_pool(daemon: LocalPool) -> None:
+    daemon.set_quota("vision", deserved=1)
     with daemon.pool() as pool:
         lease = pool.acquire(memory="20GiB", compute=0.5, project="vision")
         nodes = json.loads(vgpuctl(daemon, "nodes", "--json", check=True).stdout)

@@ -110,6 +110,7 @@ def test_waiting_past_the_deadline_raises_queue_timeout(daemon: LocalPool) -> No
 
 
 def test_list_and_get_leases(daemon: LocalPool) -> None:
+    daemon.set_quota("vision", deserved=1)
     with daemon.pool() as pool:
         lease = pool.acquire(memory="1GiB", compute=0.1, project="vision", description="nb")
         listed = pool.leases(project="vision")

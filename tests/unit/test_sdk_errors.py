@@ -33,6 +33,14 @@ BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (reasons.INTERNAL, grpc.StatusCode.INTERNAL, vgpu.InternalError),
     (reasons.GPU_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.InvalidRequestError),
     (reasons.NODE_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.InvalidRequestError),
+    (reasons.UNKNOWN_PROJECT, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
+    (reasons.UNKNOWN_PRIORITY, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
+    (reasons.PROJECT_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.InvalidRequestError),
+    (reasons.OVER_QUOTA, grpc.StatusCode.FAILED_PRECONDITION, vgpu.QuotaExceededError),
+    (reasons.OVER_QUOTA, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.QuotaExceededError),
+    (reasons.NOT_PREEMPTIBLE, grpc.StatusCode.FAILED_PRECONDITION, vgpu.NotPreemptibleError),
+    (reasons.NOT_PREEMPTING, grpc.StatusCode.FAILED_PRECONDITION, vgpu.LeaseStateError),
+    (reasons.PROJECT_BUSY, grpc.StatusCode.FAILED_PRECONDITION, vgpu.ConflictError),
 ]
 
 BY_CODE: list[tuple[grpc.StatusCode, type[vgpu.VgpuError]]] = [

@@ -186,6 +186,10 @@ def test_refresh_updates_state(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
         lease.refresh()
         assert lease.state == "suspended"
         assert lease.token == TOKEN  # the answer carries no token; the lease keeps its own
+        with pytest.raises(vgpu.LeaseStateError, match="suspended"):
+            lease.env  # noqa: B018 -- its GPUs belong to another lease while suspended
+        servicer.lease = make_lease(state=types_pb2.LEASE_STATE_GRANTED)
+        lease.refresh()
         assert lease.env["VGPU_LEASE"] == TOKEN
 
 

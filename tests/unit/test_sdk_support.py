@@ -149,17 +149,60 @@ def granted(**kwargs: Any) -> workload_pb2.AcquireResponse:
     return workload_pb2.AcquireResponse(lease=make_lease(**kwargs))
 
 
-def event(sequence: int, kind: int, state: int = types_pb2.LEASE_STATE_GRANTED) -> workload_pb2.WatchLeaseResponse:
+def event(
+    sequence: int,
+    kind: int,
+    state: int = types_pb2.LEASE_STATE_GRANTED,
+    *,
+    lease: types_pb2.Lease | None = None,
+) -> workload_pb2.WatchLeaseResponse:
+    """A WatchLease event; `lease` replaces the default make_lease(state=state) the event carries."""
     msg = workload_pb2.WatchLeaseResponse(
         sequence=sequence,
         type=kind,  # type: ignore[arg-type]
         time=timestamp_pb2.Timestamp(seconds=1_700_000_100),
-        lease=make_lease(state=state, token=""),
+        lease=lease if lease is not None else make_lease(state=state, token=""),
     )
     if kind == workload_pb2.LEASE_EVENT_TYPE_PREEMPT:
         msg.preempt.deadline.CopyFrom(timestamp_pb2.Timestamp(seconds=1_700_000_200))
         msg.preempt.reason = "team-b reclaims its quota"
     return msg
+
+
+PREEMPT_DEADLINE = 1_700_000_200
+"""The deadline (epoch seconds) event() puts on PREEMPT events."""
+
+
+def suspended_lease() -> types_pb2.Lease:
+    """The lease as vgpud shows it once a preemption is acknowledged: no slices, no GPUs in its env."""
+    lease = make_lease(state=types_pb2.LEASE_STATE_SUSPENDED, token="")
+    del lease.slices[:]
+    del lease.env["CUDA_VISIBLE_DEVICES"]
+    lease.preemptions = 1
+    return lease
+
+
+def resumed_lease(*uuids: str, node: str = "node-2") -> types_pb2.Lease:
+    """The lease granted again on other GPUs (default one slice on GPU-bbbb of node-2), as a RESUMED event has it."""
+    lease = make_lease(token="")
+    lease.node = node
+    del lease.slices[:]
+    for index, uuid in enumerate(uuids or ("GPU-bbbb",)):
+        lease.slices.add(
+            node=node,
+            gpu_uuid=uuid,
+            gpu_index=index,
+            gpu_model="h100-80gb",
+            isolation=types_pb2.ISOLATION_SHARED,
+            memory_bytes=20 * 1024**3,
+            compute_milli=500,
+        )
+    lease.env["CUDA_VISIBLE_DEVICES"] = ",".join(uuids or ("GPU-bbbb",))
+    lease.preemptions = 1
+    lease.steps.add(step="granted", time=timestamp_pb2.Timestamp(seconds=1_700_000_000))
+    lease.steps.add(step="preempt", time=timestamp_pb2.Timestamp(seconds=1_700_000_100))
+    lease.steps.add(step="resumed", time=timestamp_pb2.Timestamp(seconds=1_700_000_300))
+    return lease
 
 
 Step = Any  # a response message, Fail or Hold
@@ -179,6 +222,8 @@ class FakeWorkload(workload_pb2_grpc.WorkloadServiceServicer):
         )
         self.heartbeats = threading.Semaphore(0)
         self.lease = make_lease()
+        self.acked = threading.Event()
+        """Set once AckPreempt was called (a Hold(release=servicer.acked) step waits for it)."""
 
     # -- helpers ----------------------------------------------------------------------------------
     def record(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
@@ -255,6 +300,12 @@ class FakeWorkload(workload_pb2_grpc.WorkloadServiceServicer):
     def WatchLease(self, request: Any, context: Any) -> Any:  # noqa: N802 -- gRPC method name
         self.record("WatchLease", request, context)
         yield from self._stream(self.watch_scripts, context)
+
+    def AckPreempt(self, request: Any, context: Any) -> Any:  # noqa: N802 -- gRPC method name
+        try:
+            return self._unary("AckPreempt", request, context, workload_pb2.AckPreemptResponse(lease=suspended_lease()))
+        finally:
+            self.acked.set()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.model import GpuMode, Isolation
+from vgpud._private.core.priorities import STANDARD
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import validation
 
@@ -106,11 +107,44 @@ def test_unknown_model_lists_known_ones() -> None:
     assert "a100-40gb, h100-80gb" in message
 
 
-def test_not_yet_features_are_unimplemented() -> None:
-    refused(
-        reasons.NOT_IMPLEMENTED,
-        resources=types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=100, compute_milli_max=500),
-    )
+def test_elastic_ranges_become_bounds() -> None:
+    spec = acquire(resources=types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=250, compute_milli_max=1000))
+    assert (spec.shape.compute_milli, spec.shape.compute_milli_max, spec.shape.flexible) == (250, 1000, False)
+    assert spec.shape.elastic
+    gpus = acquire(resources=types_pb2.ResourceRequest(isolation=types_pb2.ISOLATION_WHOLE, count=2, count_max=8))
+    assert (gpus.shape.count, gpus.shape.count_max) == (2, 8)
+    fixed = acquire(resources=types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=250, compute_milli_max=250))
+    assert not fixed.shape.elastic
+
+
+@pytest.mark.parametrize(
+    ("resources", "words"),
+    [
+        (types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=800, compute_milli_max=500), "minimum is above"),
+        (types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli_max=500), "needs its minimum"),
+        (types_pb2.ResourceRequest(memory_bytes=GiB, compute_milli=100, compute_milli_max=1500), "above 1000"),
+        (types_pb2.ResourceRequest(isolation=types_pb2.ISOLATION_WHOLE, count=4, count_max=2), "minimum is above"),
+        (types_pb2.ResourceRequest(isolation=types_pb2.ISOLATION_WHOLE, count=2, count_max=99), "limit of 64"),
+        (types_pb2.ResourceRequest(isolation=types_pb2.ISOLATION_WHOLE, compute_milli_max=500), "no compute range"),
+        (types_pb2.ResourceRequest(mig_profile="3g.40gb", compute_milli_max=500), "fixed compute share"),
+    ],
+)
+def test_bad_elastic_ranges_say_what_to_change(resources: types_pb2.ResourceRequest, words: str) -> None:
+    assert words in refused(reasons.INVALID_REQUEST, resources=resources)
+
+
+def test_unknown_project_and_priority_class() -> None:
+    spec = acquire(project="vision")
+    with pytest.raises(Refusal) as info:
+        validation.project_and_priority(spec, {"nlp"}, STANDARD)
+    assert info.value.reason == reasons.UNKNOWN_PROJECT
+    assert "vgpuctl quota set vision" in info.value.message
+    resolved = validation.project_and_priority(acquire(), set(), STANDARD)
+    assert resolved.priority == "train"
+    with pytest.raises(Refusal) as info:
+        validation.project_and_priority(acquire(priority="urgent"), set(), STANDARD)
+    assert info.value.reason == reasons.UNKNOWN_PRIORITY
+    assert "inference, train, best-effort" in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 """Turn `acquire(...)` keyword arguments into an AcquireRequest, refusing bad input before any RPC.
 
 Units are read with the shared parser so the SDK, the daemon and vgpuctl agree on "20GiB" and "50%".
+A (min, max) pair for compute, count or gpus makes the request elastic: granted at the minimum as soon
+as that fits, grown toward the maximum (and shrunk back to it under pressure) by the pool.
 """
 
 from __future__ import annotations
@@ -20,6 +22,13 @@ from vgpu.api.v1 import types_pb2, workload_pb2
 
 DEFAULT_QUEUE_TIMEOUT: Final = 600.0
 """How long a waiting acquire stays in the queue when the caller gives no timeout."""
+
+Share = float | str
+"""One compute share: a fraction (0.5), a percentage ("50%") or milli-GPU ("500m")."""
+ComputeArg = Share | tuple[Share, Share]
+"""A fixed compute share, or an elastic (min, max) range of them."""
+CountArg = int | tuple[int, int]
+"""A fixed number of slices / whole GPUs, or an elastic (min, max) range."""
 
 _ISOLATION: Final = {
     "shared": types_pb2.ISOLATION_SHARED,
@@ -50,15 +59,82 @@ def acquire_timeout(timeout: float | None, *, wait: bool, call_timeout: float) -
     return float(timeout)
 
 
-def _share(res: types_pb2.ResourceRequest, memory: str | int | None, compute: float | str | None) -> None:
-    """Memory and compute of a shared slice, read with the shared unit parser."""
+_EXAMPLE: Final = {"compute": "(0.25, 1.0)", "count": "(2, 4)", "gpus": "(2, 8)"}
+
+
+def _pair(name: str, value: object) -> tuple[object, object] | None:
+    """(min, max) when `value` is an elastic range, None for a plain value; a malformed range is refused."""
+    if isinstance(value, str) or not isinstance(value, tuple | list):
+        return None
+    if len(value) != 2:  # noqa: PLR2004 -- a range has two ends
+        raise InvalidRequestError(
+            f"{name}={value!r}: an elastic range is a (min, max) pair, e.g. {name}={_EXAMPLE[name]}; "
+            "or give one value for a fixed size"
+        )
+    return value[0], value[1]
+
+
+def _ordered(name: str, value: object, low: int, high: int) -> tuple[int, int]:
+    """(min, max-or-0): a range whose ends are equal is no range; max 0 tells the daemon "not elastic"."""
+    if low > high:
+        raise InvalidRequestError(
+            f"{name}={value!r}: the minimum is above the maximum; give (min, max) with min <= max"
+        )
+    return low, (high if high > low else 0)
+
+
+def _milli(value: object) -> int:
+    """One compute share in milli-GPU; UnitError says what is accepted."""
+    if not isinstance(value, int | float | str):
+        raise UnitError(
+            f"cannot read compute share {value!r}: use a fraction (0.5), a percentage ('50%') or milli-GPU ('500m')"
+        )
+    return parse_compute(value)
+
+
+def _compute_range(compute: object) -> tuple[int, int]:
+    """Milli-GPU (min, max-or-0) of a fixed share or an elastic (min, max) pair of shares."""
+    pair = _pair("compute", compute)
     try:
-        if memory is not None:
-            res.memory_bytes = parse_memory(memory)
-        if compute is not None:
-            res.compute_milli = parse_compute(compute)
+        if pair is None:
+            return _milli(compute), 0
     except UnitError as exc:
         raise InvalidRequestError(str(exc)) from None
+    ends: list[int] = []
+    for label, end in zip(("minimum", "maximum"), pair, strict=True):
+        try:
+            ends.append(_milli(end))
+        except UnitError as exc:
+            raise InvalidRequestError(f"compute={compute!r}: the {label}: {exc}") from None
+    return _ordered("compute", compute, ends[0], ends[1])
+
+
+def count_range(name: str, value: object) -> tuple[int, int]:
+    """(min, max-or-0) of a count (slices or whole GPUs): a whole number >= 1, or an elastic (min, max) pair."""
+    pair = _pair(name, value)
+    if pair is None:
+        return _positive_int(name, value), 0
+    ends: list[int] = []
+    for label, end in zip(("minimum", "maximum"), pair, strict=True):
+        if isinstance(end, bool) or not isinstance(end, int) or end < 1:
+            raise InvalidRequestError(f"{name}={value!r}: the {label} must be a whole number >= 1, got {end!r}")
+        ends.append(end)
+    return _ordered(name, value, ends[0], ends[1])
+
+
+def _share(res: types_pb2.ResourceRequest, memory: str | int | None, compute: ComputeArg | None) -> None:
+    """Memory and compute of a shared slice, read with the shared unit parser; compute may be a range."""
+    if memory is not None:
+        if not isinstance(memory, str | int):
+            raise InvalidRequestError(
+                f"memory={memory!r}: give one size such as '20GiB' (memory is not elastic; compute and count are)"
+            )
+        try:
+            res.memory_bytes = parse_memory(memory)
+        except UnitError as exc:
+            raise InvalidRequestError(str(exc)) from None
+    if compute is not None:
+        res.compute_milli, res.compute_milli_max = _compute_range(compute)
 
 
 def _kind(
@@ -66,7 +142,7 @@ def _kind(
     *,
     mig: str | None,
     isolation: str | None,
-    gpus: int | None,
+    gpus: CountArg | None,
     has_share: bool,
 ) -> None:
     """Isolation, MIG profile and whole-GPU count, refusing combinations that contradict each other."""
@@ -84,15 +160,15 @@ def _kind(
         res.mig_profile = mig.strip()
         res.isolation = types_pb2.ISOLATION_MIG
     if gpus is not None:
-        whole = _positive_int("gpus", gpus)
+        whole, whole_max = count_range("gpus", gpus)
         if has_share or mig is not None or isolation not in (None, "whole"):
             raise InvalidRequestError(
                 "gpus= asks for whole GPUs; drop memory/compute/mig/isolation, or ask for slices instead"
             )
-        if res.count != 1:
+        if res.count != 1 or res.count_max:
             raise InvalidRequestError("gpus= already says how many whole GPUs; do not pass count= as well")
         res.isolation = types_pb2.ISOLATION_WHOLE
-        res.count = whole
+        res.count, res.count_max = whole, whole_max
 
 
 def _placement(res: types_pb2.ResourceRequest, node: object, gang: object) -> None:
@@ -125,16 +201,17 @@ def _models(gpu_model: str | Sequence[str] | None) -> list[str]:
 def _resources(
     *,
     memory: str | int | None,
-    compute: float | str | None,
+    compute: ComputeArg | None,
     mig: str | None,
     isolation: str | None,
-    count: int,
-    gpus: int | None,
+    count: CountArg,
+    gpus: CountArg | None,
     gpu_model: str | Sequence[str] | None,
     node: str | None,
     gang: bool,
 ) -> types_pb2.ResourceRequest:
-    res = types_pb2.ResourceRequest(count=_positive_int("count", count))
+    low, high = count_range("count", count)
+    res = types_pb2.ResourceRequest(count=low, count_max=high)
     _share(res, memory, compute)
     _kind(res, mig=mig, isolation=isolation, gpus=gpus, has_share=memory is not None or compute is not None)
     res.gpu_models.extend(_models(gpu_model))
@@ -145,11 +222,11 @@ def _resources(
 def build_acquire_request(
     *,
     memory: str | int | None = None,
-    compute: float | str | None = None,
+    compute: ComputeArg | None = None,
     mig: str | None = None,
     isolation: str | None = None,
-    count: int = 1,
-    gpus: int | None = None,
+    count: CountArg = 1,
+    gpus: CountArg | None = None,
     gpu_model: str | Sequence[str] | None = None,
     node: str | None = "",
     gang: bool = False,

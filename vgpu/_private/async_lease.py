@@ -1,4 +1,9 @@
-"""`AsyncLease`: the asyncio twin of `Lease`, kept alive by a heartbeat task on the running loop."""
+"""`AsyncLease`: the asyncio twin of `Lease`, kept alive by a heartbeat task on the running loop.
+
+Preemption adds a follower task (`vgpu._private.async_follower`) that reads the lease's events; it starts
+when on_preempt/on_resume/on_resize is given, or on first use of `preempt_requested`, `checkpoint()` or
+`ack_preempt()`.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from typing import Final
 
 from vgpu._private import errors
 from vgpu._private.async_client import AsyncClient
+from vgpu._private.async_follower import AsyncFollower, AsyncOnLeaseChange, AsyncOnPreempt
 from vgpu._private.errors import (
     DaemonUnavailableError,
     LeaseEndedError,
@@ -20,8 +26,8 @@ from vgpu._private.errors import (
     VgpuError,
 )
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
-from vgpu._private.lease_base import LeaseBase, log
-from vgpu._private.lease_records import LeaseEvent
+from vgpu._private.lease_base import Cancellers, LeaseBase, log
+from vgpu._private.lease_records import LeaseEvent, PreemptNotice
 from vgpu.api.v1 import types_pb2
 
 WATCH_WINDOW: Final = 300.0
@@ -30,7 +36,12 @@ _MAX_RESUME_BACKOFF: Final = 2.0
 
 
 class AsyncLease(LeaseBase):
-    """A lease this process holds, for asyncio code: `async with`, release()/refresh(), async events()."""
+    """A lease this process holds, for asyncio code: `async with`, release()/refresh(), async events().
+
+    Callbacks (coroutine functions are awaited, plain ones called on the loop) run in the task that calls
+    `await checkpoint()` once the workload has called it (cooperative mode), else in the follower task,
+    which then saves and acknowledges by itself (callback mode); see `Lease` for the thread flavour.
+    """
 
     def __init__(
         self,
@@ -40,6 +51,9 @@ class AsyncLease(LeaseBase):
         *,
         release_on_exit: bool = True,
         on_finish: Callable[[AsyncLease], None] | None = None,
+        on_preempt: AsyncOnPreempt | None = None,
+        on_resume: AsyncOnLeaseChange | None = None,
+        on_resize: AsyncOnLeaseChange | None = None,
     ) -> None:
         super().__init__(msg, token)
         self._client = client
@@ -48,14 +62,19 @@ class AsyncLease(LeaseBase):
         self._on_finish = on_finish
         self._stop = asyncio.Event()
         self._finished = False
-        self._cancellers: set[Callable[[], object]] = set()
+        self._cancellers = Cancellers()
+        self._follower = AsyncFollower(self, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize)
+        self._notify = self._follower.changed.set
         self._task = asyncio.create_task(self._heartbeat_loop(), name=f"vgpu-heartbeat-{self.id}")
+        if self._follower.wanted:
+            self._follower.start()
 
     # -- ending -----------------------------------------------------------------------------------
     async def release(self) -> None:
         """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
         if self.released:
             return
+        self._releasing = True
         await self._stop_following()
         try:
             msg = await self._client.release(self.id, self.token)
@@ -99,10 +118,10 @@ class AsyncLease(LeaseBase):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._follower.stop()
 
     def _cancel_watches(self) -> None:
-        for cancel in list(self._cancellers):
-            cancel()
+        self._cancellers.cancel_all()
 
     def _finish(self) -> None:
         if self._finished:
@@ -175,6 +194,44 @@ class AsyncLease(LeaseBase):
                 await asyncio.wait_for(self._stop.wait(), backoff)
             backoff = min(backoff * 2, _MAX_RESUME_BACKOFF)
 
+    # -- preemption -------------------------------------------------------------------------------
+    async def checkpoint(self) -> bool:
+        """Await at iteration boundaries: yield the GPUs here if the daemon asked for them.
+
+        Returns False at once (no RPC) when no preemption is pending. When one is: awaits
+        on_preempt(lease, notice), acknowledges (the lease is suspended), waits until it is resumed
+        (lease.slices and lease.env then name the new GPUs), awaits on_resume(lease) and returns True. The
+        first call puts the lease in cooperative mode, as for `Lease.checkpoint()`.
+
+        Raises what on_preempt raised, without acknowledging, and LeaseLostError (`.reason`: the end
+        reason) when the lease ends or is lost meanwhile.
+        """
+        self._check_usable()
+        self._follower.start()
+        return await self._follower.checkpoint()
+
+    async def ack_preempt(self) -> None:
+        """Acknowledge the pending preemption now (for launchers that checkpoint out of process).
+
+        on_resume runs in the follower task once the lease is resumed, or in this task when the daemon
+        re-granted it within the acknowledgement. Raises LeaseStateError when there is nothing to acknowledge.
+        """
+        self._check_usable()
+        self._follower.start()
+        await self._follower.ack_preempt()
+
+    async def wait_preempt(self, timeout: float | None = None) -> PreemptNotice | None:
+        """Wait until the daemon asks this lease to yield; the notice, or None after `timeout` seconds.
+
+        Returns at once while a notice is pending; raises LeaseLostError when the lease ends or is lost.
+        """
+        self._check_usable()
+        self._follower.start()
+        return await self._follower.wait_preempt(timeout)
+
+    def _start_follower(self) -> None:
+        self._follower.start()
+
     # -- heartbeats -------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:
         policy = HeartbeatPolicy(self.ttl)
@@ -185,7 +242,10 @@ class AsyncLease(LeaseBase):
                 return
             try:
                 answer = await self._client.heartbeat(
-                    self.id, self.token, deadline=policy.call_timeout(self._client.timeout)
+                    self.id,
+                    self.token,
+                    deadline=policy.call_timeout(self._client.timeout),
+                    usage=self._usage_report(),
                 )
             except VgpuError as error:
                 if self._stop.is_set() or error.reason == errors.CLIENT_CLOSED:
@@ -216,6 +276,7 @@ class AsyncLease(LeaseBase):
             return
         self._stop.set()
         self._cancel_watches()
+        self._follower.changed.set()  # a checkpoint() waiting for the resume raises LeaseLostError
         callback = self.on_lost
         if callback is None:
             return

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-from vgpu._private.acquire_request import acquire_timeout, build_acquire_request
+from vgpu._private.acquire_request import ComputeArg, CountArg, acquire_timeout, build_acquire_request
 from vgpu._private.acquire_retry import AcquireAttempts
 from vgpu._private.async_client import AsyncClient
+from vgpu._private.async_follower import AsyncOnLeaseChange, AsyncOnPreempt
 from vgpu._private.async_lease import AsyncLease
 from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
 from vgpu._private.lease_base import log
@@ -35,12 +36,12 @@ class AsyncPool:
     async def acquire(
         self,
         memory: str | int | None = None,
-        compute: float | str | None = None,
+        compute: ComputeArg | None = None,
         *,
         mig: str | None = None,
         isolation: str | None = None,
-        count: int = 1,
-        gpus: int | None = None,
+        count: CountArg = 1,
+        gpus: CountArg | None = None,
         gpu_model: str | Sequence[str] | None = None,
         node: str | None = "",
         gang: bool = False,
@@ -52,11 +53,16 @@ class AsyncPool:
         labels: Mapping[str, str] | None = None,
         description: str = "",
         on_queued: Callable[[QueueInfo], object] | None = None,
+        on_preempt: AsyncOnPreempt | None = None,
+        on_resume: AsyncOnLeaseChange | None = None,
+        on_resize: AsyncOnLeaseChange | None = None,
     ) -> AsyncLease:
-        """Acquire slices (same arguments as `Pool.acquire`; `on_queued` may also be a coroutine function).
+        """Acquire slices (same arguments as `Pool.acquire`; the callbacks may also be coroutine functions).
 
         `node`: "" (the default) the node of the daemon asked, a name that node, None any node (the pool
         leader decides); `gang=True` makes the slices one all-or-nothing unit, spanning nodes with node=None.
+        compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
+        on_resume take part in preemption (see `AsyncLease.checkpoint()`).
         """
         request = build_acquire_request(
             memory=memory,
@@ -78,12 +84,31 @@ class AsyncPool:
         deadline = acquire_timeout(timeout, wait=wait, call_timeout=self._client.timeout)
         attempts = AcquireAttempts(timeout=deadline, wait=wait, endpoint=self._client.endpoint)
         msg = await self._client.acquire(request, attempts, on_queued)
-        lease = AsyncLease(self._client, msg, msg.token, on_finish=self._leases.discard)
+        lease = AsyncLease(
+            self._client,
+            msg,
+            msg.token,
+            on_finish=self._leases.discard,
+            on_preempt=on_preempt,
+            on_resume=on_resume,
+            on_resize=on_resize,
+        )
         self._leases.add(lease)
         return lease
 
-    async def attach(self, token: str, *, release: bool = False) -> AsyncLease:
-        """Take over following a lease by its token ('<lease_id>.<secret>', the VGPU_LEASE value)."""
+    async def attach(
+        self,
+        token: str,
+        *,
+        release: bool = False,
+        on_preempt: AsyncOnPreempt | None = None,
+        on_resume: AsyncOnLeaseChange | None = None,
+        on_resize: AsyncOnLeaseChange | None = None,
+    ) -> AsyncLease:
+        """Take over following a lease by its token ('<lease_id>.<secret>', the VGPU_LEASE value).
+
+        The callbacks are as for `acquire`, for a process that checkpoints its own state.
+        """
         lease_id, _, secret = token.partition(".")
         if not lease_id or not secret:
             raise InvalidRequestError("a lease token looks like '<lease_id>.<secret>' (the VGPU_LEASE value)")
@@ -91,7 +116,16 @@ class AsyncPool:
         if lease_state_name(msg.state) in ENDED_STATES:
             detail = msg.end_message or msg.end_reason
             raise LeaseEndedError(f"lease {lease_id} already ended ({lease_state_name(msg.state)}): {detail}")
-        lease = AsyncLease(self._client, msg, token, release_on_exit=release, on_finish=self._leases.discard)
+        lease = AsyncLease(
+            self._client,
+            msg,
+            token,
+            release_on_exit=release,
+            on_finish=self._leases.discard,
+            on_preempt=on_preempt,
+            on_resume=on_resume,
+            on_resize=on_resize,
+        )
         self._leases.add(lease)
         return lease
 

@@ -21,6 +21,8 @@ CLIENT_CLOSED: Final = "CLIENT_CLOSED"
 """The Pool (or the lease's own client) was closed before or during the call."""
 CANCELLED: Final = "CANCELLED"
 """The call was cancelled before it finished."""
+LEASE_SUSPENDED: Final = "LEASE_SUSPENDED"
+"""The lease is preempted and acknowledged: it holds no GPUs until it is resumed (LeaseStateError)."""
 
 
 class VgpuError(Exception):
@@ -119,6 +121,24 @@ class ConflictError(VgpuError):
     default_reason = reasons.CONFLICT
 
 
+class QuotaExceededError(VgpuError):
+    """The request is above what its project may hold (its limit, or deserved quota for its class)."""
+
+    default_reason = reasons.OVER_QUOTA
+
+
+class NotPreemptibleError(VgpuError):
+    """The lease's priority class may not be preempted."""
+
+    default_reason = reasons.NOT_PREEMPTIBLE
+
+
+class LeaseStateError(VgpuError):
+    """The lease is not in the state the call needs (e.g. acknowledging a preemption nobody asked for)."""
+
+    default_reason = reasons.NOT_PREEMPTING
+
+
 class InternalError(VgpuError):
     """A bug in vgpud or the SDK; the message says what failed."""
 
@@ -128,6 +148,9 @@ class InternalError(VgpuError):
 ERROR_CLASSES: Final[tuple[type[VgpuError], ...]] = (
     VgpuError,
     InvalidRequestError,
+    QuotaExceededError,
+    NotPreemptibleError,
+    LeaseStateError,
     NoCapacityError,
     NeverFitsError,
     QueueTimeoutError,

@@ -2,6 +2,10 @@
 
 The thread lives exactly as long as the lease is held: release(), close() or loss stop it. Leaving a
 `with` block releases the lease (or only stops following it, for an attached lease).
+
+Preemption (see `vgpu._private.preemption` for the protocol) adds a second thread, the follower
+("vgpu-follow-<id>"), that reads the lease's events. It starts when on_preempt/on_resume/on_resize is given,
+or on first use of `preempt_requested`, `checkpoint()` or `ack_preempt()`.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from vgpu._private.errors import (
     LeasePermissionError,
     VgpuError,
 )
+from vgpu._private.follower import Follower, OnLeaseChange, OnPreempt
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
-from vgpu._private.lease_base import LeaseBase, log
-from vgpu._private.lease_records import LeaseEvent
+from vgpu._private.lease_base import Cancellers, LeaseBase, log
+from vgpu._private.lease_records import LeaseEvent, PreemptNotice
 from vgpu._private.sync_client import SyncClient
 from vgpu.api.v1 import types_pb2
 
@@ -33,7 +38,14 @@ _MAX_RESUME_BACKOFF: Final = 2.0
 
 
 class Lease(LeaseBase):
-    """A lease this process holds: fields, release/refresh/events, and a heartbeat thread."""
+    """A lease this process holds: fields, release/refresh/events, a heartbeat thread, preemption checkpoints.
+
+    Callbacks and the threads that run them: `on_preempt` runs on the thread that calls `checkpoint()`
+    once the workload has called it at least once (cooperative mode), else on the follower thread
+    (callback mode: the follower saves and acknowledges by itself). `on_resume` runs on the thread whose
+    `checkpoint()` waited for the resume, else on the follower thread; `on_resize` and `on_lost` run on
+    the follower and heartbeat threads. A callback that raises on a background thread is logged.
+    """
 
     def __init__(
         self,
@@ -44,6 +56,9 @@ class Lease(LeaseBase):
         release_on_exit: bool = True,
         owns_client: bool = False,
         on_finish: Callable[[Lease], None] | None = None,
+        on_preempt: OnPreempt | None = None,
+        on_resume: OnLeaseChange | None = None,
+        on_resize: OnLeaseChange | None = None,
     ) -> None:
         super().__init__(msg, token)
         self._client = client
@@ -53,15 +68,20 @@ class Lease(LeaseBase):
         self._on_finish = on_finish
         self._stop = threading.Event()
         self._finished = False
-        self._cancellers: set[Callable[[], object]] = set()
+        self._cancellers = Cancellers()
+        self._follower = Follower(self, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize)
+        self._notify = self._follower.changed.notify_all
         self._thread = threading.Thread(target=self._heartbeat_loop, name=f"vgpu-heartbeat-{self.id}", daemon=True)
         self._thread.start()
+        if self._follower.wanted:
+            self._follower.start()
 
     # -- ending -----------------------------------------------------------------------------------
     def release(self) -> None:
         """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
         if self.released:
             return
+        self._releasing = True
         self._stop_following()
         try:
             msg = self._client.release(self.id, self.token)
@@ -100,10 +120,11 @@ class Lease(LeaseBase):
 
     def _stop_following(self) -> None:
         self._stop.set()
-        for cancel in list(self._cancellers):
-            cancel()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout=self._client.timeout + 1)
+        self._cancellers.cancel_all()
+        self._follower.wake()  # a checkpoint() waiting for the resume gives up
+        for thread in (self._thread, self._follower.thread):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=self._client.timeout + 1)
 
     def _finish(self) -> None:
         with self._lock:
@@ -180,13 +201,63 @@ class Lease(LeaseBase):
             self._stop.wait(backoff)
             backoff = min(backoff * 2, _MAX_RESUME_BACKOFF)
 
+    # -- preemption -------------------------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Call at iteration boundaries: yield the GPUs here if the daemon asked for them.
+
+        Returns False at once (no RPC) when no preemption is pending. When one is: runs
+        on_preempt(lease, notice) on this thread, acknowledges (the lease is suspended and its GPUs go to
+        another lease), blocks until the lease is resumed (lease.slices and lease.env then name the new
+        GPUs), runs on_resume(lease) on this thread and returns True. The first call puts the lease in
+        cooperative mode: notices are then left to checkpoint(), so call it often enough to meet
+        `preempt_deadline`.
+
+        Raises what on_preempt raised, without acknowledging (the daemon revokes the lease at the deadline
+        unless a later checkpoint() succeeds), and LeaseLostError (`.reason`: the end reason, e.g.
+        PREEMPT_DEADLINE_MISSED) when the lease ends or is lost meanwhile.
+        """
+        self._check_usable()
+        self._follower.start()
+        return self._follower.checkpoint()
+
+    def ack_preempt(self) -> None:
+        """Acknowledge the pending preemption now: the daemon frees the slices and suspends the lease.
+
+        For launchers whose workload checkpoints out of process (`checkpoint()` does this, and waits for
+        the resume, in-process). on_resume runs on the follower thread once the lease is resumed, or on
+        this thread when the daemon re-granted it within the acknowledgement. Raises LeaseStateError when
+        there is nothing to acknowledge.
+        """
+        self._check_usable()
+        self._follower.start()
+        self._follower.ack_preempt()
+
+    def wait_preempt(self, timeout: float | None = None) -> PreemptNotice | None:
+        """Block until the daemon asks this lease to yield; the notice, or None after `timeout` seconds.
+
+        For launcher and monitor threads that have nothing else to do: e.g. signal the workload, wait for
+        its checkpoint, then `ack_preempt()`. Returns at once while a notice is pending; raises
+        LeaseLostError when the lease ends or is lost meanwhile.
+        """
+        self._check_usable()
+        self._follower.start()
+        return self._follower.wait_preempt(timeout)
+
+    def _start_follower(self) -> None:
+        self._follower.start()
+
     # -- heartbeats -------------------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
         policy = HeartbeatPolicy(self.ttl)
         delay = policy.interval
         while not self._stop.wait(delay):
             try:
-                answer = self._client.heartbeat(self.id, self.token, timeout=policy.call_timeout(self._client.timeout))
+                answer = self._client.heartbeat(
+                    self.id,
+                    self.token,
+                    timeout=policy.call_timeout(self._client.timeout),
+                    usage=self._usage_report(),
+                )
             except VgpuError as error:
                 if self._stop.is_set() or error.reason == errors.CLIENT_CLOSED:
                     return
@@ -215,8 +286,8 @@ class Lease(LeaseBase):
         if not self._mark_lost(reason):
             return
         self._stop.set()
-        for cancel in list(self._cancellers):
-            cancel()
+        self._cancellers.cancel_all()
+        self._follower.wake()  # a checkpoint() waiting for the resume raises LeaseLostError
         callback = self.on_lost
         if callback is not None:
             try:

@@ -1,7 +1,8 @@
 """What a held lease shows, shared by `Lease` (threads) and `AsyncLease` (asyncio).
 
 Fields are updated from daemon answers (acquire, heartbeat, refresh, events) under a lock, because the
-heartbeat thread writes while user code reads.
+heartbeat thread writes while user code reads. The same updates feed the preemption tracker, so a notice
+is seen whichever stream (heartbeat, follower, the user's own events()) brings it first.
 """
 
 from __future__ import annotations
@@ -11,20 +12,56 @@ import logging
 import threading
 from collections.abc import Callable
 
+from vgpu._private import errors
+from vgpu._private.errors import InvalidRequestError, LeaseStateError
 from vgpu._private.lease_records import (
     ENDED_STATES,
+    PreemptNotice,
     Slice,
     environments_by_node,
     lease_state_name,
     nodes_of,
+    notice_of_event,
+    notice_of_heartbeat,
+    notice_of_lease,
     pick_environment,
+    steps_of,
     timestamp_or_none,
 )
+from vgpu._private.preemption import PreemptionTracker
+from vgpu._private.units import MILLI_PER_GPU, UnitError, parse_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
 
 log = logging.getLogger("vgpu")
 
 LostCallback = Callable[[str], object]
+
+
+def _nothing() -> None:
+    return None
+
+
+class Cancellers(set[Callable[[], object]]):
+    """The cancels of a lease's open watch streams; once closed, a stream that opens late is cancelled at once.
+
+    Closing (release, close, loss) can race with a stream just opening on another thread (the follower):
+    the stream adds its cancel and then looks at `closed`; closing sets `closed` and then cancels what is
+    there, so one of the two always sees the other and no stream is left open.
+    """
+
+    closed = False
+
+    def add(self, cancel: Callable[[], object]) -> None:
+        """Remember an open stream's cancel (or cancel it now, once closed)."""
+        super().add(cancel)
+        if self.closed:
+            cancel()
+
+    def cancel_all(self) -> None:
+        """Cancel every open stream, and any that opens from now on."""
+        self.closed = True
+        for cancel in list(self):
+            cancel()
 
 
 class LeaseBase:
@@ -50,10 +87,19 @@ class LeaseBase:
         self._end_reason = ""
         self._end_message = ""
         self._preempt_deadline: dt.datetime | None = None
+        self._preempt_reason = ""
+        self._steps: tuple[tuple[str, dt.datetime], ...] = ()
+        self._preemptions = 0
+        self._preempt = PreemptionTracker()
+        self._usage: workload_pb2.Usage | None = None
+        self._notify: Callable[[], None] = _nothing
+        """Wakes whoever waits on the lease (a checkpoint() call); called with the lock held."""
         self._lost_reason: str | None = None
         self._end_heard = False
         """The daemon said the lease ended (a heartbeat's LEASE_ENDED) before its end event was read."""
         self._released = False
+        self._releasing = False
+        """release() has begun (it stops following before the RPC): waiters learn it was released."""
         self.on_lost: LostCallback | None = None
         """Called once with the reason when the SDK marks the lease lost (from the heartbeat thread/task)."""
         self._apply(msg)
@@ -74,9 +120,16 @@ class LeaseBase:
         """A copy of the environment for the lease's processes (CUDA_VISIBLE_DEVICES, VGPU_LEASE, ...).
 
         It is for the node of the daemon that answered the acquire (when the lease has slices there);
-        `environment(node)` gives the environment for each node in `nodes`.
+        `environment(node)` gives the environment for each node in `nodes`. It follows the lease: after a
+        resume (maybe on other GPUs) or a resize it names the new slices.
+
+        Raises LeaseStateError while the lease is suspended (preempted and acknowledged): its GPUs then
+        belong to another lease, and a process started with the last environment would run on them. Wait
+        for `checkpoint()` to return (or `on_resume`) and read it again.
         """
-        return dict(self._env)
+        with self._lock:
+            self._check_not_suspended()
+            return dict(self._env)
 
     def environment(self, node: str | None = None) -> dict[str, str]:
         """A copy of the environment for the lease's processes on `node` (one entry of `nodes`).
@@ -86,6 +139,7 @@ class LeaseBase:
         raises InvalidRequestError naming the nodes it does span.
         """
         with self._lock:
+            self._check_not_suspended()
             env = pick_environment(self._id, self._env, self._node_envs, nodes_of(self._slices), node)
         if self._token:
             env["VGPU_LEASE"] = self._token
@@ -103,7 +157,7 @@ class LeaseBase:
 
     @property
     def state(self) -> str:
-        """The last known state: 'granted', 'preempting', 'released', ..."""
+        """The last known state: 'granted', 'preempting', 'suspended', 'released', ..."""
         return self._state
 
     @property
@@ -142,6 +196,37 @@ class LeaseBase:
         return self._preempt_deadline
 
     @property
+    def preempt_notice(self) -> PreemptNotice | None:
+        """The preemption that waits to be acted on (deadline and reason), or None."""
+        notice = self._preempt.notice
+        return notice if self._preempt.requested else None
+
+    @property
+    def preempt_requested(self) -> bool:
+        """True from a preemption notice until it is acknowledged: time to call `checkpoint()`.
+
+        Cheap enough for every iteration: a flag set by the background follower (started on first use) and
+        by heartbeat answers.
+        """
+        self._start_follower()
+        return self._preempt.requested
+
+    @property
+    def suspended(self) -> bool:
+        """True while the lease is preempted and acknowledged: it holds no slices until it is resumed."""
+        return self._preempt.suspended
+
+    @property
+    def steps(self) -> tuple[tuple[str, dt.datetime], ...]:
+        """What happened to the lease and when, as the daemon records it: (step, UTC time) pairs."""
+        return self._steps
+
+    @property
+    def preemptions(self) -> int:
+        """How often the lease was preempted and resumed."""
+        return self._preemptions
+
+    @property
     def end_reason(self) -> str:
         """Why the lease ended (a reason constant), once it has."""
         return self._end_reason
@@ -164,18 +249,70 @@ class LeaseBase:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self._id} state={self._state} slices={len(self._slices)}>"
 
+    # -- usage reports ------------------------------------------------------------------------------
+    def report_usage(self, *, utilization: float, memory: int | str | None = None) -> None:
+        """Tell the daemon what the workload uses now; the report rides on every following heartbeat.
+
+        `utilization`: the busy share of the granted GPU time, 0.0..1.0 (required: the daemon flags a lease
+        whose utilization stays under its idle threshold, and reclaims idle leases first). `memory`: GPU
+        memory in use, in bytes or a size such as "3GiB", shown next to what was granted; left out, the last
+        reported value stays. Report again as use changes: the last report is what the daemon sees.
+        """
+        if isinstance(utilization, bool) or not isinstance(utilization, int | float) or not 0 <= utilization <= 1:
+            raise InvalidRequestError(f"utilization must be a share between 0.0 and 1.0, got {utilization!r}")
+        if memory is not None:
+            if isinstance(memory, bool) or not isinstance(memory, int | str):
+                raise InvalidRequestError(f"memory must be a number of bytes or a size such as '3GiB', got {memory!r}")
+            if isinstance(memory, str):
+                try:
+                    memory = parse_memory(memory)
+                except UnitError as exc:
+                    raise InvalidRequestError(str(exc)) from None
+            if memory < 0:
+                raise InvalidRequestError(f"memory must be >= 0 bytes, got {memory}")
+        with self._lock:
+            if memory is None:
+                memory = self._usage.memory_bytes if self._usage is not None else 0
+            self._usage = workload_pb2.Usage(
+                reported=True, memory_bytes=memory, utilization_milli=round(utilization * MILLI_PER_GPU)
+            )
+
+    def _usage_report(self) -> workload_pb2.Usage | None:
+        with self._lock:
+            return self._usage
+
     # -- updates from daemon answers ----------------------------------------------------------------
     def _apply(self, msg: types_pb2.Lease) -> None:
-        """Take the fields a daemon answer carries (env keeps the acquire's copy with the token)."""
+        """Take the fields a daemon answer carries (the token is the one this process holds)."""
         with self._lock:
-            self._state = lease_state_name(msg.state)
-            self._slices = tuple(Slice.from_proto(s) for s in msg.slices)
-            if msg.node_environments:  # ended leases come without environments: keep the last ones
-                self._node_envs = environments_by_node(msg)
-            self._ttl = msg.ttl.seconds or self._ttl
-            self._end_reason = msg.end_reason
-            self._end_message = msg.end_message
-            self._preempt_deadline = timestamp_or_none(msg.preempt_deadline, present=msg.HasField("preempt_deadline"))
+            self._apply_locked(msg)
+
+    def _apply_locked(self, msg: types_pb2.Lease, notice: PreemptNotice | None = None) -> None:
+        """As _apply, with the lock held; `notice` is the preemption the message came with (an event's)."""
+        notice = notice or notice_of_lease(msg)
+        state = lease_state_name(msg.state)
+        self._state = state
+        self._slices = tuple(Slice.from_proto(s) for s in msg.slices)
+        if state not in ENDED_STATES:  # ended leases come without environments: keep the last ones
+            env = dict(msg.env)
+            if self._token:
+                env["VGPU_LEASE"] = self._token
+            self._env = env
+            self._node_envs = environments_by_node(msg)  # a resumed lease may span other nodes
+            self._node = msg.node or self._node
+        self._ttl = msg.ttl.seconds or self._ttl
+        self._end_reason = msg.end_reason
+        self._end_message = msg.end_message
+        self._preempt_deadline = timestamp_or_none(msg.preempt_deadline, present=msg.HasField("preempt_deadline"))
+        self._preempt_reason = msg.preempt_reason or self._preempt_reason
+        if notice is not None:
+            self._preempt_deadline = notice.deadline
+            self._preempt_reason = notice.reason or self._preempt_reason
+        self._steps = steps_of(msg) or self._steps
+        self._preemptions = msg.preemptions or self._preemptions
+        self._preempt.observe_notice(notice)
+        self._preempt.observe_state(state)
+        self._notify()
 
     def _apply_heartbeat(self, answer: workload_pb2.HeartbeatResponse) -> None:
         with self._lock:
@@ -185,10 +322,28 @@ class LeaseBase:
             self._preempt_deadline = timestamp_or_none(
                 answer.preempt_deadline, present=answer.HasField("preempt_deadline")
             )
+            if self._preempt.observe_notice(notice_of_heartbeat(answer, self._preempt_reason)):
+                self._notify()
 
     def _apply_event(self, event: workload_pb2.WatchLeaseResponse) -> None:
-        if event.HasField("lease") and event.lease.id:
-            self._apply(event.lease)
+        if not (event.HasField("lease") and event.lease.id):
+            return
+        with self._lock:
+            self._apply_locked(event.lease, notice_of_event(event))
+            if event.HasField("resize") and not event.lease.slices:
+                self._slices = tuple(Slice.from_proto(s) for s in event.resize.slices)
+
+    def _check_not_suspended(self) -> None:
+        """Refuse to hand out the environment of slices the lease gave back (caller holds the lock)."""
+        if self._preempt.suspended and self._state not in ENDED_STATES:
+            raise LeaseStateError(
+                f"lease {self._id} is suspended (preempted): its GPUs belong to another lease until it is "
+                "resumed; read env again after checkpoint() returns or in on_resume",
+                reason=errors.LEASE_SUSPENDED,
+            )
+
+    def _start_follower(self) -> None:
+        """Start following the lease's events, if this flavour has not yet (overridden)."""
 
     @property
     def _ended(self) -> bool:

@@ -55,6 +55,57 @@ def timestamp_or_none(ts: timestamp_pb2.Timestamp, *, present: bool = True) -> d
     return ts.ToDatetime(tzinfo=dt.UTC)
 
 
+def steps_of(msg: types_pb2.Lease) -> tuple[tuple[str, dt.datetime], ...]:
+    """The lease's life so far as (step, UTC time) pairs: granted, preempt, suspended, resumed, resized, ..."""
+    return tuple((step.step, step.time.ToDatetime(tzinfo=dt.UTC)) for step in msg.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class PreemptNotice:
+    """The daemon asks a lease to checkpoint and give its slices back before `deadline` (UTC).
+
+    A lease that has not acknowledged by then (`lease.checkpoint()` or `lease.ack_preempt()`) is revoked
+    and its processes are killed; `reason` says who needs the capacity, in words.
+    """
+
+    deadline: dt.datetime
+    reason: str
+
+
+def _notice(deadline: timestamp_pb2.Timestamp, present: bool, reason: str) -> PreemptNotice:
+    # A daemon always sends a deadline with a preemption; without one the safe reading is "now".
+    when = timestamp_or_none(deadline, present=present) or dt.datetime.now(dt.UTC)
+    return PreemptNotice(deadline=when, reason=reason)
+
+
+def notice_of_lease(msg: types_pb2.Lease) -> PreemptNotice | None:
+    """The preemption a lease message shows (state PREEMPTING), or None."""
+    if msg.state != types_pb2.LEASE_STATE_PREEMPTING:
+        return None
+    return _notice(msg.preempt_deadline, msg.HasField("preempt_deadline"), msg.preempt_reason)
+
+
+def notice_of_event(msg: workload_pb2.WatchLeaseResponse) -> PreemptNotice | None:
+    """The preemption an event carries: its PreemptNotice detail, else its lease's PREEMPTING state."""
+    if msg.HasField("preempt"):
+        if msg.preempt.HasField("deadline"):
+            return _notice(msg.preempt.deadline, True, msg.preempt.reason or msg.lease.preempt_reason)
+        return _notice(
+            msg.lease.preempt_deadline,
+            msg.lease.HasField("preempt_deadline"),
+            msg.preempt.reason or msg.lease.preempt_reason,
+        )
+    return notice_of_lease(msg.lease)
+
+
+def notice_of_heartbeat(answer: workload_pb2.HeartbeatResponse, reason: str) -> PreemptNotice | None:
+    """The preemption a heartbeat answer shows (state PREEMPTING or a deadline), or None."""
+    has_deadline = answer.HasField("preempt_deadline")
+    if answer.state != types_pb2.LEASE_STATE_PREEMPTING and not has_deadline:
+        return None
+    return _notice(answer.preempt_deadline, has_deadline, reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Slice:
     """One granted piece of one GPU."""
@@ -172,6 +223,14 @@ class LeaseInfo:
     env: dict[str, str] = field(default_factory=dict, hash=False)
     node_environments: dict[str, dict[str, str]] = field(default_factory=dict, hash=False)
     """The environment for each node the lease spans, by node name (no token: snapshots hold none)."""
+    preempt_reason: str = ""
+    """Why the lease is being (or was last) preempted, in words."""
+    steps: tuple[tuple[str, dt.datetime], ...] = ()
+    """What happened to the lease and when: (step, UTC time) pairs such as ('preempt', ...)."""
+    preemptions: int = 0
+    """How often the lease was preempted and resumed."""
+    idle_since: dt.datetime | None = None
+    """Set once the lease's reported use stayed idle long enough: such leases are reclaimed first."""
 
     @property
     def ended(self) -> bool:
@@ -210,12 +269,20 @@ class LeaseInfo:
             labels=dict(msg.labels),
             env=dict(msg.env),
             node_environments=environments_by_node(msg),
+            preempt_reason=msg.preempt_reason,
+            steps=steps_of(msg),
+            preemptions=msg.preemptions,
+            idle_since=timestamp_or_none(msg.idle_since, present=msg.HasField("idle_since")),
         )
 
 
 @dataclass(frozen=True, slots=True)
 class LeaseEvent:
-    """One event of a lease's WatchLease stream; `sequence` is what to resume after."""
+    """One event of a lease's WatchLease stream; `sequence` is what to resume after.
+
+    `preempt` is set on a 'preempt' event (and on any event whose lease is preempting); `slices` are the
+    lease's slices after the event, the new ones for a 'resized' or 'resumed' event.
+    """
 
     sequence: int
     type: str
@@ -224,10 +291,12 @@ class LeaseEvent:
     preempt_deadline: dt.datetime | None = None
     reason: str = ""
     slices: tuple[Slice, ...] = ()
+    preempt: PreemptNotice | None = None
 
     @classmethod
     def from_proto(cls, msg: workload_pb2.WatchLeaseResponse) -> LeaseEvent:
         """Build from the API message; `reason` is the preemption reason or the lease's end reason."""
+        notice = notice_of_event(msg)
         deadline: dt.datetime | None = None
         reason = msg.lease.end_reason
         slices = tuple(Slice.from_proto(s) for s in msg.lease.slices)
@@ -246,4 +315,5 @@ class LeaseEvent:
             preempt_deadline=deadline,
             reason=reason,
             slices=slices,
+            preempt=notice,
         )

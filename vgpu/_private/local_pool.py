@@ -26,6 +26,9 @@ from grpc_health.v1 import health_pb2
 from vgpu._private.async_pool import AsyncPool
 from vgpu._private.errors import DaemonUnavailableError, InvalidRequestError
 from vgpu._private.pool import Pool
+from vgpu._private.rpc_errors import error_for, failure_of_sync_call
+from vgpu._private.units import MILLI_PER_GPU, parse_memory
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 MAX_SOCKET_PATH: Final = 107
 """sun_path is 108 bytes on Linux, including the terminating NUL."""
@@ -93,6 +96,31 @@ class LocalPool:
     def async_pool(self, timeout: float = 10.0) -> AsyncPool:
         """A `vgpu.AsyncPool` bound to this daemon (create it inside the event loop)."""
         return AsyncPool(self.endpoint, timeout)
+
+    def set_quota(
+        self,
+        project: str,
+        *,
+        deserved: float = 1.0,
+        over_quota_weight: float = 1.0,
+        limit: float = 0.0,
+        deserved_memory: str | int = 0,
+        limit_memory: str | int = 0,
+    ) -> None:
+        """Create or change a project's quota (GPUs as numbers; limit 0: none), as `vgpuctl quota set` does."""
+        quota = types_pb2.Quota(
+            project=project,
+            deserved_milli=round(deserved * MILLI_PER_GPU),
+            over_quota_weight=over_quota_weight,
+            limit_milli=round(limit * MILLI_PER_GPU),
+            deserved_memory_bytes=parse_memory(deserved_memory) if deserved_memory else 0,
+            limit_memory_bytes=parse_memory(limit_memory) if limit_memory else 0,
+        )
+        with grpc.insecure_channel(self.endpoint) as channel:
+            try:
+                admin_pb2_grpc.AdminServiceStub(channel).SetQuota(admin_pb2.SetQuotaRequest(quota=quota), timeout=10)
+            except grpc.RpcError as exc:
+                raise error_for(failure_of_sync_call(exc), endpoint=self.endpoint, timeout=10) from None
 
     def env(self) -> dict[str, str]:
         """Environment variables that point the SDK and vgpuctl at this daemon."""

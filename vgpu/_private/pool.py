@@ -11,9 +11,10 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 
-from vgpu._private.acquire_request import acquire_timeout, build_acquire_request
+from vgpu._private.acquire_request import ComputeArg, CountArg, acquire_timeout, build_acquire_request
 from vgpu._private.acquire_retry import AcquireAttempts
 from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
+from vgpu._private.follower import OnLeaseChange, OnPreempt
 from vgpu._private.lease import Lease
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
@@ -52,12 +53,12 @@ class Pool:
     def acquire(
         self,
         memory: str | int | None = None,
-        compute: float | str | None = None,
+        compute: ComputeArg | None = None,
         *,
         mig: str | None = None,
         isolation: str | None = None,
-        count: int = 1,
-        gpus: int | None = None,
+        count: CountArg = 1,
+        gpus: CountArg | None = None,
         gpu_model: str | Sequence[str] | None = None,
         node: str | None = "",
         gang: bool = False,
@@ -69,6 +70,9 @@ class Pool:
         labels: Mapping[str, str] | None = None,
         description: str = "",
         on_queued: Callable[[QueueInfo], object] | None = None,
+        on_preempt: OnPreempt | None = None,
+        on_resume: OnLeaseChange | None = None,
+        on_resize: OnLeaseChange | None = None,
     ) -> Lease:
         """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False.
 
@@ -76,6 +80,14 @@ class Pool:
         None on any node of the pool (the pool leader decides). `gang=True` grants (and later preempts)
         all `count` slices as one unit, all or nothing; with node=None they may span several nodes:
         `lease.nodes` lists them and `lease.environment(node)` gives each node's environment.
+
+        Elastic requests: `compute=(0.25, 1.0)`, `count=(2, 4)` or `gpus=(2, 8)` are granted at the minimum
+        as soon as it fits and grown toward the maximum as capacity frees (`on_resize` hears of it).
+        `project`/`priority` choose the quota charged and the priority class (which decides preemption).
+
+        Preemption: `on_preempt(lease, notice)` saves what must survive and frees the GPU memory;
+        `on_resume(lease)` restores once the lease holds GPUs again (see `Lease.checkpoint()` for which
+        thread runs them).
         """
         request = build_acquire_request(
             memory=memory,
@@ -98,11 +110,31 @@ class Pool:
         attempts = AcquireAttempts(timeout=deadline, wait=wait, endpoint=self._client.endpoint)
         msg = self._client.acquire(request, attempts, on_queued)
         return self._track(
-            Lease(self._client, msg, msg.token, owns_client=self._leases_own_client, on_finish=self._untrack)
+            Lease(
+                self._client,
+                msg,
+                msg.token,
+                owns_client=self._leases_own_client,
+                on_finish=self._untrack,
+                on_preempt=on_preempt,
+                on_resume=on_resume,
+                on_resize=on_resize,
+            )
         )
 
-    def attach(self, token: str, *, release: bool = False) -> Lease:
-        """Take over following a lease by its token ('<lease_id>.<secret>'), e.g. in a child process."""
+    def attach(
+        self,
+        token: str,
+        *,
+        release: bool = False,
+        on_preempt: OnPreempt | None = None,
+        on_resume: OnLeaseChange | None = None,
+        on_resize: OnLeaseChange | None = None,
+    ) -> Lease:
+        """Take over following a lease by its token ('<lease_id>.<secret>'), e.g. in a child process.
+
+        The callbacks are as for `acquire`: a child that holds the training state checkpoints itself.
+        """
         lease_id, _, secret = token.partition(".")
         if not lease_id or not secret:
             raise InvalidRequestError("a lease token looks like '<lease_id>.<secret>' (the VGPU_LEASE value)")
@@ -117,6 +149,9 @@ class Pool:
             release_on_exit=release,
             owns_client=self._leases_own_client,
             on_finish=self._untrack,
+            on_preempt=on_preempt,
+            on_resume=on_resume,
+            on_resize=on_resize,
         )
         return self._track(lease)
 
@@ -166,13 +201,13 @@ class Pool:
 
 def acquire(
     memory: str | int | None = None,
-    compute: float | str | None = None,
+    compute: ComputeArg | None = None,
     *,
     endpoint: str | None = None,
     mig: str | None = None,
     isolation: str | None = None,
-    count: int = 1,
-    gpus: int | None = None,
+    count: CountArg = 1,
+    gpus: CountArg | None = None,
     gpu_model: str | Sequence[str] | None = None,
     node: str | None = "",
     gang: bool = False,
@@ -184,12 +219,17 @@ def acquire(
     labels: Mapping[str, str] | None = None,
     description: str = "",
     on_queued: Callable[[QueueInfo], object] | None = None,
+    on_preempt: OnPreempt | None = None,
+    on_resume: OnLeaseChange | None = None,
+    on_resize: OnLeaseChange | None = None,
 ) -> Lease:
     """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`).
 
     Arguments as `Pool.acquire`: node="" (the default) means the node of the daemon asked, node=None any
     node (the pool leader decides), node="name" that node; gang=True makes the slices one all-or-nothing
     unit, which with node=None may span nodes (see `lease.nodes` and `lease.environment(node)`).
+    compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
+    on_resume take part in preemption (see `Lease.checkpoint()`).
     """
     pool = Pool._single_use(endpoint)
     try:
@@ -211,6 +251,9 @@ def acquire(
             labels=labels,
             description=description,
             on_queued=on_queued,
+            on_preempt=on_preempt,
+            on_resume=on_resume,
+            on_resize=on_resize,
         )
     except BaseException:
         pool.close()
@@ -218,11 +261,19 @@ def acquire(
 
 
 def attach(
-    *, endpoint: str | None = None, token: str | None = None, release: bool = False, timeout: float = 10.0
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+    release: bool = False,
+    timeout: float = 10.0,
+    on_preempt: OnPreempt | None = None,
+    on_resume: OnLeaseChange | None = None,
+    on_resize: OnLeaseChange | None = None,
 ) -> Lease:
     """Pick up the lease this process was started with (VGPU_LEASE, VGPU_ENDPOINT) and heartbeat it.
 
     Leaving a `with` block only stops following the lease unless release=True; the parent stays in charge.
+    The callbacks are as for `acquire`, for a child process that checkpoints its own state.
     """
     value = token or os.environ.get(LEASE_ENV, "")
     if not value:
@@ -231,7 +282,7 @@ def attach(
         )
     pool = Pool._single_use(endpoint, timeout)
     try:
-        return pool.attach(value, release=release)
+        return pool.attach(value, release=release, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize)
     except BaseException:
         pool.close()
         raise

@@ -71,10 +71,17 @@ class SyncClient:
         request = workload_pb2.ReleaseRequest(lease_id=lease_id, token=token)
         return self._unary(self._stub.Release, request).lease
 
-    def heartbeat(self, lease_id: str, token: str, *, timeout: float) -> workload_pb2.HeartbeatResponse:
-        """One heartbeat with its own (short) deadline."""
-        request = workload_pb2.HeartbeatRequest(lease_id=lease_id, token=token)
+    def heartbeat(
+        self, lease_id: str, token: str, *, timeout: float, usage: workload_pb2.Usage | None = None
+    ) -> workload_pb2.HeartbeatResponse:
+        """One heartbeat with its own (short) deadline, carrying the workload's last usage report if any."""
+        request = workload_pb2.HeartbeatRequest(lease_id=lease_id, token=token, usage=usage)
         return self._unary(self._stub.Heartbeat, request, timeout)
+
+    def ack_preempt(self, lease_id: str, token: str) -> types_pb2.Lease:
+        """Acknowledge a preemption: the daemon frees the slices and answers with the suspended lease."""
+        request = workload_pb2.AckPreemptRequest(lease_id=lease_id, token=token)
+        return self._unary(self._stub.AckPreempt, request).lease
 
     def get_lease(self, lease_id: str, token: str) -> types_pb2.Lease:
         """The lease as the daemon sees it now."""

@@ -18,7 +18,23 @@ from vgpu._private.endpoint import DEFAULT_ENDPOINT, ENV_ENDPOINT
 from vgpuctl._private import exit_codes
 from vgpuctl._private.errors import PREFIX, CliError, one_line
 from vgpuctl._private.transport import DEFAULT_TIMEOUT_S, Target
-from vgpuctl._private.verbs import drain, evict, gpu_mode, gpus, health, leases, mig_plan, mig_show, nodes
+from vgpuctl._private.verbs import (
+    drain,
+    evict,
+    gpu_mode,
+    gpus,
+    health,
+    leases,
+    mig_plan,
+    mig_show,
+    nodes,
+    preempt,
+    queue,
+    quota_delete,
+    quota_get,
+    quota_list,
+    quota_set,
+)
 
 PROG: Final = "vgpuctl"
 DEBUG_ENV: Final = "VGPUCTL_DEBUG"
@@ -69,6 +85,13 @@ def _mig_root(ctx: typer.Context) -> None:
         raise typer.Exit(exit_codes.USAGE)
 
 
+def _quota_root(ctx: typer.Context) -> None:
+    """Fair-share quotas of projects: `vgpuctl quota set|get|list|delete`."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(exit_codes.USAGE)
+
+
 def build() -> typer.Typer:
     """The typer app with every verb registered."""
     app = typer.Typer(
@@ -95,6 +118,17 @@ def build() -> typer.Typer:
     mig_app.command("show", epilog=exit_codes.EPILOG)(mig_show.show)
     mig_app.command("plan", epilog=exit_codes.EPILOG)(mig_plan.plan)
     app.add_typer(mig_app)
+    quota_app = typer.Typer(
+        name="quota", context_settings=_SETTINGS, invoke_without_command=True, epilog=exit_codes.EPILOG
+    )
+    quota_app.callback()(_quota_root)
+    quota_app.command("set", epilog=exit_codes.EPILOG)(quota_set.set_quota)
+    quota_app.command("get", epilog=exit_codes.EPILOG)(quota_get.get)
+    quota_app.command("list", epilog=exit_codes.EPILOG)(quota_list.list_quotas)
+    quota_app.command("delete", epilog=exit_codes.EPILOG)(quota_delete.delete)
+    app.add_typer(quota_app)
+    app.command("queue", epilog=exit_codes.EPILOG)(queue.queue)
+    app.command("preempt", epilog=exit_codes.EPILOG)(preempt.preempt)
     return app
 
 

@@ -8,10 +8,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Final
 
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from vgpu._private.units import format_compute, format_memory
+from vgpu._private.units import MILLI_PER_GPU, format_compute, format_memory
 from vgpu.api.v1 import types_pb2
+
+_NANOS_PER_MS: Final = 1_000_000
+_NANOS_PER_S: Final = 1_000_000_000
+_SECONDS_PER_MINUTE: Final = 60
 
 NONE: Final = "-"
 """What an empty cell shows, so columns stay aligned for `awk`."""
@@ -87,14 +92,19 @@ def slice_shape(piece: types_pb2.Slice) -> str:
 
 def request_shape(request: types_pb2.ResourceRequest) -> str:
     """What a lease without slices (pending) waits for: 'wants 20GiB/0.5 x2', 'wants 3g.40gb'."""
+    return f"wants {shape(request)}"
+
+
+def shape(request: types_pb2.ResourceRequest) -> str:
+    """What a request asks for: '20GiB/0.5 x2', '3g.40gb', 'whole GPU x4'."""
     if request.mig_profile:
-        shape = request.mig_profile
+        what = request.mig_profile
     elif request.isolation == types_pb2.ISOLATION_WHOLE:
-        shape = "whole GPU"
+        what = "whole GPU"
     else:
-        shape = f"{memory(request.memory_bytes)}/{format_compute(request.compute_milli)}"
+        what = f"{memory(request.memory_bytes)}/{format_compute(request.compute_milli)}"
     count = f" x{request.count}" if request.count > 1 else ""
-    return f"wants {shape}{count}"
+    return f"{what}{count}"
 
 
 def slices(lease: types_pb2.Lease) -> str:
@@ -137,3 +147,62 @@ def timestamp(when: Timestamp) -> str:
     if not when.seconds and not when.nanos:
         return NONE
     return when.ToDatetime(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def gpus(milli: int) -> str:
+    """Milli-GPU as whole GPUs, exact to the milli: 4000 -> '4 GPU', 2500 -> '2.5 GPU', 125 -> '0.125 GPU'."""
+    whole, rest = divmod(milli, MILLI_PER_GPU)
+    number = f"{whole}.{rest:03d}".rstrip("0").rstrip(".") if rest else str(whole)
+    return f"{number} GPU"
+
+
+def capacity(milli: int, memory_bytes: int = 0) -> str:
+    """GPUs, and memory when there is any: '4 GPU', '4 GPU, 320GiB'."""
+    return f"{gpus(milli)}, {memory(memory_bytes)}" if memory_bytes else gpus(milli)
+
+
+def limit(milli: int, memory_bytes: int = 0) -> str:
+    """A hard cap where 0 means none: 'none', '8 GPU', '8 GPU, 640GiB', 'any GPU, 640GiB'."""
+    if not milli and not memory_bytes:
+        return "none"
+    gpu_part = gpus(milli) if milli else "any GPU"
+    return f"{gpu_part}, {memory(memory_bytes)}" if memory_bytes else gpu_part
+
+
+def weight(value: float) -> str:
+    """An over-quota weight: '1', '2', '0.5'."""
+    return f"{value:g}"
+
+
+def duration(span: Duration) -> str:
+    """A span kubectl style, exact enough to act on: '250ms', '2.5s', '30s', '2m30s', '1h5m'."""
+    nanos = span.ToNanoseconds()
+    if nanos <= 0:
+        return "0s"
+    if nanos < _NANOS_PER_S:
+        return f"{max(1, round(nanos / _NANOS_PER_MS))}ms"
+    if nanos < _SECONDS_PER_MINUTE * _NANOS_PER_S:
+        return f"{nanos / _NANOS_PER_S:.3g}s"
+    seconds = round(nanos / _NANOS_PER_S)
+    hours, rest = divmod(seconds, 3_600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m{seconds}s" if seconds else f"{minutes}m"
+
+
+def until(when: Timestamp, now: dt.datetime) -> str:
+    """How long from now until `when`: 'in 30s', 'in 2m', or 'passed'; unset reads as '-'."""
+    if not when.seconds and not when.nanos:
+        return NONE
+    left = (when.ToDatetime(dt.UTC) - now).total_seconds()
+    if left <= 0:
+        return "passed"
+    span = Duration()
+    span.FromNanoseconds(int(left * _NANOS_PER_S))
+    return f"in {duration(span)}"
+
+
+def yes_no(flag: bool) -> str:
+    """'yes' or 'no'."""
+    return "yes" if flag else "no"

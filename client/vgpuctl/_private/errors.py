@@ -2,10 +2,12 @@
 
 `describe_rpc_error` reads the daemon's google.rpc.ErrorInfo reason (domain vgpu.dev) and status message, so a
 refusal prints as `vgpuctl: error: GPU_BUSY: GPU GPU-... has 2 leases; release or evict them first`.
+Some reasons add a hint naming the vgpuctl command that helps, filled with the lease or project asked about.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final, cast
 
 import grpc
@@ -23,6 +25,33 @@ _EXIT_BY_CODE: Final[dict[grpc.StatusCode, int]] = {
     grpc.StatusCode.UNAVAILABLE: exit_codes.UNREACHABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: exit_codes.UNREACHABLE,
 }
+
+_EXIT_BY_REASON: Final[dict[str, int]] = {
+    reasons.UNKNOWN_PROJECT: exit_codes.NOT_FOUND,  # a project named that has no quota: not found, not bad usage
+}
+"""Reasons whose exit code differs from what their status code maps to."""
+
+_HINTS: Final[dict[str, str]] = {
+    reasons.NOT_PREEMPTIBLE: (
+        "lease {lease} is of a non-preemptible priority class; `vgpuctl evict {lease}` revokes it at once, "
+        "without a checkpoint"
+    ),
+    reasons.PROJECT_NOT_FOUND: (
+        "`vgpuctl quota list` shows the projects; `vgpuctl quota set {project} --deserved N` creates a quota"
+    ),
+    reasons.UNKNOWN_PROJECT: (
+        "`vgpuctl quota list` shows the projects; `vgpuctl quota set {project} --deserved N` creates a quota"
+    ),
+    reasons.PROJECT_BUSY: (
+        "see `vgpuctl leases --project {project}` and `vgpuctl queue --project {project}`; "
+        "its leases must end and its requests leave the queue first"
+    ),
+    reasons.OVER_QUOTA: "`vgpuctl quota get {project}` shows its deserved quota and limit",
+    reasons.UNKNOWN_PRIORITY: "`vgpuctl quota list` lists the priority classes",
+}
+"""Per reason, what to do next; {lease} and {project} are filled from the request (else LEASE_ID, PROJECT)."""
+
+_SUBJECT_PLACEHOLDERS: Final = {"lease": "LEASE_ID", "project": "PROJECT"}
 
 _CHECK_DAEMON: Final = (
     "check `systemctl status vgpud` on that host, or point --endpoint / VGPU_ENDPOINT at a running daemon"
@@ -48,15 +77,24 @@ def one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def describe_rpc_error(error: grpc.RpcError, *, endpoint: str, timeout: float, rpc: str) -> CliError:
-    """The CliError for a failed call: exit code from the status code, text from ErrorInfo and the message."""
+def describe_rpc_error(
+    error: grpc.RpcError, *, endpoint: str, timeout: float, rpc: str, subject: Mapping[str, str] | None = None
+) -> CliError:
+    """The CliError for a failed call: exit code from the status code, text from ErrorInfo and the message.
+
+    `subject` names what the request was about ('lease', 'project') for the hints of some reasons.
+    """
     call = cast(grpc.Call, error)  # what a unary call raises is both an RpcError and its finished Call
     code = call.code()
     details = call.details() or ""
     exit_code = _EXIT_BY_CODE.get(code, exit_codes.REFUSED)
     reason, message = _error_info(call)
     if reason:
-        return CliError(exit_code, f"{reason}: {message or details or code.name}")
+        text = f"{reason}: {message or details or code.name}"
+        hint = _HINTS.get(reason)
+        if hint:
+            text += "; " + hint.format_map({**_SUBJECT_PLACEHOLDERS, **(subject or {})})
+        return CliError(_EXIT_BY_REASON.get(reason, exit_code), text)
     if code is grpc.StatusCode.UNAVAILABLE:
         return CliError(exit_code, f"cannot reach vgpud at {endpoint} ({details or 'unavailable'}); {_CHECK_DAEMON}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

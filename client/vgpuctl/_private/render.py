@@ -69,6 +69,22 @@ def print_empty(what: str) -> None:
     sys.stderr.write(f"No {what} found.\n")
 
 
+def print_warnings(warnings: Iterable[str]) -> None:
+    """Each of the daemon's warnings as one 'warning: ...' line on stderr, after what stdout has so far."""
+    lines = ["warning: " + " ".join(warning.split()) for warning in warnings if warning.strip()]
+    if lines:
+        sys.stdout.flush()
+        sys.stderr.write("".join(line + "\n" for line in lines))
+        sys.stderr.flush()
+
+
+def print_fields(pairs: Sequence[tuple[str, str]]) -> None:
+    """'key:  value' lines with the values aligned, for one object (`vgpuctl quota get`)."""
+    width = max((len(key) for key, _ in pairs), default=0) + 1
+    for key, value in pairs:
+        print_line(f"{key + ':':<{width}}  {value}".rstrip())
+
+
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> None:
     """Write a borderless table with a header row."""
     naturals = [

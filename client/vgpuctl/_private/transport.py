@@ -62,7 +62,22 @@ class Daemon:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as error:
             rpc = type(request).DESCRIPTOR.name.removesuffix("Request")
-            raise describe_rpc_error(error, endpoint=self.endpoint, timeout=self.timeout, rpc=rpc) from None
+            raise describe_rpc_error(
+                error, endpoint=self.endpoint, timeout=self.timeout, rpc=rpc, subject=subject_of(request)
+            ) from None
+
+
+def subject_of(request: Message) -> dict[str, str]:
+    """What a request is about, for error hints: {'lease': id} and/or {'project': name} when it names them."""
+    subject: dict[str, str] = {}
+    for field, value in request.ListFields():  # only the fields that are set
+        if field.name == "lease_id":
+            subject["lease"] = str(value)
+        elif field.name == "project":
+            subject["project"] = str(value)
+        elif field.name == "quota" and value.project:
+            subject["project"] = str(value.project)
+    return subject
 
 
 @contextmanager

@@ -30,6 +30,7 @@ from vgpud._private.core.model import (
     SliceRecord,
 )
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.core.queue_order import place_local, place_request
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
 from vgpud._private.liveness_leases import LivenessLeases
 from vgpud._private.pool_view import PoolView, Queued, Versioned
@@ -104,6 +105,15 @@ class Allocator:
         self._auto_mode = auto_mode
         """Idle MIG-capable GPUs count as switchable, so requests for the other mode wait instead of failing."""
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Wall clock of lease timestamps (injectable in tests)."""
+        return self._clock
+
+    def live_nodes(self) -> list[str]:
+        """Names of the nodes whose daemons are up."""
+        return sorted(self._view.nodes())
+
     # -- grant -------------------------------------------------------------------------------------
     def candidates(self, node: str, overlay: Overlay | None = None) -> list[GpuView]:
         """The GPUs of `node` as placement sees them now (with a batch's staged changes)."""
@@ -152,7 +162,7 @@ class Allocator:
         token = lease_token(lease_id, spec.request_id)
         if self._view.node_config(spec.node).value.draining:
             raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
-        first = place(spec.shape, self.candidates(spec.node), lease_id)
+        first = place_local(spec.shape, self.candidates(spec.node), lease_id)
         if isinstance(first, Unplaceable):
             # A retry whose first attempt was granted (answer lost) may find no room left: look it up.
             existing = await self._existing_grant(lease_id, spec.request_id) if spec.request_id else None
@@ -167,7 +177,7 @@ class Allocator:
                 return granted
             if overlay.node_config(spec.node, guard=True).draining:
                 raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
-            result = place(spec.shape, self.candidates(spec.node, overlay), lease_id)
+            result = place_local(spec.shape, self.candidates(spec.node, overlay), lease_id)
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
@@ -201,17 +211,19 @@ class Allocator:
             for name in [waiting.target_node] if waiting.target_node else sorted(self._view.nodes()):
                 overlay.node_config(name, guard=True)
             nodes = self.candidates_by_node(waiting.target_node, overlay)
-            result = place_on_nodes(waiting.lease.request, nodes, lease_id, span=waiting.span)
+            result = place_request(waiting.lease.request, nodes, lease_id, span=waiting.span)
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
                 overlay.put_gpu_state(view.record.uuid, overlay.gpu_state(view.record.uuid).with_claim(claim))
+            now = self._clock()
             record = replace(
                 waiting.lease,
                 state=LeaseState.GRANTED,
-                slices=_slices(result, overlay),
-                created_at=self._clock(),
+                slices=slices_of(result, overlay),
+                created_at=now,
                 liveness_lease=liveness,
+                steps=(("queued", waiting.lease.created_at), ("granted", now)),
             )
             overlay.put_lease(record, new=True)
             overlay.stage(Put(self._keys.alive(lease_id), b"", lease=liveness))
@@ -245,7 +257,7 @@ class Allocator:
         *,
         overlay: Overlay | None = None,
     ) -> LeaseRecord:
-        slices = _slices(placement, overlay)
+        slices = slices_of(placement, overlay)
         return LeaseRecord(
             id=lease_id,
             token_sha256=hash_secret(token),
@@ -441,7 +453,7 @@ class Allocator:
         return await self._writes.submit(build)
 
 
-def _slices(placement: Placement, overlay: Overlay | None = None) -> tuple[SliceRecord, ...]:
+def slices_of(placement: Placement, overlay: Overlay | None = None) -> tuple[SliceRecord, ...]:
     return tuple(
         SliceRecord(
             node=view.record.node,

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from vgpud._private.backend.base import BackendError
 from vgpud._private.backend.sim import parse_spec
+from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
+from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
 
 BackendKind = Literal["nvml", "sim"]
 LogFormat = Literal["auto", "json", "console"]
@@ -86,6 +88,24 @@ class MigConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SchedulingConfig:
+    """Fair sharing and preemption ([scheduling] table; classes in [priority_classes.NAME] tables)."""
+
+    default_priority: str = "train"
+    """The priority class of a request that names none."""
+    backfill_bound_s: float = 60.0
+    """Smaller requests may pass a waiting one for this long; after it, it reserves the nodes it could use."""
+    reclaim: bool = True
+    """Let the leader preempt borrowed capacity (and shrink elastic leases) for projects below their quota."""
+    idle_utilization: float = 0.05
+    """A lease reporting use under this share of its grant counts as idle."""
+    idle_after_s: float = 600.0
+    """How long a lease must report idle use before it is flagged idle (and reclaimed first)."""
+    grow_interval_s: float = 10.0
+    """Elastic leases grow toward their maximum at most this often, when nothing waits."""
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     """Prometheus endpoint ([metrics] table)."""
 
@@ -135,6 +155,10 @@ class DaemonConfig:
     """[mig] table."""
     log: LogConfig = field(default_factory=LogConfig)
     """[log] table."""
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    """[scheduling] table."""
+    priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
+    """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -143,7 +167,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsConfig,
     "mig": MigConfig,
     "log": LogConfig,
+    "scheduling": SchedulingConfig,
 }
+_CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
 
 
@@ -151,7 +177,7 @@ def _field_types(cls: type[Any]) -> dict[str, Any]:
     """Field name -> resolved type of a config dataclass; for DaemonConfig, without the nested tables."""
     hints = typing.get_type_hints(cls)
     if cls is DaemonConfig:
-        return {k: v for k, v in hints.items() if k not in _SECTIONS}
+        return {k: v for k, v in hints.items() if k not in _SECTIONS and k != _CLASSES_TABLE}
     return hints
 
 
@@ -217,6 +243,7 @@ class _Layers:
         self.values: dict[str, Any] = {}
         self.origins: dict[str, str] = {}
         self.layers: dict[str, int] = {}
+        self.classes: tuple[PriorityClass, ...] | None = None
 
     def put(self, key: str, value: object, origin: str, layer: int) -> None:
         section, _, name = key.rpartition(".")
@@ -249,7 +276,12 @@ def _read_file(path: Path, layers: _Layers) -> None:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for key, value in data.items():
-        if key in _SECTIONS:
+        if key == _CLASSES_TABLE:
+            try:
+                layers.classes = parse_priority_classes(value, origin)
+            except PriorityConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        elif key in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"{origin}: {key}: expected a table [{key}], got {type(value).__name__}")
             for sub, sub_value in value.items():
@@ -308,7 +340,9 @@ def _build(layers: _Layers) -> DaemonConfig:
         prefix = name + "."
         return cls(**{k[len(prefix) :]: v for k, v in layers.values.items() if k.startswith(prefix)})
 
-    top = {k: v for k, v in layers.values.items() if "." not in k}
+    top: dict[str, Any] = {k: v for k, v in layers.values.items() if "." not in k}
+    if layers.classes is not None:
+        top[_CLASSES_TABLE] = layers.classes
     return DaemonConfig(**top, **{name: section(name, cls) for name, cls in _SECTIONS.items()})
 
 
@@ -325,6 +359,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     _validate_etcd(cfg.etcd, fail)
     _validate_leases(cfg.lease, fail)
     _validate_serving(cfg, fail)
+    _validate_scheduling(cfg, fail)
     if cfg.sim_spec is not None:
         try:
             parse_spec(cfg.sim_spec)
@@ -385,6 +420,18 @@ def _validate_serving(cfg: DaemonConfig, fail: _Fail) -> None:
         fail("socket_path", "must not be empty")
 
 
+def _validate_scheduling(cfg: DaemonConfig, fail: _Fail) -> None:
+    sched = cfg.scheduling
+    names = [c.name for c in cfg.priority_classes]
+    if sched.default_priority not in names:
+        fail("scheduling.default_priority", f"{sched.default_priority!r} is not a priority class: {', '.join(names)}")
+    for key in ("backfill_bound_s", "idle_after_s", "grow_interval_s"):
+        if getattr(sched, key) < 0:
+            fail(f"scheduling.{key}", f"{getattr(sched, key)} must not be negative")
+    if not 0 <= sched.idle_utilization <= 1:
+        fail("scheduling.idle_utilization", f"{sched.idle_utilization} must be a share from 0 to 1")
+
+
 def _endpoint_problem(text: str, schemes: tuple[str, ...]) -> str:
     """Why `text` is not [scheme://]HOST:PORT; "" when it is fine."""
     rest = text
@@ -404,7 +451,8 @@ def _endpoint_problem(text: str, schemes: tuple[str, ...]) -> str:
 
 def config_keys() -> list[str]:
     """Every dotted key the TOML file accepts (for docs and tests)."""
-    keys = [f.name for f in dataclasses.fields(DaemonConfig) if f.name not in _SECTIONS]
+    keys = [f.name for f in dataclasses.fields(DaemonConfig) if f.name not in _SECTIONS and f.name != _CLASSES_TABLE]
     for name, cls in _SECTIONS.items():
         keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    keys += [f"{_CLASSES_TABLE}.NAME.{f.name}" for f in dataclasses.fields(PriorityClass) if f.name != "name"]
     return keys

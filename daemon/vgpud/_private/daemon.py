@@ -32,6 +32,7 @@ from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
 from vgpud._private.backend.geometry import all_models, known_models
 from vgpud._private.config import DaemonConfig
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
+from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
@@ -206,6 +207,7 @@ class Daemon:
 
         allocator = make_allocator()
         await self._reconcile(view, allocator)
+        classes = PriorityClasses.of(cfg.priority_classes, cfg.scheduling.default_priority)
         leadership = Leadership(
             store,
             self._keys,
@@ -214,6 +216,8 @@ class Daemon:
             ttl=_ELECTION_TTL,
             timeout=_STORE_TIMEOUT,
             make_allocator=make_allocator,
+            classes=classes,
+            scheduling=cfg.scheduling,
         )
         stopping = asyncio.Event()
         queue = PoolQueue(
@@ -242,6 +246,8 @@ class Daemon:
             rpc_timeout=_STORE_TIMEOUT,
             max_queue_wait=24 * 3600.0,
             stopping=stopping,
+            classes=classes,
+            scheduling=cfg.scheduling,
             on_error=self._metrics.count_rpc_error,
             on_acquire=self._metrics.observe_acquire,
             healthy=lambda uuid: self._health_by_gpu.get(uuid, True),

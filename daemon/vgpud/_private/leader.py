@@ -12,14 +12,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from vgpu._private import reasons
 from vgpud._private.allocator import Allocator
+from vgpud._private.config import SchedulingConfig
 from vgpud._private.core.model import LeaseState
-from vgpud._private.core.queue_order import Admit, Reject, Waiting, decide
+from vgpud._private.core.priorities import STANDARD, PriorityClasses
+from vgpud._private.core.queue_order import Admit, Hold, Reject
+from vgpud._private.core.reclaim import Action, Shrink
+from vgpud._private.elastic_growth import growable
+from vgpud._private.fair_pass import decide_pass, priority_of
+from vgpud._private.lease_transitions import LeaseTransitions
 from vgpud._private.pool_view import PoolView, Queued
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
@@ -46,6 +52,8 @@ class Leadership:
         ttl: int,
         timeout: float,
         make_allocator: Callable[[Leadership], Allocator],
+        classes: PriorityClasses = STANDARD,
+        scheduling: SchedulingConfig | None = None,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -59,6 +67,9 @@ class Leadership:
         self._valid_until = 0.0
         self.holds: dict[str, str] = {}
         """Why each held request waits, from the last decision pass (for queue positions)."""
+        self._classes = classes
+        self._scheduling = scheduling or SchedulingConfig()
+        self._last_grow = 0.0
 
     # -- the fence -----------------------------------------------------------------------------------
     @property
@@ -160,32 +171,73 @@ class Leadership:
                 log.warning("cannot revoke a lost node's lease yet", error=str(outcome))
             elif isinstance(outcome, BaseException):
                 raise outcome
-        entries = [q for q in self._view.queue() if not q.request.refused]
-        if not entries:
-            self.holds = {}
-            return
-        waiting = [
-            Waiting(q.request.lease_id, q.request.lease.request, q.request.target_node, q.request.span, q.request.wait)
-            for q in entries
+        transitions = LeaseTransitions(allocator)
+        now = allocator.clock()
+        writes: list[Awaitable[object]] = [
+            self._revoke_missed(allocator, lease.id)
+            for lease in (v.value for v in self._view.live_leases())
+            if lease.state is LeaseState.PREEMPTING and 0 < lease.preempt_deadline <= now
         ]
-        decisions = decide(waiting, allocator.candidates_by_node(""), frozenset(down))
-        by_id = {q.request.lease_id: q for q in entries}
-        holds: dict[str, str] = {}
-        writes = []
-        for decision in decisions:
-            entry = by_id[decision.lease_id]
-            if isinstance(decision, Admit):
-                writes.append(self._grant(allocator, entry))
-            elif isinstance(decision, Reject):
-                writes.append(allocator.refuse_queued(entry, decision.reason, decision.message))
-            else:
-                holds[decision.lease_id] = decision.message
-        self.holds = holds
+        sched = self._scheduling
+        result = decide_pass(
+            self._view,
+            allocator.candidates_by_node(""),
+            frozenset(down),
+            classes=self._classes,
+            now=now,
+            backfill_bound_s=sched.backfill_bound_s,
+            reclaim=sched.reclaim,
+        )
+        self.holds = {d.lease_id: d.message for d in result.decisions if isinstance(d, Hold)}
+        writes += [self._apply(allocator, transitions, d) for d in result.decisions if not isinstance(d, Hold)]
+        writes += [self._act(transitions, action) for action in result.actions]
+        if not result.decisions and now - self._last_grow >= sched.grow_interval_s:
+            self._last_grow = now
+            writes += [self._grow(transitions, lease) for lease in growable(self._view)]
         for outcome in await asyncio.gather(*writes, return_exceptions=True):
             if isinstance(outcome, StoreError):
                 raise outcome
             if isinstance(outcome, BaseException) and not isinstance(outcome, Refusal):
                 raise outcome
+
+    async def _apply(self, allocator: Allocator, transitions: LeaseTransitions, decision: Admit | Reject) -> None:
+        """Grant or refuse a queued request; resume or revoke a suspended lease."""
+        queued = self._view.queued(decision.lease_id)
+        if isinstance(decision, Admit):
+            if queued is not None:
+                await self._grant(allocator, queued)
+            else:
+                with contextlib.suppress(Refusal):
+                    await transitions.resume(decision.lease_id)
+        elif queued is not None:
+            await allocator.refuse_queued(queued, decision.reason, decision.message)
+        else:
+            await allocator.end(decision.lease_id, LeaseState.REVOKED, decision.reason, decision.message)
+
+    async def _revoke_missed(self, allocator: Allocator, lease_id: str) -> None:
+        log.warning("lease missed its preemption deadline; revoking", lease=lease_id)
+        await allocator.end(
+            lease_id,
+            LeaseState.REVOKED,
+            reasons.END_PREEMPT_MISSED,
+            "did not checkpoint and acknowledge the preemption before its deadline; its processes are killed",
+        )
+
+    async def _act(self, transitions: LeaseTransitions, action: Action) -> None:
+        if isinstance(action, Shrink):
+            with contextlib.suppress(Refusal):
+                await transitions.resize(action.lease_id, action.compute_milli)
+            return
+        lease = self._view.lease(action.lease_id)
+        if lease is None:
+            return
+        grace = priority_of(self._classes, lease.value.priority).preempt_grace_s
+        with contextlib.suppress(Refusal):
+            await transitions.preempt(action.lease_id, reason=action.message, grace_s=grace)
+
+    async def _grow(self, transitions: LeaseTransitions, grow: tuple[str, int]) -> None:
+        with contextlib.suppress(Refusal):
+            await transitions.resize(*grow)
 
     async def _grant(self, allocator: Allocator, entry: Queued) -> None:
         try:

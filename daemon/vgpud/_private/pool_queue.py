@@ -71,6 +71,8 @@ class PoolQueue:
 
     def waiting_for(self, node: str) -> bool:
         """Whether any live request in the queue could take capacity on `node` (so a newcomer must queue)."""
+        if any(target in ("", node) for target in self._view.suspended().values()):
+            return True
         return any(
             not q.request.refused and q.request.wait and q.request.target_node in ("", node) for q in self._view.queue()
         )

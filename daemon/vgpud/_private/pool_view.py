@@ -16,7 +16,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from vgpud._private.core.model import GpuRecord, GpuState, LeaseRecord, NodeConfig, NodeRecord
+from vgpud._private.core.model import GpuRecord, GpuState, LeaseRecord, LeaseState, NodeConfig, NodeRecord
+from vgpud._private.core.projects import Quota
 from vgpud._private.core.queued import QueuedRequest
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import (
@@ -55,6 +56,9 @@ class _Tables:
     alive: set[str] = field(default_factory=set)
     queue: dict[str, Queued] = field(default_factory=dict)
     leader: Versioned[str] | None = None
+    projects: dict[str, Versioned[Quota]] = field(default_factory=dict)
+    suspended: dict[str, str] = field(default_factory=dict)
+    """Suspended lease id -> the node it must resume on ("" for any node)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +158,18 @@ class PoolView:
     def queued(self, lease_id: str) -> Queued | None:
         """One waiting request, if it is still queued."""
         return self._t.queue.get(lease_id)
+
+    def suspended(self) -> dict[str, str]:
+        """Suspended leases waiting to resume, with the node each must resume on ("" for any)."""
+        return self._t.suspended
+
+    def quotas(self) -> dict[str, Quota]:
+        """Every project's quota by name."""
+        return {name: v.value for name, v in self._t.projects.items()}
+
+    def quota(self, name: str) -> Versioned[Quota] | None:
+        """One project's quota with its revision (None when no quota is set)."""
+        return self._t.projects.get(name)
 
     def leader(self) -> Versioned[str] | None:
         """The elected leader's node name and its election key's revision (None when nobody leads)."""
@@ -309,6 +325,8 @@ class PoolView:
             t.queue[name] = Queued(request, created, revision, store_lease)
         elif kind == "leader":
             t.leader = Versioned(value.decode(errors="replace"), revision)
+        elif kind == "projects":
+            t.projects[name] = Versioned(parsed if isinstance(parsed, Quota) else Quota.from_json(value), revision)
         elif kind == "nodes":
             t.nodes[name] = NodeRecord.from_json(value)
         elif kind == "nodecfg":
@@ -329,6 +347,10 @@ class PoolView:
         elif kind == "leases":
             lease = parsed if isinstance(parsed, LeaseRecord) else LeaseRecord.from_json(value)
             record = Versioned(lease, revision)
+            if lease.state is LeaseState.SUSPENDED:
+                t.suspended[name] = lease.target_node
+            else:
+                t.suspended.pop(name, None)
             if record.value.state.ended:
                 t.leases.pop(name, None)
                 self._ended[name] = record
@@ -341,7 +363,7 @@ class PoolView:
                 for queue in self._lease_listeners.get(name, ()):
                     queue.put_nowait(record)
 
-    def _delete(self, key: str, revision: int) -> None:
+    def _delete(self, key: str, revision: int) -> None:  # noqa: PLR0912 -- one branch per key kind, as in _store_record
         if self._stale(key, revision):
             return
         parsed = self._keys.split(key)
@@ -363,11 +385,14 @@ class PoolView:
             t.gpustate.pop(name, None)
         elif kind == "leases":
             t.leases.pop(name, None)
+            t.suspended.pop(name, None)
             self._ended.pop(name, None)
         elif kind == "queue":
             t.queue.pop(name, None)
         elif kind == "leader":
             t.leader = None
+        elif kind == "projects":
+            t.projects.pop(name, None)
         elif kind == "alive":
             t.alive.discard(name)
             if name in t.leases:

@@ -47,6 +47,10 @@ class Keys:
         """A lease's liveness key, bound to its own etcd lease."""
         return f"{self.root}alive/{lease_id}"
 
+    def project(self, name: str) -> str:
+        """A project's quota."""
+        return f"{self.root}projects/{name}"
+
     def queue(self, lease_id: str) -> str:
         """A request waiting in the pool-wide queue, bound to the asking node's etcd lease."""
         return f"{self.root}queue/{lease_id}"

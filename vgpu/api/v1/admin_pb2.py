@@ -22,48 +22,73 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from vgpu.api.v1 import types_pb2 as vgpu_dot_api_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vgpu/api/v1/admin.proto\x12\x0bvgpu.api.v1\x1a\x17vgpu/api/v1/types.proto\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.vgpu.api.v1.Node\"\x1f\n\x0fListGpusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"2\n\x10ListGpusResponse\x12\x1e\n\x04gpus\x18\x01 \x03(\x0b\x32\x10.vgpu.api.v1.Gpu\"L\n\x14ListAllLeasesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x15\n\rinclude_ended\x18\x03 \x01(\x08\";\n\x15ListAllLeasesResponse\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Lease\"5\n\x11\x45victLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x45victLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"I\n\x11SetGpuModeRequest\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.vgpu.api.v1.GpuMode\"3\n\x12SetGpuModeResponse\x12\x1d\n\x03gpu\x18\x01 \x01(\x0b\x32\x10.vgpu.api.v1.Gpu\"1\n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"4\n\x11\x44rainNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.vgpu.api.v1.Node\"+\n\x14PlanMigLayoutRequest\x12\x13\n\x0blayout_toml\x18\x01 \x01(\t\"\xec\x01\n\x0bMigPlanStep\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.vgpu.api.v1.MigPlanStep.Action\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x12\n\nblocked_by\x18\x06 \x01(\t\"X\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x11\n\rACTION_CREATE\x10\x01\x12\x12\n\x0e\x41\x43TION_DESTROY\x10\x02\x12\x0f\n\x0b\x41\x43TION_KEEP\x10\x03\"@\n\x15PlanMigLayoutResponse\x12\'\n\x05steps\x18\x01 \x03(\x0b\x32\x18.vgpu.api.v1.MigPlanStep2\xbd\x04\n\x0c\x41\x64minService\x12J\n\tListNodes\x12\x1d.vgpu.api.v1.ListNodesRequest\x1a\x1e.vgpu.api.v1.ListNodesResponse\x12G\n\x08ListGpus\x12\x1c.vgpu.api.v1.ListGpusRequest\x1a\x1d.vgpu.api.v1.ListGpusResponse\x12V\n\rListAllLeases\x12!.vgpu.api.v1.ListAllLeasesRequest\x1a\".vgpu.api.v1.ListAllLeasesResponse\x12M\n\nEvictLease\x12\x1e.vgpu.api.v1.EvictLeaseRequest\x1a\x1f.vgpu.api.v1.EvictLeaseResponse\x12M\n\nSetGpuMode\x12\x1e.vgpu.api.v1.SetGpuModeRequest\x1a\x1f.vgpu.api.v1.SetGpuModeResponse\x12J\n\tDrainNode\x12\x1d.vgpu.api.v1.DrainNodeRequest\x1a\x1e.vgpu.api.v1.DrainNodeResponse\x12V\n\rPlanMigLayout\x12!.vgpu.api.v1.PlanMigLayoutRequest\x1a\".vgpu.api.v1.PlanMigLayoutResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17vgpu/api/v1/admin.proto\x12\x0bvgpu.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x17vgpu/api/v1/types.proto\"\x12\n\x10ListNodesRequest\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.vgpu.api.v1.Node\"\x1f\n\x0fListGpusRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"2\n\x10ListGpusResponse\x12\x1e\n\x04gpus\x18\x01 \x03(\x0b\x32\x10.vgpu.api.v1.Gpu\"L\n\x14ListAllLeasesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x15\n\rinclude_ended\x18\x03 \x01(\x08\";\n\x15ListAllLeasesResponse\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Lease\"5\n\x11\x45victLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"7\n\x12\x45victLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"I\n\x11SetGpuModeRequest\x12\x10\n\x08gpu_uuid\x18\x01 \x01(\t\x12\"\n\x04mode\x18\x02 \x01(\x0e\x32\x14.vgpu.api.v1.GpuMode\"3\n\x12SetGpuModeResponse\x12\x1d\n\x03gpu\x18\x01 \x01(\x0b\x32\x10.vgpu.api.v1.Gpu\"1\n\x10\x44rainNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07undrain\x18\x02 \x01(\x08\"4\n\x11\x44rainNodeResponse\x12\x1f\n\x04node\x18\x01 \x01(\x0b\x32\x11.vgpu.api.v1.Node\"+\n\x14PlanMigLayoutRequest\x12\x13\n\x0blayout_toml\x18\x01 \x01(\t\"\xec\x01\n\x0bMigPlanStep\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.vgpu.api.v1.MigPlanStep.Action\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08gpu_uuid\x18\x03 \x01(\t\x12\x0f\n\x07profile\x18\x04 \x01(\t\x12\r\n\x05start\x18\x05 \x01(\r\x12\x12\n\nblocked_by\x18\x06 \x01(\t\"X\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\x11\n\rACTION_CREATE\x10\x01\x12\x12\n\x0e\x41\x43TION_DESTROY\x10\x02\x12\x0f\n\x0b\x41\x43TION_KEEP\x10\x03\"@\n\x15PlanMigLayoutResponse\x12\'\n\x05steps\x18\x01 \x03(\x0b\x32\x18.vgpu.api.v1.MigPlanStep\"4\n\x0fSetQuotaRequest\x12!\n\x05quota\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Quota\"Q\n\x10SetQuotaResponse\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x1a.vgpu.api.v1.ProjectStatus\x12\x10\n\x08warnings\x18\x02 \x03(\t\"\"\n\x0fGetQuotaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"?\n\x10GetQuotaResponse\x12+\n\x07project\x18\x01 \x01(\x0b\x32\x1a.vgpu.api.v1.ProjectStatus\"\x13\n\x11ListQuotasRequest\"\xc1\x01\n\x12ListQuotasResponse\x12,\n\x08projects\x18\x01 \x03(\x0b\x32\x1a.vgpu.api.v1.ProjectStatus\x12\x16\n\x0e\x63\x61pacity_milli\x18\x02 \x01(\x04\x12\x1d\n\x15\x63\x61pacity_memory_bytes\x18\x03 \x01(\x04\x12\x34\n\x10priority_classes\x18\x04 \x03(\x0b\x32\x1a.vgpu.api.v1.PriorityClass\x12\x10\n\x08warnings\x18\x05 \x03(\t\"%\n\x12\x44\x65leteQuotaRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteQuotaResponse\"#\n\x10ListQueueRequest\x12\x0f\n\x07project\x18\x01 \x01(\t\"Q\n\x11ListQueueResponse\x12(\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x17.vgpu.api.v1.QueueEntry\x12\x12\n\ngrant_rate\x18\x02 \x01(\x01\"a\n\x13PreemptLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12(\n\x05grace\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"9\n\x14PreemptLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease2\x91\x08\n\x0c\x41\x64minService\x12J\n\tListNodes\x12\x1d.vgpu.api.v1.ListNodesRequest\x1a\x1e.vgpu.api.v1.ListNodesResponse\x12G\n\x08ListGpus\x12\x1c.vgpu.api.v1.ListGpusRequest\x1a\x1d.vgpu.api.v1.ListGpusResponse\x12V\n\rListAllLeases\x12!.vgpu.api.v1.ListAllLeasesRequest\x1a\".vgpu.api.v1.ListAllLeasesResponse\x12M\n\nEvictLease\x12\x1e.vgpu.api.v1.EvictLeaseRequest\x1a\x1f.vgpu.api.v1.EvictLeaseResponse\x12M\n\nSetGpuMode\x12\x1e.vgpu.api.v1.SetGpuModeRequest\x1a\x1f.vgpu.api.v1.SetGpuModeResponse\x12J\n\tDrainNode\x12\x1d.vgpu.api.v1.DrainNodeRequest\x1a\x1e.vgpu.api.v1.DrainNodeResponse\x12V\n\rPlanMigLayout\x12!.vgpu.api.v1.PlanMigLayoutRequest\x1a\".vgpu.api.v1.PlanMigLayoutResponse\x12G\n\x08SetQuota\x12\x1c.vgpu.api.v1.SetQuotaRequest\x1a\x1d.vgpu.api.v1.SetQuotaResponse\x12G\n\x08GetQuota\x12\x1c.vgpu.api.v1.GetQuotaRequest\x1a\x1d.vgpu.api.v1.GetQuotaResponse\x12M\n\nListQuotas\x12\x1e.vgpu.api.v1.ListQuotasRequest\x1a\x1f.vgpu.api.v1.ListQuotasResponse\x12P\n\x0b\x44\x65leteQuota\x12\x1f.vgpu.api.v1.DeleteQuotaRequest\x1a .vgpu.api.v1.DeleteQuotaResponse\x12J\n\tListQueue\x12\x1d.vgpu.api.v1.ListQueueRequest\x1a\x1e.vgpu.api.v1.ListQueueResponse\x12S\n\x0cPreemptLease\x12 .vgpu.api.v1.PreemptLeaseRequest\x1a!.vgpu.api.v1.PreemptLeaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'vgpu.api.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LISTNODESREQUEST']._serialized_start=65
-  _globals['_LISTNODESREQUEST']._serialized_end=83
-  _globals['_LISTNODESRESPONSE']._serialized_start=85
-  _globals['_LISTNODESRESPONSE']._serialized_end=138
-  _globals['_LISTGPUSREQUEST']._serialized_start=140
-  _globals['_LISTGPUSREQUEST']._serialized_end=171
-  _globals['_LISTGPUSRESPONSE']._serialized_start=173
-  _globals['_LISTGPUSRESPONSE']._serialized_end=223
-  _globals['_LISTALLLEASESREQUEST']._serialized_start=225
-  _globals['_LISTALLLEASESREQUEST']._serialized_end=301
-  _globals['_LISTALLLEASESRESPONSE']._serialized_start=303
-  _globals['_LISTALLLEASESRESPONSE']._serialized_end=362
-  _globals['_EVICTLEASEREQUEST']._serialized_start=364
-  _globals['_EVICTLEASEREQUEST']._serialized_end=417
-  _globals['_EVICTLEASERESPONSE']._serialized_start=419
-  _globals['_EVICTLEASERESPONSE']._serialized_end=474
-  _globals['_SETGPUMODEREQUEST']._serialized_start=476
-  _globals['_SETGPUMODEREQUEST']._serialized_end=549
-  _globals['_SETGPUMODERESPONSE']._serialized_start=551
-  _globals['_SETGPUMODERESPONSE']._serialized_end=602
-  _globals['_DRAINNODEREQUEST']._serialized_start=604
-  _globals['_DRAINNODEREQUEST']._serialized_end=653
-  _globals['_DRAINNODERESPONSE']._serialized_start=655
-  _globals['_DRAINNODERESPONSE']._serialized_end=707
-  _globals['_PLANMIGLAYOUTREQUEST']._serialized_start=709
-  _globals['_PLANMIGLAYOUTREQUEST']._serialized_end=752
-  _globals['_MIGPLANSTEP']._serialized_start=755
-  _globals['_MIGPLANSTEP']._serialized_end=991
-  _globals['_MIGPLANSTEP_ACTION']._serialized_start=903
-  _globals['_MIGPLANSTEP_ACTION']._serialized_end=991
-  _globals['_PLANMIGLAYOUTRESPONSE']._serialized_start=993
-  _globals['_PLANMIGLAYOUTRESPONSE']._serialized_end=1057
-  _globals['_ADMINSERVICE']._serialized_start=1060
-  _globals['_ADMINSERVICE']._serialized_end=1633
+  _globals['_LISTNODESREQUEST']._serialized_start=97
+  _globals['_LISTNODESREQUEST']._serialized_end=115
+  _globals['_LISTNODESRESPONSE']._serialized_start=117
+  _globals['_LISTNODESRESPONSE']._serialized_end=170
+  _globals['_LISTGPUSREQUEST']._serialized_start=172
+  _globals['_LISTGPUSREQUEST']._serialized_end=203
+  _globals['_LISTGPUSRESPONSE']._serialized_start=205
+  _globals['_LISTGPUSRESPONSE']._serialized_end=255
+  _globals['_LISTALLLEASESREQUEST']._serialized_start=257
+  _globals['_LISTALLLEASESREQUEST']._serialized_end=333
+  _globals['_LISTALLLEASESRESPONSE']._serialized_start=335
+  _globals['_LISTALLLEASESRESPONSE']._serialized_end=394
+  _globals['_EVICTLEASEREQUEST']._serialized_start=396
+  _globals['_EVICTLEASEREQUEST']._serialized_end=449
+  _globals['_EVICTLEASERESPONSE']._serialized_start=451
+  _globals['_EVICTLEASERESPONSE']._serialized_end=506
+  _globals['_SETGPUMODEREQUEST']._serialized_start=508
+  _globals['_SETGPUMODEREQUEST']._serialized_end=581
+  _globals['_SETGPUMODERESPONSE']._serialized_start=583
+  _globals['_SETGPUMODERESPONSE']._serialized_end=634
+  _globals['_DRAINNODEREQUEST']._serialized_start=636
+  _globals['_DRAINNODEREQUEST']._serialized_end=685
+  _globals['_DRAINNODERESPONSE']._serialized_start=687
+  _globals['_DRAINNODERESPONSE']._serialized_end=739
+  _globals['_PLANMIGLAYOUTREQUEST']._serialized_start=741
+  _globals['_PLANMIGLAYOUTREQUEST']._serialized_end=784
+  _globals['_MIGPLANSTEP']._serialized_start=787
+  _globals['_MIGPLANSTEP']._serialized_end=1023
+  _globals['_MIGPLANSTEP_ACTION']._serialized_start=935
+  _globals['_MIGPLANSTEP_ACTION']._serialized_end=1023
+  _globals['_PLANMIGLAYOUTRESPONSE']._serialized_start=1025
+  _globals['_PLANMIGLAYOUTRESPONSE']._serialized_end=1089
+  _globals['_SETQUOTAREQUEST']._serialized_start=1091
+  _globals['_SETQUOTAREQUEST']._serialized_end=1143
+  _globals['_SETQUOTARESPONSE']._serialized_start=1145
+  _globals['_SETQUOTARESPONSE']._serialized_end=1226
+  _globals['_GETQUOTAREQUEST']._serialized_start=1228
+  _globals['_GETQUOTAREQUEST']._serialized_end=1262
+  _globals['_GETQUOTARESPONSE']._serialized_start=1264
+  _globals['_GETQUOTARESPONSE']._serialized_end=1327
+  _globals['_LISTQUOTASREQUEST']._serialized_start=1329
+  _globals['_LISTQUOTASREQUEST']._serialized_end=1348
+  _globals['_LISTQUOTASRESPONSE']._serialized_start=1351
+  _globals['_LISTQUOTASRESPONSE']._serialized_end=1544
+  _globals['_DELETEQUOTAREQUEST']._serialized_start=1546
+  _globals['_DELETEQUOTAREQUEST']._serialized_end=1583
+  _globals['_DELETEQUOTARESPONSE']._serialized_start=1585
+  _globals['_DELETEQUOTARESPONSE']._serialized_end=1606
+  _globals['_LISTQUEUEREQUEST']._serialized_start=1608
+  _globals['_LISTQUEUEREQUEST']._serialized_end=1643
+  _globals['_LISTQUEUERESPONSE']._serialized_start=1645
+  _globals['_LISTQUEUERESPONSE']._serialized_end=1726
+  _globals['_PREEMPTLEASEREQUEST']._serialized_start=1728
+  _globals['_PREEMPTLEASEREQUEST']._serialized_end=1825
+  _globals['_PREEMPTLEASERESPONSE']._serialized_start=1827
+  _globals['_PREEMPTLEASERESPONSE']._serialized_end=1884
+  _globals['_ADMINSERVICE']._serialized_start=1887
+  _globals['_ADMINSERVICE']._serialized_end=2928
 # @@protoc_insertion_point(module_scope)

@@ -70,6 +70,36 @@ class AdminServiceStub:
                 request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.SerializeToString,
                 response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.FromString,
                 _registered_method=True)
+        self.SetQuota = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/SetQuota',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaResponse.FromString,
+                _registered_method=True)
+        self.GetQuota = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/GetQuota',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQuotas = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/ListQuotas',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasResponse.FromString,
+                _registered_method=True)
+        self.DeleteQuota = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/DeleteQuota',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaResponse.FromString,
+                _registered_method=True)
+        self.ListQueue = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/ListQueue',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueResponse.FromString,
+                _registered_method=True)
+        self.PreemptLease = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/PreemptLease',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -122,6 +152,47 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetQuota(self, request, context):
+        """Create or change a project's quota. Quotas that add up past the pool are allowed and reported.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQuota(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQuotas(self, request, context):
+        """Every project with a quota or a live lease, the pool's capacity and the priority classes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteQuota(self, request, context):
+        """Remove a project's quota; refused while the project holds leases.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListQueue(self, request, context):
+        """The pool-wide queue in the order the leader will serve it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreemptLease(self, request, context):
+        """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +230,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PlanMigLayout,
                     request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.FromString,
                     response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.SerializeToString,
+            ),
+            'SetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetQuota,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaResponse.SerializeToString,
+            ),
+            'GetQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQuota,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaResponse.SerializeToString,
+            ),
+            'ListQuotas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQuotas,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasResponse.SerializeToString,
+            ),
+            'DeleteQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteQuota,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaResponse.SerializeToString,
+            ),
+            'ListQueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListQueue,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueResponse.SerializeToString,
+            ),
+            'PreemptLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreemptLease,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +452,168 @@ class AdminService:
             '/vgpu.api.v1.AdminService/PlanMigLayout',
             vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutRequest.SerializeToString,
             vgpu_dot_api_dot_v1_dot_admin__pb2.PlanMigLayoutResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/SetQuota',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.SetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/GetQuota',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.GetQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQuotas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/ListQuotas',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListQuotasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/DeleteQuota',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.DeleteQuotaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListQueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/ListQueue',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListQueueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreemptLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/PreemptLease',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,17 @@ class AdminServiceStub:
     """Stop new work from landing on a node (or undo that); existing leases finish normally."""
     PlanMigLayout: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PlanMigLayoutRequest, _admin_pb2.PlanMigLayoutResponse]
     """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
+    SetQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetQuotaRequest, _admin_pb2.SetQuotaResponse]
+    """Create or change a project's quota. Quotas that add up past the pool are allowed and reported."""
+    GetQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetQuotaRequest, _admin_pb2.GetQuotaResponse]
+    ListQuotas: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListQuotasRequest, _admin_pb2.ListQuotasResponse]
+    """Every project with a quota or a live lease, the pool's capacity and the priority classes."""
+    DeleteQuota: _grpc.UnaryUnaryMultiCallable[_admin_pb2.DeleteQuotaRequest, _admin_pb2.DeleteQuotaResponse]
+    """Remove a project's quota; refused while the project holds leases."""
+    ListQueue: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]
+    """The pool-wide queue in the order the leader will serve it."""
+    PreemptLease: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreemptLeaseRequest, _admin_pb2.PreemptLeaseResponse]
+    """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -61,6 +72,17 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Stop new work from landing on a node (or undo that); existing leases finish normally."""
     PlanMigLayout: _aio.UnaryUnaryMultiCallable[_admin_pb2.PlanMigLayoutRequest, _admin_pb2.PlanMigLayoutResponse]  # type: ignore[assignment]
     """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
+    SetQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetQuotaRequest, _admin_pb2.SetQuotaResponse]  # type: ignore[assignment]
+    """Create or change a project's quota. Quotas that add up past the pool are allowed and reported."""
+    GetQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetQuotaRequest, _admin_pb2.GetQuotaResponse]  # type: ignore[assignment]
+    ListQuotas: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListQuotasRequest, _admin_pb2.ListQuotasResponse]  # type: ignore[assignment]
+    """Every project with a quota or a live lease, the pool's capacity and the priority classes."""
+    DeleteQuota: _aio.UnaryUnaryMultiCallable[_admin_pb2.DeleteQuotaRequest, _admin_pb2.DeleteQuotaResponse]  # type: ignore[assignment]
+    """Remove a project's quota; refused while the project holds leases."""
+    ListQueue: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListQueueRequest, _admin_pb2.ListQueueResponse]  # type: ignore[assignment]
+    """The pool-wide queue in the order the leader will serve it."""
+    PreemptLease: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreemptLeaseRequest, _admin_pb2.PreemptLeaseResponse]  # type: ignore[assignment]
+    """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """The door for platform admins (vgpuctl): the whole pool, from any daemon."""
@@ -117,5 +139,52 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PlanMigLayoutResponse, _abc.Awaitable[_admin_pb2.PlanMigLayoutResponse]]:
         """What a declarative MIG layout would create and destroy against the pool as it is now (a dry run)."""
+
+    @_abc_1.abstractmethod
+    def SetQuota(
+        self,
+        request: _admin_pb2.SetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.SetQuotaResponse, _abc.Awaitable[_admin_pb2.SetQuotaResponse]]:
+        """Create or change a project's quota. Quotas that add up past the pool are allowed and reported."""
+
+    @_abc_1.abstractmethod
+    def GetQuota(
+        self,
+        request: _admin_pb2.GetQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetQuotaResponse, _abc.Awaitable[_admin_pb2.GetQuotaResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListQuotas(
+        self,
+        request: _admin_pb2.ListQuotasRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListQuotasResponse, _abc.Awaitable[_admin_pb2.ListQuotasResponse]]:
+        """Every project with a quota or a live lease, the pool's capacity and the priority classes."""
+
+    @_abc_1.abstractmethod
+    def DeleteQuota(
+        self,
+        request: _admin_pb2.DeleteQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DeleteQuotaResponse, _abc.Awaitable[_admin_pb2.DeleteQuotaResponse]]:
+        """Remove a project's quota; refused while the project holds leases."""
+
+    @_abc_1.abstractmethod
+    def ListQueue(
+        self,
+        request: _admin_pb2.ListQueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListQueueResponse, _abc.Awaitable[_admin_pb2.ListQueueResponse]]:
+        """The pool-wide queue in the order the leader will serve it."""
+
+    @_abc_1.abstractmethod
+    def PreemptLease(
+        self,
+        request: _admin_pb2.PreemptLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.PreemptLeaseResponse, _abc.Awaitable[_admin_pb2.PreemptLeaseResponse]]:
+        """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -484,6 +484,10 @@ class Lease(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     PREEMPT_DEADLINE_FIELD_NUMBER: _builtins.int
+    PREEMPT_REASON_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    PREEMPTIONS_FIELD_NUMBER: _builtins.int
+    IDLE_SINCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___LeaseState.ValueType
     project: _builtins.str
@@ -496,6 +500,10 @@ class Lease(_message.Message):
     token: _builtins.str
     """Secret that proves ownership; set only in the acquire answer."""
     request_id: _builtins.str
+    preempt_reason: _builtins.str
+    """Why the lease is being (or was last) preempted, in words."""
+    preemptions: _builtins.int
+    """How often the lease was preempted and resumed."""
     @_builtins.property
     def owner(self) -> Global___Owner: ...
     @_builtins.property
@@ -526,6 +534,14 @@ class Lease(_message.Message):
     def preempt_deadline(self) -> _timestamp_pb2.Timestamp:
         """Set while the lease is PREEMPTING."""
 
+    @_builtins.property
+    def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseStep]:
+        """What happened to the lease and when (granted, preempt, checkpointed, suspended, resumed, resized, ...)."""
+
+    @_builtins.property
+    def idle_since(self) -> _timestamp_pb2.Timestamp:
+        """Set once the lease's reported use stayed under the idle threshold for the idle time: reclaimed first."""
+
     def __init__(
         self,
         *,
@@ -548,14 +564,233 @@ class Lease(_message.Message):
         request_id: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         preempt_deadline: _timestamp_pb2.Timestamp | None = ...,
+        preempt_reason: _builtins.str = ...,
+        steps: _abc.Iterable[Global___LeaseStep] | None = ...,
+        preemptions: _builtins.int = ...,
+        idle_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "request", b"request", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "idle_since", b"idle_since", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "request", b"request", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_message", b"end_message", "end_reason", b"end_reason", "ended_at", b"ended_at", "env", b"env", "id", b"id", "labels", b"labels", "node", b"node", "node_environments", b"node_environments", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "priority", b"priority", "project", b"project", "request", b"request", "request_id", b"request_id", "slices", b"slices", "state", b"state", "token", b"token", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_message", b"end_message", "end_reason", b"end_reason", "ended_at", b"ended_at", "env", b"env", "id", b"id", "idle_since", b"idle_since", "labels", b"labels", "node", b"node", "node_environments", b"node_environments", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "preempt_reason", b"preempt_reason", "preemptions", b"preemptions", "priority", b"priority", "project", b"project", "request", b"request", "request_id", b"request_id", "slices", b"slices", "state", b"state", "steps", b"steps", "token", b"token", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Lease: _TypeAlias = Lease  # noqa: Y015
+
+@_typing.final
+class LeaseStep(_message.Message):
+    """One timestamped step of a lease's life."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    step: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        step: _builtins.str = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["step", b"step", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseStep: _TypeAlias = LeaseStep  # noqa: Y015
+
+@_typing.final
+class Quota(_message.Message):
+    """A project's quota (KAI-Scheduler semantics). Capacity in milli-GPU (1000 = one whole GPU)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    DESERVED_MILLI_FIELD_NUMBER: _builtins.int
+    DESERVED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    OVER_QUOTA_WEIGHT_FIELD_NUMBER: _builtins.int
+    LIMIT_MILLI_FIELD_NUMBER: _builtins.int
+    LIMIT_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    deserved_milli: _builtins.int
+    """Guaranteed capacity: requests within it are never starved and never preempted for others' borrowing."""
+    deserved_memory_bytes: _builtins.int
+    """Guaranteed GPU memory in bytes (0: not bounded by memory)."""
+    over_quota_weight: _builtins.float
+    """Share of idle capacity beyond deserved, relative to other projects' weights (default 1)."""
+    limit_milli: _builtins.int
+    """Hard cap on what the project may hold, borrowing included (0: no limit)."""
+    limit_memory_bytes: _builtins.int
+    """Hard cap on GPU memory in bytes (0: no limit)."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        deserved_milli: _builtins.int = ...,
+        deserved_memory_bytes: _builtins.int = ...,
+        over_quota_weight: _builtins.float = ...,
+        limit_milli: _builtins.int = ...,
+        limit_memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deserved_memory_bytes", b"deserved_memory_bytes", "deserved_milli", b"deserved_milli", "limit_memory_bytes", b"limit_memory_bytes", "limit_milli", b"limit_milli", "over_quota_weight", b"over_quota_weight", "project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
+class ProjectStatus(_message.Message):
+    """A project's quota and where it stands now."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    ALLOCATED_MILLI_FIELD_NUMBER: _builtins.int
+    ALLOCATED_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    BORROWED_MILLI_FIELD_NUMBER: _builtins.int
+    FAIR_SHARE_MILLI_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
+    CONFIGURED_FIELD_NUMBER: _builtins.int
+    allocated_milli: _builtins.int
+    """Held by its live leases (granted or preempting)."""
+    allocated_memory_bytes: _builtins.int
+    borrowed_milli: _builtins.int
+    """Held beyond deserved (reclaimable)."""
+    fair_share_milli: _builtins.int
+    """Its fair share now: deserved plus its weighted part of what others leave idle."""
+    leases: _builtins.int
+    waiting: _builtins.int
+    """Requests waiting in the queue (suspended leases included)."""
+    configured: _builtins.bool
+    """False for a project that has no quota set (it may still borrow idle capacity)."""
+    @_builtins.property
+    def quota(self) -> Global___Quota: ...
+    def __init__(
+        self,
+        *,
+        quota: Global___Quota | None = ...,
+        allocated_milli: _builtins.int = ...,
+        allocated_memory_bytes: _builtins.int = ...,
+        borrowed_milli: _builtins.int = ...,
+        fair_share_milli: _builtins.int = ...,
+        leases: _builtins.int = ...,
+        waiting: _builtins.int = ...,
+        configured: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_memory_bytes", b"allocated_memory_bytes", "allocated_milli", b"allocated_milli", "borrowed_milli", b"borrowed_milli", "configured", b"configured", "fair_share_milli", b"fair_share_milli", "leases", b"leases", "quota", b"quota", "waiting", b"waiting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectStatus: _TypeAlias = ProjectStatus  # noqa: Y015
+
+@_typing.final
+class PriorityClass(_message.Message):
+    """A priority class from the daemon config."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    PREEMPTIBLE_FIELD_NUMBER: _builtins.int
+    IN_QUOTA_ONLY_FIELD_NUMBER: _builtins.int
+    PREEMPT_GRACE_FIELD_NUMBER: _builtins.int
+    MIN_RUNTIME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    value: _builtins.int
+    """Higher goes first in the queue and is preempted last."""
+    preemptible: _builtins.bool
+    in_quota_only: _builtins.bool
+    """Requests of this class are granted only within the project's deserved quota."""
+    @_builtins.property
+    def preempt_grace(self) -> _duration_pb2.Duration:
+        """How long a lease of this class gets to checkpoint once asked to yield."""
+
+    @_builtins.property
+    def min_runtime(self) -> _duration_pb2.Duration:
+        """A lease of this class is not preempted (for reclaim) before it has run this long."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        value: _builtins.int = ...,
+        preemptible: _builtins.bool = ...,
+        in_quota_only: _builtins.bool = ...,
+        preempt_grace: _duration_pb2.Duration | None = ...,
+        min_runtime: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_runtime", b"min_runtime", "preempt_grace", b"preempt_grace"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["in_quota_only", b"in_quota_only", "min_runtime", b"min_runtime", "name", b"name", "preempt_grace", b"preempt_grace", "preemptible", b"preemptible", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PriorityClass: _TypeAlias = PriorityClass  # noqa: Y015
+
+@_typing.final
+class QueueEntry(_message.Message):
+    """One request in the pool-wide queue, as vgpuctl queue shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REQUEST_FIELD_NUMBER: _builtins.int
+    POSITION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_WAIT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    WAITING_SINCE_FIELD_NUMBER: _builtins.int
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    project: _builtins.str
+    priority: _builtins.str
+    position: _builtins.int
+    reason: _builtins.str
+    suspended: _builtins.bool
+    """A preempted lease waiting to resume."""
+    node: _builtins.str
+    """The daemon that holds the client's request."""
+    @_builtins.property
+    def owner(self) -> Global___Owner: ...
+    @_builtins.property
+    def request(self) -> Global___ResourceRequest: ...
+    @_builtins.property
+    def estimated_wait(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def waiting_since(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        priority: _builtins.str = ...,
+        owner: Global___Owner | None = ...,
+        request: Global___ResourceRequest | None = ...,
+        position: _builtins.int = ...,
+        estimated_wait: _duration_pb2.Duration | None = ...,
+        reason: _builtins.str = ...,
+        waiting_since: _timestamp_pb2.Timestamp | None = ...,
+        suspended: _builtins.bool = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_wait", b"estimated_wait", "owner", b"owner", "request", b"request", "waiting_since", b"waiting_since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimated_wait", b"estimated_wait", "lease_id", b"lease_id", "node", b"node", "owner", b"owner", "position", b"position", "priority", b"priority", "project", b"project", "reason", b"reason", "request", b"request", "suspended", b"suspended", "waiting_since", b"waiting_since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QueueEntry: _TypeAlias = QueueEntry  # noqa: Y015
 
 @_typing.final
 class QueueStatus(_message.Message):

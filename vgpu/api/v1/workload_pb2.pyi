@@ -201,6 +201,63 @@ class HeartbeatRequest(_message.Message):
 
     LEASE_ID_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    token: _builtins.str
+    @_builtins.property
+    def usage(self) -> Global___Usage:
+        """What the workload uses now, when it reports it (idle leases are reclaimed first)."""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        token: _builtins.str = ...,
+        usage: Global___Usage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_id", b"lease_id", "token", b"token", "usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class Usage(_message.Message):
+    """A workload's own report of its GPU use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTED_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    UTILIZATION_MILLI_FIELD_NUMBER: _builtins.int
+    reported: _builtins.bool
+    """False when nothing is reported (the fields below are then ignored)."""
+    memory_bytes: _builtins.int
+    utilization_milli: _builtins.int
+    """Busy share of the GPU time granted, in milli (0..1000)."""
+    def __init__(
+        self,
+        *,
+        reported: _builtins.bool = ...,
+        memory_bytes: _builtins.int = ...,
+        utilization_milli: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "reported", b"reported", "utilization_milli", b"utilization_milli"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class AckPreemptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     token: _builtins.str
     def __init__(
@@ -215,7 +272,27 @@ class HeartbeatRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+Global___AckPreemptRequest: _TypeAlias = AckPreemptRequest  # noqa: Y015
+
+@_typing.final
+class AckPreemptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease(self) -> _types_pb2.Lease: ...
+    def __init__(
+        self,
+        *,
+        lease: _types_pb2.Lease | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease", b"lease"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AckPreemptResponse: _TypeAlias = AckPreemptResponse  # noqa: Y015
 
 @_typing.final
 class HeartbeatResponse(_message.Message):

@@ -66,6 +66,11 @@ class WorkloadServiceStub:
                 request_serializer=vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseRequest.SerializeToString,
                 response_deserializer=vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseResponse.FromString,
                 _registered_method=True)
+        self.AckPreempt = channel.unary_unary(
+                '/vgpu.api.v1.WorkloadService/AckPreempt',
+                request_serializer=vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptResponse.FromString,
+                _registered_method=True)
 
 
 class WorkloadServiceServicer:
@@ -116,6 +121,14 @@ class WorkloadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AckPreempt(self, request, context):
+        """The workload checkpointed after a PREEMPT: free its slices now; the lease becomes SUSPENDED,
+        waits in the queue at its priority and resumes (RESUMED event, maybe elsewhere) when capacity frees.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkloadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +161,11 @@ def add_WorkloadServiceServicer_to_server(servicer, server):
                     servicer.WatchLease,
                     request_deserializer=vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseRequest.FromString,
                     response_serializer=vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseResponse.SerializeToString,
+            ),
+            'AckPreempt': grpc.unary_unary_rpc_method_handler(
+                    servicer.AckPreempt,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +332,33 @@ class WorkloadService:
             '/vgpu.api.v1.WorkloadService/WatchLease',
             vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseRequest.SerializeToString,
             vgpu_dot_api_dot_v1_dot_workload__pb2.WatchLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AckPreempt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.WorkloadService/AckPreempt',
+            vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_workload__pb2.AckPreemptResponse.FromString,
             options,
             channel_credentials,
             insecure,

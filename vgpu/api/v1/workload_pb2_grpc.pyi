@@ -50,6 +50,10 @@ class WorkloadServiceStub:
     """Follow a lease: state changes, preemption notices, resizes. An open stream keeps the lease
     alive. Resume after a break with after_sequence set to the last sequence seen.
     """
+    AckPreempt: _grpc.UnaryUnaryMultiCallable[_workload_pb2.AckPreemptRequest, _workload_pb2.AckPreemptResponse]
+    """The workload checkpointed after a PREEMPT: free its slices now; the lease becomes SUSPENDED,
+    waits in the queue at its priority and resumes (RESUMED event, maybe elsewhere) when capacity frees.
+    """
 
 @_typing.type_check_only
 class WorkloadServiceAsyncStub(WorkloadServiceStub):
@@ -72,6 +76,10 @@ class WorkloadServiceAsyncStub(WorkloadServiceStub):
     WatchLease: _aio.UnaryStreamMultiCallable[_workload_pb2.WatchLeaseRequest, _workload_pb2.WatchLeaseResponse]  # type: ignore[assignment]
     """Follow a lease: state changes, preemption notices, resizes. An open stream keeps the lease
     alive. Resume after a break with after_sequence set to the last sequence seen.
+    """
+    AckPreempt: _aio.UnaryUnaryMultiCallable[_workload_pb2.AckPreemptRequest, _workload_pb2.AckPreemptResponse]  # type: ignore[assignment]
+    """The workload checkpointed after a PREEMPT: free its slices now; the lease becomes SUSPENDED,
+    waits in the queue at its priority and resumes (RESUMED event, maybe elsewhere) when capacity frees.
     """
 
 class WorkloadServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -128,6 +136,16 @@ class WorkloadServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_workload_pb2.WatchLeaseResponse], _abc.AsyncIterator[_workload_pb2.WatchLeaseResponse]]:
         """Follow a lease: state changes, preemption notices, resizes. An open stream keeps the lease
         alive. Resume after a break with after_sequence set to the last sequence seen.
+        """
+
+    @_abc_1.abstractmethod
+    def AckPreempt(
+        self,
+        request: _workload_pb2.AckPreemptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workload_pb2.AckPreemptResponse, _abc.Awaitable[_workload_pb2.AckPreemptResponse]]:
+        """The workload checkpointed after a PREEMPT: free its slices now; the lease becomes SUSPENDED,
+        waits in the queue at its priority and resumes (RESUMED event, maybe elsewhere) when capacity frees.
         """
 
 def add_WorkloadServiceServicer_to_server(servicer: WorkloadServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from vgpud._private.core.model import ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, leftover, place
+from vgpud._private.core.placement_policy import PlacementPolicy
 
 
 def _tightness(placement: Placement) -> float:
@@ -24,22 +25,23 @@ def place_on_nodes(
     lease_id: str,
     *,
     span: bool = False,
+    policy: PlacementPolicy | None = None,
 ) -> Placement | Unplaceable:
     """Place on the single node that fits tightest; with `span`, over several nodes when none fits alone.
 
     `nodes` maps each candidate node to its GPUs (unschedulable ones included, so "never fits" is told
-    apart from "busy").
+    apart from "busy"). `policy` ranks GPUs and nodes instead of best fit (the span fallback stays best fit).
     """
     if not nodes:
         return Unplaceable(never=True, message="no node of the pool is up")
-    best: tuple[float, str, Placement] | None = None
+    best: tuple[tuple[float, ...], str, Placement] | None = None
     outcomes: list[Unplaceable] = []
     for name in sorted(nodes):
-        result = place(request, nodes[name], lease_id)
+        result = place(request, nodes[name], lease_id, policy=policy)
         if isinstance(result, Unplaceable):
             outcomes.append(result)
             continue
-        score = _tightness(result)
+        score = (_tightness(result),) if policy is None else policy.node_score(nodes[name], result)
         if best is None or score < best[0]:
             best = (score, name, result)
     if best is not None:

@@ -270,6 +270,15 @@ class ShapeRequest:
     """MIG profile asked for by name; empty with isolation MIG: the smallest holding memory/compute."""
     flexible: bool = False
     """No isolation asked: a MIG instance may serve a SHARED-shaped request (the pool picks)."""
+    compute_milli_max: int = 0
+    """Elastic: granted at compute_milli or more, grown toward this when capacity is idle (0: not elastic)."""
+    count_max: int = 0
+    """Elastic count: granted at count or more slices, up to this (0: not elastic)."""
+
+    @property
+    def elastic(self) -> bool:
+        """Whether the grant may be above the minimum (and shrunk back to it before a preemption)."""
+        return self.compute_milli_max > self.compute_milli or self.count_max > self.count
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,6 +336,21 @@ class LeaseRecord:
     """The request let the leader place it on any node."""
     gang: bool = False
     """The request asked for all slices or none."""
+    steps: tuple[tuple[str, float], ...] = ()
+    """What happened to the lease and when (granted, preempt, checkpointed, suspended, resumed, resized)."""
+    preempt_deadline: float = 0.0
+    """While PREEMPTING: the wall time by which the client must acknowledge, else it is revoked."""
+    preempt_reason: str = ""
+    preemptions: int = 0
+    """How often the lease was suspended."""
+    idle_since: float = 0.0
+    """Set when its reported use stayed under the idle threshold for the idle time (reclaimed first)."""
+    event: str = ""
+    """The kind of the last change for lease watchers: "resumed" or "resized" on a GRANTED lease."""
+
+    def step(self, name: str, at: float) -> tuple[tuple[str, float], ...]:
+        """The steps with one more (the oldest dropped past 32, so a lease preempted often stays small)."""
+        return (*self.steps, (name, at))[-32:]
 
     @property
     def waiting_for_mig(self) -> bool:
@@ -361,6 +385,8 @@ class LeaseRecord:
                     "gpu_models": list(self.request.gpu_models),
                     "mig_profile": self.request.mig_profile,
                     "flexible": self.request.flexible,
+                    "compute_milli_max": self.request.compute_milli_max,
+                    "count_max": self.request.count_max,
                     "node": self.target_node,
                     "any_node": self.any_node,
                     "gang": self.gang,
@@ -386,6 +412,12 @@ class LeaseRecord:
                 "ended_at": self.ended_at,
                 "end_reason": self.end_reason,
                 "end_message": self.end_message,
+                "steps": [list(s) for s in self.steps],
+                "preempt_deadline": self.preempt_deadline,
+                "preempt_reason": self.preempt_reason,
+                "preemptions": self.preemptions,
+                "idle_since": self.idle_since,
+                "event": self.event,
             }
         )
 
@@ -410,6 +442,8 @@ class LeaseRecord:
                 gpu_models=tuple(req.get("gpu_models", ())),
                 mig_profile=req.get("mig_profile", ""),
                 flexible=bool(req.get("flexible", False)),
+                compute_milli_max=int(req.get("compute_milli_max", 0)),
+                count_max=int(req.get("count_max", 0)),
             ),
             slices=tuple(
                 SliceRecord(
@@ -438,4 +472,10 @@ class LeaseRecord:
             target_node=req.get("node", ""),
             any_node=bool(req.get("any_node", False)),
             gang=bool(req.get("gang", False)),
+            steps=tuple((str(n), float(t)) for n, t in d.get("steps", [])),
+            preempt_deadline=float(d.get("preempt_deadline", 0.0)),
+            preempt_reason=d.get("preempt_reason", ""),
+            preemptions=int(d.get("preemptions", 0)),
+            idle_since=float(d.get("idle_since", 0.0)),
+            event=d.get("event", ""),
         )

@@ -7,11 +7,15 @@ request still finds an empty GPU. A request for several slices takes distinct GP
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from vgpu._private.units import MILLI_PER_GPU, format_compute, format_memory
 from vgpud._private.core.mig_slices import place_mig
 from vgpud._private.core.model import Claim, GpuMode, Isolation, ShapeRequest
 from vgpud._private.core.slice_views import GpuView, Placement, Unplaceable
+
+if TYPE_CHECKING:  # placement_policy imports leftover from here: a runtime import would be circular
+    from vgpud._private.core.placement_policy import PlacementPolicy
 
 __all__ = ["GpuView", "Placement", "Unplaceable", "leftover", "place"]
 
@@ -56,16 +60,22 @@ def leftover(view: GpuView, claim: Claim) -> float:
     return memory_left + compute_left
 
 
-def place(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
+def place(
+    request: ShapeRequest,
+    gpus: Sequence[GpuView],
+    lease_id: str,
+    *,
+    policy: PlacementPolicy | None = None,
+) -> Placement | Unplaceable:
     """Place `request.count` slices, or say why that is impossible.
 
     MIG requests go to mig_slices; a request that named no isolation (`flexible`) takes a MIG instance
     when one holding at most 1.5x the asked memory fits (hardware isolation for little waste), else a
-    shared slice.
+    shared slice. `policy` ranks the GPUs a shared or whole slice fits (default: best fit by `leftover`).
     """
     if request.isolation is Isolation.MIG:
         return place_mig(request, gpus, lease_id)
-    shared = _place_shared(request, gpus, lease_id)
+    shared = _place_shared(request, gpus, lease_id, policy)
     if not request.flexible:
         return shared
     mig = place_mig(request, gpus, lease_id)
@@ -85,18 +95,21 @@ def _modest(request: ShapeRequest, mig: Placement) -> bool:
     return all(2 * claim.memory_bytes <= 3 * request.memory_bytes for _, claim in mig.assignments)
 
 
-def _place_shared(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
-    """Best-fit `request.count` slices on distinct GPUs, or say why that is impossible."""
+def _place_shared(
+    request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str, policy: PlacementPolicy | None = None
+) -> Placement | Unplaceable:
+    """Best-fit (or `policy`-ranked) `request.count` slices on distinct GPUs, or say why that is impossible."""
     eligible = [g for g in gpus if _accepts(g, request)]
     if len(eligible) < request.count:
         return Unplaceable(never=True, message=_never_message(request, gpus, eligible))
-    candidates: list[tuple[float, int, str, GpuView, Claim]] = []
+    candidates: list[tuple[tuple[float, ...], int, str, GpuView, Claim]] = []
     for view in eligible:
         if not view.schedulable:
             continue
         claim = _claim_for(view, request, lease_id)
         if claim is not None:
-            candidates.append((leftover(view, claim), view.record.index, view.record.uuid, view, claim))
+            score = (leftover(view, claim),) if policy is None else policy.gpu_score(view, claim, gpus)
+            candidates.append((score, view.record.index, view.record.uuid, view, claim))
     if len(candidates) < request.count:
         return Unplaceable(never=False, message=_busy_message(request, eligible, len(candidates)))
     candidates.sort(key=lambda c: (c[0], c[1], c[2]))

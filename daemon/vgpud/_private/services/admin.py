@@ -10,7 +10,7 @@ from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpud._private.core.model import GpuRecord, LeaseRecord, LeaseState
 from vgpud._private.refusal import Refusal
-from vgpud._private.services import convert, mig_plan, validation
+from vgpud._private.services import convert, fair_admin, mig_plan, validation
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_unary
 
@@ -141,3 +141,46 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         config = await self._s.allocator.set_draining(name, not request.undrain)
         view = self._s.view
         return admin_pb2.DrainNodeResponse(node=convert.node(name, view.node(name), config, len(view.gpus_of(name))))
+
+    # -- fair sharing --------------------------------------------------------------------------------
+    @guarded_unary("SetQuota")
+    async def SetQuota(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.SetQuotaRequest, context: Ctx
+    ) -> admin_pb2.SetQuotaResponse:
+        """Create or change a project's quota."""
+        return await fair_admin.set_quota(self._s, request)
+
+    @guarded_unary("GetQuota")
+    async def GetQuota(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.GetQuotaRequest, context: Ctx
+    ) -> admin_pb2.GetQuotaResponse:
+        """One project's quota and standing."""
+        return await fair_admin.get_quota(self._s, request)
+
+    @guarded_unary("ListQuotas")
+    async def ListQuotas(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListQuotasRequest, context: Ctx
+    ) -> admin_pb2.ListQuotasResponse:
+        """Every project, the pool's capacity and the priority classes."""
+        return fair_admin.list_quotas(self._s)
+
+    @guarded_unary("DeleteQuota")
+    async def DeleteQuota(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.DeleteQuotaRequest, context: Ctx
+    ) -> admin_pb2.DeleteQuotaResponse:
+        """Remove a project's quota."""
+        return await fair_admin.delete_quota(self._s, request)
+
+    @guarded_unary("ListQueue")
+    async def ListQueue(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListQueueRequest, context: Ctx
+    ) -> admin_pb2.ListQueueResponse:
+        """The pool-wide queue in serving order."""
+        return fair_admin.list_queue(self._s, request, self._s.allocator.clock())
+
+    @guarded_unary("PreemptLease")
+    async def PreemptLease(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.PreemptLeaseRequest, context: Ctx
+    ) -> admin_pb2.PreemptLeaseResponse:
+        """Ask a lease to checkpoint and yield."""
+        return await fair_admin.preempt(self._s, request)

@@ -88,6 +88,8 @@ def lease(
             node=record.target_node,
             any_node=record.any_node,
             gang=record.gang,
+            compute_milli_max=record.request.compute_milli_max,
+            count_max=record.request.count_max,
         ),
         slices=[
             types_pb2.Slice(
@@ -112,7 +114,14 @@ def lease(
         end_message=record.end_message,
         token=token,
         labels=record.labels,
+        preempt_reason=record.preempt_reason,
+        preemptions=record.preemptions,
+        steps=[types_pb2.LeaseStep(step=name, time=timestamp(at)) for name, at in record.steps],
     )
+    if record.preempt_deadline and record.state is LeaseState.PREEMPTING:
+        msg.preempt_deadline.CopyFrom(timestamp(record.preempt_deadline))
+    if record.idle_since:
+        msg.idle_since.CopyFrom(timestamp(record.idle_since))
     if not record.state.ended:
         _environments(msg, record, node=node, endpoint=endpoint, token=token, endpoints=endpoints or {})
     else:

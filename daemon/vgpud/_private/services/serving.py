@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vgpud._private.allocator import Allocator
+from vgpud._private.config import SchedulingConfig
+from vgpud._private.core.priorities import STANDARD, PriorityClasses
+from vgpud._private.idle_leases import IdleLeases
+from vgpud._private.lease_transitions import LeaseTransitions
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.registry import Keys
@@ -36,6 +40,19 @@ class Serving:
     max_queue_wait: float
     """Longest a waiting acquire is held when the client sent no deadline."""
     stopping: asyncio.Event
+    classes: PriorityClasses = STANDARD
+    """Priority classes from the config."""
+    scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
+    transitions: LeaseTransitions = field(init=False)
+    """Preempt, acknowledge, resize (built from the allocator)."""
+    idle: IdleLeases = field(init=False)
+    """Idle flags from heartbeat usage reports."""
     on_error: Callable[[str, str], None] = lambda _method, _code: None
     on_acquire: Callable[[float, str], None] = lambda _seconds, _outcome: None
     healthy: Callable[[str], bool] = lambda _uuid: True
+
+    def __post_init__(self) -> None:
+        self.transitions = LeaseTransitions(self.allocator)
+        self.idle = IdleLeases(
+            self.allocator, threshold=self.scheduling.idle_utilization, after_s=self.scheduling.idle_after_s
+        )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import replace
 from typing import Final
 
 from vgpu._private import reasons
@@ -16,6 +17,8 @@ from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.mig_placement import profile_key
 from vgpud._private.core.model import GpuMode, Isolation, Owner, ShapeRequest
+from vgpud._private.core.priorities import PriorityClasses
+from vgpud._private.core.projects import DEFAULT_PROJECT
 from vgpud._private.refusal import Refusal
 
 MAX_SLICE_MEMORY: Final = 16 * 1024**4
@@ -64,13 +67,10 @@ def shape(
     raw: types_pb2.ResourceRequest, known_models: Collection[str], known_profiles: Collection[str] = ()
 ) -> ShapeRequest:
     """A ResourceRequest as a core ShapeRequest (`known_profiles`: MIG profile names of the pool's models)."""
-    if raw.compute_milli_max not in (0, raw.compute_milli) or raw.count_max not in (0, raw.count):
-        raise Refusal(
-            reasons.NOT_IMPLEMENTED, "elastic (min..max) requests are not available yet; ask for a fixed size"
-        )
     count = raw.count or 1
     if count > MAX_COUNT:
         raise _bad(f"count {count} is above the limit of {MAX_COUNT} slices per request")
+    count_max = _elastic_count(raw, count)
     if len(raw.gpu_models) > 16:  # noqa: PLR2004 -- a selector longer than the model table is a mistake
         raise _bad("gpu_models lists more than 16 models")
     for model in raw.gpu_models:
@@ -84,14 +84,71 @@ def shape(
     if whole:
         if raw.memory_bytes or raw.compute_milli:
             raise _bad("a whole-GPU request takes no memory or compute; drop them or ask for a shared slice")
-        return ShapeRequest(Isolation.WHOLE, 0, MILLI_PER_GPU, count, models)
+        if raw.compute_milli_max:
+            raise _bad("a whole GPU has no compute range; use gpus=(min, max) for an elastic count")
+        return ShapeRequest(Isolation.WHOLE, 0, MILLI_PER_GPU, count, models, count_max=count_max)
     if raw.mig_profile or raw.isolation == types_pb2.ISOLATION_MIG:
-        return _mig_shape(raw, count, models, known_profiles)
+        if raw.compute_milli_max:
+            raise _bad("a MIG instance has a fixed compute share; drop the compute range or ask for a shared slice")
+        return replace(_mig_shape(raw, count, models, known_profiles), count_max=count_max)
     if raw.memory_bytes == 0:
         raise _bad("memory is required for a shared slice, e.g. memory='20GiB'")
     _memory_and_compute(raw)
-    flexible = raw.isolation == types_pb2.ISOLATION_UNSPECIFIED and raw.compute_milli == 0
-    return ShapeRequest(Isolation.SHARED, raw.memory_bytes, raw.compute_milli, count, models, flexible=flexible)
+    compute_max = _elastic_compute(raw)
+    flexible = raw.isolation == types_pb2.ISOLATION_UNSPECIFIED and raw.compute_milli == 0 and not compute_max
+    return ShapeRequest(
+        Isolation.SHARED,
+        raw.memory_bytes,
+        raw.compute_milli,
+        count,
+        models,
+        flexible=flexible,
+        compute_milli_max=compute_max,
+        count_max=count_max,
+    )
+
+
+def _elastic_count(raw: types_pb2.ResourceRequest, count: int) -> int:
+    """The elastic upper bound of the count (0: fixed)."""
+    if not raw.count_max or raw.count_max == count:
+        return 0
+    if raw.count_max < count:
+        raise _bad(f"count range {count}..{raw.count_max}: the minimum is above the maximum; give min <= max")
+    if raw.count_max > MAX_COUNT:
+        raise _bad(f"count_max {raw.count_max} is above the limit of {MAX_COUNT} slices per request")
+    return raw.count_max
+
+
+def _elastic_compute(raw: types_pb2.ResourceRequest) -> int:
+    """The elastic upper bound of a shared slice's compute share (0: fixed)."""
+    if not raw.compute_milli_max or raw.compute_milli_max == raw.compute_milli:
+        return 0
+    if raw.compute_milli == 0:
+        raise _bad("an elastic compute range needs its minimum too, e.g. compute=(0.25, 1.0)")
+    if raw.compute_milli_max < raw.compute_milli:
+        raise _bad(
+            f"compute range {raw.compute_milli}..{raw.compute_milli_max} milli-GPU: the minimum is above the "
+            "maximum; give (min, max) with min <= max"
+        )
+    if raw.compute_milli_max > MILLI_PER_GPU:
+        raise _bad(f"compute_milli_max {raw.compute_milli_max} is above 1000 (a whole GPU)")
+    return raw.compute_milli_max
+
+
+def project_and_priority(spec: AcquireSpec, projects: Collection[str], classes: PriorityClasses) -> AcquireSpec:
+    """The spec with its priority class resolved; Refusal for a project without quota or an unknown class."""
+    if spec.project and spec.project != DEFAULT_PROJECT and spec.project not in projects:
+        raise Refusal(
+            reasons.UNKNOWN_PROJECT,
+            f"project {spec.project!r} has no quota in this pool; an admin creates it with "
+            f"`vgpuctl quota set {spec.project} --deserved 1gpu` (or leave project empty for '{DEFAULT_PROJECT}')",
+        )
+    if spec.priority and spec.priority not in classes.by_name:
+        raise Refusal(
+            reasons.UNKNOWN_PRIORITY,
+            f"unknown priority class {spec.priority!r}; this pool has: {', '.join(classes.names())}",
+        )
+    return replace(spec, priority=spec.priority or classes.default)
 
 
 def _memory_and_compute(raw: types_pb2.ResourceRequest) -> None:

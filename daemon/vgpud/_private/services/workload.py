@@ -18,6 +18,7 @@ from vgpud._private.lease_tokens import lease_identity, lease_token
 from vgpud._private.pool_view import Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, validation
+from vgpud._private.services.quota_gate import fast_path_allowed
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_stream, guarded_unary
 from vgpud._private.store.base import StoreError
@@ -27,6 +28,7 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 _EVENT_FOR_STATE = {
     LeaseState.GRANTED: workload_pb2.LEASE_EVENT_TYPE_GRANTED,
     LeaseState.RESIZING: workload_pb2.LEASE_EVENT_TYPE_RESIZED,
+    LeaseState.PENDING: workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT,
     LeaseState.PREEMPTING: workload_pb2.LEASE_EVENT_TYPE_PREEMPT,
     LeaseState.SUSPENDED: workload_pb2.LEASE_EVENT_TYPE_SUSPENDED,
     LeaseState.RELEASED: workload_pb2.LEASE_EVENT_TYPE_RELEASED,
@@ -79,12 +81,13 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             default_ttl=s.default_ttl,
             ttl_bounds=s.ttl_bounds,
         )
+        spec = validation.project_and_priority(spec, s.view.quotas().keys(), s.classes)
         outcome = "granted"
         try:
             if spec.node and spec.node != s.node:
                 self._check_target(spec.node)
             local = spec.node == s.node
-            if local and not (request.wait and s.queue.waiting_for(s.node)):
+            if local and not (request.wait and s.queue.waiting_for(s.node)) and fast_path_allowed(s, spec):
                 try:
                     record, token = await s.allocator.acquire(spec)
                 except Refusal as refusal:
@@ -195,9 +198,24 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
         lease = await self._s.allocator.owned(lease_id, token)
         left = await self._s.allocator.refresh(lease.value)
-        return workload_pb2.HeartbeatResponse(
+        if request.usage.reported and lease.value.state is LeaseState.GRANTED:
+            await self._s.idle.observe(lease.value, min(request.usage.utilization_milli, 1000))
+        answer = workload_pb2.HeartbeatResponse(
             state=convert.LEASE_STATE[lease.value.state], ttl=duration_pb2.Duration(seconds=left)
         )
+        if lease.value.state is LeaseState.PREEMPTING:
+            answer.preempt_deadline.CopyFrom(convert.timestamp(lease.value.preempt_deadline))
+        return answer
+
+    @guarded_unary("AckPreempt")
+    async def AckPreempt(  # noqa: N802 -- gRPC method name
+        self, request: workload_pb2.AckPreemptRequest, context: Ctx
+    ) -> workload_pb2.AckPreemptResponse:
+        """The workload checkpointed: free its slices, suspend the lease; it resumes when capacity frees."""
+        lease_id, token = validation.lease_ref(request.lease_id, request.token)
+        await self._s.allocator.owned(lease_id, token)
+        suspended = await self._s.transitions.acknowledge(lease_id)
+        return workload_pb2.AckPreemptResponse(lease=self._lease_msg(suspended))
 
     @guarded_unary("GetLease")
     async def GetLease(  # noqa: N802 -- gRPC method name
@@ -238,7 +256,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             last = request.after_sequence
             current = s.view.lease(lease_id) or current
             if last == 0 or current.revision > last:
-                kind = workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT if last == 0 else _EVENT_FOR_STATE[current.value.state]
+                kind = workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT if last == 0 else event_kind(current.value)
                 yield self._event(current, kind)
                 last = current.revision
             if current.value.state.ended:
@@ -257,7 +275,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     if record.revision <= last:
                         continue
                     last = record.revision
-                    yield self._event(record, _EVENT_FOR_STATE[record.value.state])
+                    yield self._event(record, event_kind(record.value))
                     if record.value.state.ended:
                         return
                     continue
@@ -275,9 +293,25 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             s.view.unlisten_lease(lease_id, updates)
 
     def _event(self, record: Versioned[LeaseRecord], kind: int) -> workload_pb2.WatchLeaseResponse:
-        return workload_pb2.WatchLeaseResponse(
+        msg = self._lease_msg(record.value)
+        event = workload_pb2.WatchLeaseResponse(
             sequence=record.revision,
             type=kind,  # type: ignore[arg-type]  # enum values are ints on the wire
             time=convert.timestamp(time.time()),
-            lease=self._lease_msg(record.value),
+            lease=msg,
         )
+        if kind == workload_pb2.LEASE_EVENT_TYPE_PREEMPT:
+            event.preempt.deadline.CopyFrom(convert.timestamp(record.value.preempt_deadline))
+            event.preempt.reason = record.value.preempt_reason
+        elif kind == workload_pb2.LEASE_EVENT_TYPE_RESIZED:
+            event.resize.slices.extend(msg.slices)
+        return event
+
+
+def event_kind(lease: LeaseRecord) -> int:
+    """The event a new version of a lease is: RESUMED and RESIZED are GRANTED versions marked by `event`."""
+    if lease.state is LeaseState.GRANTED and lease.event == "resumed":
+        return workload_pb2.LEASE_EVENT_TYPE_RESUMED
+    if lease.state is LeaseState.GRANTED and lease.event == "resized":
+        return workload_pb2.LEASE_EVENT_TYPE_RESIZED
+    return _EVENT_FOR_STATE[lease.state]

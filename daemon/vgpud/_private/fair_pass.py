@@ -1,0 +1,176 @@
+"""One leader pass of fair sharing: the queue and the running leases read from the view, fed to the core.
+
+The pure core (queue_order.decide, reclaim.plan) decides; the leader writes what it decided.
+
+Suspended leases wait in the queue next to queued requests (they are the lease records themselves, so a
+suspended lease survives the death of any daemon). Requests are tied to projects and priority classes here,
+and the grant rate (for estimated waits) is read off the leases' grant and resume steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from vgpud._private.core.fair_share import Capacity
+from vgpud._private.core.model import GpuRecord, Isolation, LeaseRecord, LeaseState
+from vgpud._private.core.placement import GpuView
+from vgpud._private.core.priorities import PriorityClass, PriorityClasses
+from vgpud._private.core.projects import lease_usage, project_of, usage_by_project
+from vgpud._private.core.queue_order import Admit, Decision, Fairness, Hold, Waiting, decide, serving_order, take
+from vgpud._private.core.reclaim import Action, Running, plan
+from vgpud._private.pool_view import PoolView, Queued
+
+GRANT_WINDOW_S = 300.0
+"""Grant throughput is measured over this window (Little's law: wait = position / rate)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PassResult:
+    """What one pass decided."""
+
+    decisions: list[Decision]
+    actions: list[Action]
+    """Shrinks and preemptions for held requests (empty unless reclaim is on)."""
+
+
+def priority_of(classes: PriorityClasses, name: str) -> PriorityClass:
+    """The class of a lease or request; the default class for one whose class left the config."""
+    return classes.by_name.get(name or classes.default) or classes.get("")
+
+
+def waiting_entries(view: PoolView, classes: PriorityClasses) -> list[Waiting]:
+    """Queued requests (not yet refused) and suspended leases, as the core orders them."""
+    out = [_from_queue(q, classes) for q in view.queue() if not q.request.refused]
+    for versioned in view.live_leases():
+        lease = versioned.value
+        if lease.state is LeaseState.SUSPENDED:
+            out.append(_from_suspended(lease, classes))
+    return out
+
+
+def _from_queue(entry: Queued, classes: PriorityClasses) -> Waiting:
+    waiting = entry.request
+    lease = waiting.lease
+    cls = priority_of(classes, lease.priority)
+    return Waiting(
+        lease.id,
+        lease.request,
+        waiting.target_node,
+        waiting.span,
+        waiting.wait,
+        project=project_of(lease),
+        priority=cls.value,
+        since=lease.created_at,
+        in_quota_only=cls.in_quota_only,
+    )
+
+
+def _from_suspended(lease: LeaseRecord, classes: PriorityClasses) -> Waiting:
+    cls = priority_of(classes, lease.priority)
+    since = next((t for name, t in reversed(lease.steps) if name == "suspended"), lease.created_at)
+    return Waiting(
+        lease.id,
+        lease.request,
+        lease.target_node,
+        lease.gang and lease.any_node,
+        wait=True,
+        project=project_of(lease),
+        priority=cls.value,
+        since=since,
+        in_quota_only=cls.in_quota_only,
+        resume=True,
+    )
+
+
+def capacity_of(gpus: Iterable[GpuRecord]) -> Capacity:
+    """The pool's capacity: every registered GPU."""
+    records = list(gpus)
+    return Capacity(1000 * len(records), sum(g.memory_bytes for g in records))
+
+
+def fairness(view: PoolView, *, now: float, backfill_bound_s: float) -> Fairness:
+    """Quotas, what each project holds, and the pool's size, from the view."""
+    leases = [v.value for v in view.live_leases()]
+    return Fairness(
+        quotas=view.quotas(),
+        used=usage_by_project(leases),
+        capacity=capacity_of(view.gpus().values()),
+        now=now,
+        backfill_bound_s=backfill_bound_s,
+    )
+
+
+def running(view: PoolView, classes: PriorityClasses, now: float) -> list[Running]:
+    """Granted and preempting leases as reclaim weighs them."""
+    out = []
+    for versioned in view.live_leases():
+        lease = versioned.value
+        if lease.state not in (LeaseState.GRANTED, LeaseState.RESIZING, LeaseState.PREEMPTING):
+            continue
+        cls = priority_of(classes, lease.priority)
+        started = next((t for name, t in reversed(lease.steps) if name in ("granted", "resumed")), lease.created_at)
+        progress = max([started] + [t for name, t in lease.steps if name == "checkpointed"])
+        shrinkable = lease.request.compute_milli_max > lease.request.compute_milli and any(
+            s.isolation is Isolation.SHARED and s.compute_milli > lease.request.compute_milli for s in lease.slices
+        )
+        out.append(
+            Running(
+                lease.id,
+                project_of(lease),
+                cls.value,
+                cls.preemptible,
+                lease_usage(lease),
+                progress_at=progress,
+                runnable_for=now - started,
+                min_runtime_s=cls.min_runtime_s,
+                idle=lease.idle_since > 0,
+                preempting=lease.state is LeaseState.PREEMPTING,
+                min_compute=lease.request.compute_milli if shrinkable else 0,
+            )
+        )
+    return out
+
+
+def decide_pass(
+    view: PoolView,
+    nodes: Mapping[str, Sequence[GpuView]],
+    down: frozenset[str],
+    *,
+    classes: PriorityClasses,
+    now: float,
+    backfill_bound_s: float,
+    reclaim: bool,
+) -> PassResult:
+    """Decide the queue, then plan reclaim for what capacity holds back."""
+    entries = waiting_entries(view, classes)
+    fair = fairness(view, now=now, backfill_bound_s=backfill_bound_s)
+    decisions = decide(entries, nodes, down, fair)
+    actions: list[Action] = []
+    if reclaim:
+        by_id = {e.lease_id: e for e in entries}
+        held = [by_id[d.lease_id] for d in decisions if isinstance(d, Hold) and not d.quota]
+        if held:
+            after = {name: list(views) for name, views in nodes.items()}
+            for decision in decisions:
+                if isinstance(decision, Admit):
+                    take(after, decision.placement)  # what this pass grants is not there to reclaim
+            actions = plan(held, after, running(view, classes, now), fair.quotas, fair.used)
+    return PassResult(decisions, actions)
+
+
+def queue_positions(view: PoolView, classes: PriorityClasses, *, now: float) -> list[Waiting]:
+    """The queue in the order the leader serves it (every daemon can compute this from its view)."""
+    return serving_order(waiting_entries(view, classes), fairness(view, now=now, backfill_bound_s=0.0))
+
+
+def grant_rate(leases: Iterable[LeaseRecord], now: float) -> float:
+    """Grants (and resumes) per second over the last GRANT_WINDOW_S."""
+    since = now - GRANT_WINDOW_S
+    count = 0
+    for lease in leases:
+        if lease.steps:
+            count += sum(1 for name, t in lease.steps if name in ("granted", "resumed") and t >= since)
+        elif lease.created_at >= since and lease.state is not LeaseState.PENDING:
+            count += 1
+    return count / GRANT_WINDOW_S

@@ -1,0 +1,172 @@
+"""Preemption and resizing of live leases: PREEMPT, acknowledge (SUSPENDED), resume, resize. Each one txn.
+
+A preempted lease keeps its slices until its client acknowledges (it has checkpointed) or its deadline
+passes (the leader then revokes it). Acknowledging frees the slices at once and leaves the lease
+SUSPENDED: it keeps its id, token and liveness, waits in the queue at its priority, and the leader resumes
+it (maybe on another GPU or node) by writing new slices. Resizing changes an elastic lease's compute share
+in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import structlog
+
+from vgpu._private import reasons
+from vgpud._private.allocator import Allocator, slices_of
+from vgpud._private.core.lease_state import check_transition
+from vgpud._private.core.model import Claim, Isolation, LeaseRecord, LeaseState
+from vgpud._private.core.placement import Unplaceable
+from vgpud._private.core.queue_order import place_request
+from vgpud._private.refusal import Refusal
+from vgpud._private.write_batch import Overlay
+
+log = structlog.get_logger("vgpud.lease_transitions")
+
+_PREEMPTABLE_STATES = (LeaseState.GRANTED, LeaseState.RESIZING)
+
+
+class LeaseTransitions:
+    """The writes that move a live lease through PREEMPTING, SUSPENDED and back, or resize it."""
+
+    def __init__(self, allocator: Allocator) -> None:
+        self._allocator = allocator
+        self._clock = allocator.clock
+
+    async def preempt(self, lease_id: str, *, reason: str, grace_s: float) -> LeaseRecord:
+        """Ask the lease to checkpoint and yield within `grace_s`; a lease already preempting is returned."""
+        now = self._clock()
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            lease = _live(overlay, lease_id)
+            if lease.state in (LeaseState.PREEMPTING, LeaseState.SUSPENDED):
+                return lease
+            if lease.state not in _PREEMPTABLE_STATES:
+                raise Refusal(reasons.NOT_PREEMPTING, f"lease {lease_id} is {lease.state.value}; nothing to preempt")
+            check_transition(lease.state, LeaseState.PREEMPTING)
+            asked = replace(
+                lease,
+                state=LeaseState.PREEMPTING,
+                preempt_deadline=now + grace_s,
+                preempt_reason=reason,
+                steps=lease.step("preempt", now),
+                event="",
+            )
+            overlay.put_lease(asked)
+            return asked
+
+        record = await self._allocator.commit(build)
+        log.info("lease asked to yield", lease=lease_id, grace_s=grace_s, reason=reason)
+        return record
+
+    async def acknowledge(self, lease_id: str) -> LeaseRecord:
+        """The client checkpointed: free its slices now and suspend it (idempotent once suspended)."""
+        now = self._clock()
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            lease = _live(overlay, lease_id)
+            if lease.state is LeaseState.SUSPENDED:
+                return lease
+            if lease.state is not LeaseState.PREEMPTING:
+                raise Refusal(
+                    reasons.NOT_PREEMPTING,
+                    f"lease {lease_id} is {lease.state.value}: only a lease asked to yield (PREEMPT) can acknowledge",
+                )
+            for uuid in sorted({s.gpu_uuid for s in lease.slices}):
+                overlay.put_gpu_state(uuid, overlay.gpu_state(uuid).without_lease(lease_id))
+            suspended = replace(
+                lease,
+                state=LeaseState.SUSPENDED,
+                slices=(),
+                preempt_deadline=0.0,
+                preemptions=lease.preemptions + 1,
+                steps=(*lease.step("checkpointed", now)[-31:], ("suspended", now)),
+                idle_since=0.0,
+                event="",
+            )
+            overlay.put_lease(suspended)
+            return suspended
+
+        record = await self._allocator.commit(build)
+        log.info("lease suspended", lease=lease_id)
+        return record
+
+    async def resume(self, lease_id: str) -> LeaseRecord:
+        """Grant a suspended lease new slices (leader only: its allocator is fenced). Refusal if none fit."""
+        allocator = self._allocator
+        now = self._clock()
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            lease = _live(overlay, lease_id)
+            if lease.state is not LeaseState.SUSPENDED:
+                return lease
+            target = lease.target_node
+            for name in [target] if target else allocator.live_nodes():
+                overlay.node_config(name, guard=True)
+            nodes = allocator.candidates_by_node(target, overlay)
+            span = lease.gang and lease.any_node
+            result = place_request(lease.request, nodes, lease_id, span=span)
+            if isinstance(result, Unplaceable):
+                raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
+            for view, claim in result.assignments:
+                overlay.put_gpu_state(view.record.uuid, overlay.gpu_state(view.record.uuid).with_claim(claim))
+            resumed = replace(
+                lease,
+                state=LeaseState.GRANTED,
+                slices=slices_of(result, overlay),
+                steps=lease.step("resumed", now),
+                event="resumed",
+            )
+            overlay.put_lease(resumed)
+            return resumed
+
+        record = await allocator.commit(build)
+        log.info("lease resumed", lease=lease_id, nodes=sorted({s.node for s in record.slices}))
+        return record
+
+    async def resize(self, lease_id: str, compute_milli: int) -> LeaseRecord:
+        """Set every shared slice of an elastic lease to `compute_milli` (within its min..max), in place."""
+        now = self._clock()
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            lease = _live(overlay, lease_id)
+            if lease.state is not LeaseState.GRANTED:
+                return lease
+            low, high = lease.request.compute_milli, max(lease.request.compute_milli_max, lease.request.compute_milli)
+            target = max(low, min(high, compute_milli))
+            slices = []
+            for s in lease.slices:
+                if s.isolation is not Isolation.SHARED or s.compute_milli == target:
+                    slices.append(s)
+                    continue
+                state = overlay.gpu_state(s.gpu_uuid)
+                free = 1000 - state.compute_claimed + s.compute_milli
+                if target > free:
+                    raise Refusal(reasons.NO_CAPACITY, f"GPU {s.gpu_uuid} has {free} milli-GPU free, not {target}")
+                claims = tuple(_resized(c, lease_id, target) for c in state.claims)
+                overlay.put_gpu_state(s.gpu_uuid, replace(state, claims=claims))
+                slices.append(replace(s, compute_milli=target))
+            if tuple(slices) == lease.slices:
+                return lease
+            resized = replace(lease, slices=tuple(slices), steps=lease.step("resized", now), event="resized")
+            overlay.put_lease(resized)
+            return resized
+
+        return await self._allocator.commit(build)
+
+
+def _resized(claim: Claim, lease_id: str, compute_milli: int) -> Claim:
+    """The claim with a new compute share if it is one of the lease's shared claims."""
+    if claim.lease_id != lease_id or claim.isolation is not Isolation.SHARED:
+        return claim
+    return replace(claim, compute_milli=compute_milli)
+
+
+def _live(overlay: Overlay, lease_id: str) -> LeaseRecord:
+    lease = overlay.lease(lease_id)
+    if lease is None:
+        raise Refusal(reasons.LEASE_NOT_FOUND, f"no lease {lease_id!r}")
+    if lease.state.ended:
+        raise Refusal(reasons.LEASE_ENDED, f"lease {lease_id} has ended ({lease.end_reason})")
+    return lease

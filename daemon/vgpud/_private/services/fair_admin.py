@@ -1,0 +1,253 @@
+"""The fair-sharing half of AdminService: quotas (etcd key projects/<name>), the queue, preemption."""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf import duration_pb2
+
+from vgpu._private import reasons
+from vgpu.api.v1 import admin_pb2, types_pb2
+from vgpud._private.core.fair_share import fair_shares
+from vgpud._private.core.model import LeaseState
+from vgpud._private.core.priorities import PriorityClass
+from vgpud._private.core.projects import DEFAULT_PROJECT, HOLDING, Quota, Usage, lease_usage, project_of
+from vgpud._private.core.queue_order import asked
+from vgpud._private.fair_pass import capacity_of, grant_rate, priority_of, queue_positions, waiting_entries
+from vgpud._private.refusal import Refusal
+from vgpud._private.services import convert, validation
+from vgpud._private.services.serving import Serving
+from vgpud._private.store.base import Delete, ModRevisionIs, Put
+
+_MAX_MILLI = 10**9
+"""A million GPUs: anything above is a unit mistake."""
+_MAX_GRACE_S = 3600
+_MIN_GRACE_S = 1
+
+
+def _quota_in(raw: types_pb2.Quota) -> Quota:
+    name = validation.node_name(raw.project) if raw.project else ""
+    if not name:
+        raise Refusal(reasons.INVALID_REQUEST, "quota.project is required: the project's name")
+    weight = raw.over_quota_weight
+    if not math.isfinite(weight) or weight < 0:
+        raise Refusal(reasons.INVALID_REQUEST, f"over_quota_weight {weight} must be a number >= 0 (default 1)")
+    for field in ("deserved_milli", "limit_milli"):
+        if getattr(raw, field) > _MAX_MILLI:
+            raise Refusal(reasons.INVALID_REQUEST, f"{field} {getattr(raw, field)} is beyond any pool; check the unit")
+    if raw.limit_milli and raw.limit_milli < raw.deserved_milli:
+        raise Refusal(
+            reasons.INVALID_REQUEST,
+            f"limit {raw.limit_milli} milli-GPU is below deserved {raw.deserved_milli}: raise the limit or set none",
+        )
+    if raw.limit_memory_bytes and raw.limit_memory_bytes < raw.deserved_memory_bytes:
+        raise Refusal(reasons.INVALID_REQUEST, "limit_memory_bytes is below deserved_memory_bytes")
+    return Quota(
+        project=name,
+        deserved_milli=raw.deserved_milli,
+        deserved_memory_bytes=raw.deserved_memory_bytes,
+        over_quota_weight=weight,
+        limit_milli=raw.limit_milli,
+        limit_memory_bytes=raw.limit_memory_bytes,
+    )
+
+
+def _quota_out(q: Quota) -> types_pb2.Quota:
+    return types_pb2.Quota(
+        project=q.project,
+        deserved_milli=q.deserved_milli,
+        deserved_memory_bytes=q.deserved_memory_bytes,
+        over_quota_weight=q.over_quota_weight,
+        limit_milli=q.limit_milli,
+        limit_memory_bytes=q.limit_memory_bytes,
+    )
+
+
+def _statuses(s: Serving) -> tuple[list[types_pb2.ProjectStatus], int, int]:
+    """Every project with a quota or a live lease or a waiting request; the pool's capacity."""
+    view = s.view
+    quotas = view.quotas()
+    leases = [v.value for v in view.live_leases()]
+    waiting = waiting_entries(view, s.classes)
+    names = set(quotas) | {project_of(lease) for lease in leases} | {w.project for w in waiting}
+    used: dict[str, Usage] = {}
+    count: dict[str, int] = {}
+    for lease in leases:
+        if lease.state in HOLDING:
+            name = project_of(lease)
+            used[name] = used.get(name, Usage()) + lease_usage(lease)
+            count[name] = count.get(name, 0) + 1
+    demand = {n: used.get(n, Usage()).milli for n in names}
+    for w in waiting:
+        demand[w.project] = demand.get(w.project, 0) + asked(w.request).milli
+    capacity = capacity_of(view.gpus().values())
+    full = {n: quotas.get(n) or Quota(n) for n in names}
+    shares = fair_shares(full, demand, capacity.milli)
+    out = []
+    for name in sorted(names):
+        quota = full[name]
+        held = used.get(name, Usage())
+        out.append(
+            types_pb2.ProjectStatus(
+                quota=_quota_out(quota),
+                allocated_milli=held.milli,
+                allocated_memory_bytes=held.memory_bytes,
+                borrowed_milli=max(0, held.milli - quota.deserved_milli),
+                fair_share_milli=shares.get(name, 0),
+                leases=count.get(name, 0),
+                waiting=sum(1 for w in waiting if w.project == name),
+                configured=name in quotas,
+            )
+        )
+    return out, capacity.milli, capacity.memory_bytes
+
+
+def _warnings(quotas: dict[str, Quota], capacity_milli: int) -> list[str]:
+    total = sum(q.deserved_milli for q in quotas.values())
+    if total > capacity_milli:
+        return [
+            f"deserved quotas add up to {total / 1000:g} GPU, more than the pool's {capacity_milli / 1000:g} GPU: "
+            "not every project can get its deserved share at once"
+        ]
+    return []
+
+
+async def set_quota(s: Serving, request: admin_pb2.SetQuotaRequest) -> admin_pb2.SetQuotaResponse:
+    """Create or replace a project's quota (guarded by the key's revision)."""
+    quota = _quota_in(request.quota)
+    key = s.keys.project(quota.project)
+    current = s.view.quota(quota.project)
+    put = Put(key, quota.to_json())
+    txn = await s.store.txn([ModRevisionIs(key, current.revision if current else 0)], [put], timeout=s.rpc_timeout)
+    if not txn.succeeded:
+        raise Refusal(reasons.CONFLICT, f"project {quota.project}'s quota changed meanwhile; read it and retry")
+    s.view.apply_committed([put], txn.revision, {key: quota})
+    statuses, capacity, _ = _statuses(s)
+    status = next(p for p in statuses if p.quota.project == quota.project)
+    return admin_pb2.SetQuotaResponse(project=status, warnings=_warnings(s.view.quotas(), capacity))
+
+
+async def get_quota(s: Serving, request: admin_pb2.GetQuotaRequest) -> admin_pb2.GetQuotaResponse:
+    """One project's quota and standing."""
+    name = validation.node_name(request.project)
+    if s.view.quota(name) is None and name != DEFAULT_PROJECT:
+        raise Refusal(reasons.PROJECT_NOT_FOUND, f"project {name!r} has no quota (vgpuctl quota set {name} ...)")
+    statuses, _, _ = _statuses(s)
+    found = next((p for p in statuses if p.quota.project == name), None)
+    return admin_pb2.GetQuotaResponse(project=found or types_pb2.ProjectStatus(quota=_quota_out(Quota(name))))
+
+
+def list_quotas(s: Serving) -> admin_pb2.ListQuotasResponse:
+    """All projects, the pool's capacity, the priority classes."""
+    statuses, milli, memory = _statuses(s)
+    return admin_pb2.ListQuotasResponse(
+        projects=statuses,
+        capacity_milli=milli,
+        capacity_memory_bytes=memory,
+        priority_classes=[_class_out(s.classes.by_name[n]) for n in s.classes.names()],
+        warnings=_warnings(s.view.quotas(), milli),
+    )
+
+
+def _class_out(c: PriorityClass) -> types_pb2.PriorityClass:
+    return types_pb2.PriorityClass(
+        name=c.name,
+        value=c.value,
+        preemptible=c.preemptible,
+        in_quota_only=c.in_quota_only,
+        preempt_grace=duration_pb2.Duration(seconds=int(c.preempt_grace_s)),
+        min_runtime=duration_pb2.Duration(seconds=int(c.min_runtime_s)),
+    )
+
+
+async def delete_quota(s: Serving, request: admin_pb2.DeleteQuotaRequest) -> admin_pb2.DeleteQuotaResponse:
+    """Remove a quota; refused while the project holds leases or waits."""
+    name = validation.node_name(request.project)
+    current = s.view.quota(name)
+    if current is None:
+        raise Refusal(reasons.PROJECT_NOT_FOUND, f"project {name!r} has no quota")
+    busy = [v.value.id for v in s.view.live_leases() if project_of(v.value) == name]
+    busy += [q.request.lease_id for q in s.view.queue() if project_of(q.request.lease) == name]
+    if busy:
+        raise Refusal(
+            reasons.PROJECT_BUSY,
+            f"project {name} still has {len(busy)} lease(s) or request(s) ({', '.join(busy[:3])}); end them first",
+        )
+    key = s.keys.project(name)
+    delete = Delete(key)
+    txn = await s.store.txn([ModRevisionIs(key, current.revision)], [delete], timeout=s.rpc_timeout)
+    if not txn.succeeded:
+        raise Refusal(reasons.CONFLICT, f"project {name}'s quota changed meanwhile; retry")
+    s.view.apply_committed([delete], txn.revision)
+    return admin_pb2.DeleteQuotaResponse()
+
+
+def list_queue(s: Serving, request: admin_pb2.ListQueueRequest, now: float) -> admin_pb2.ListQueueResponse:
+    """The queue in serving order, with estimated waits by Little's law (position / grant rate)."""
+    project = validation.node_name(request.project) if request.project else ""
+    rate = grant_rate((v.value for v in s.view.live_leases()), now) + grant_rate(
+        (v.value for v in s.view.ended_leases()), now
+    )
+    out = admin_pb2.ListQueueResponse(grant_rate=rate)
+    for position, entry in enumerate(queue_positions(s.view, s.classes, now=now), start=1):
+        if project and entry.project != project:
+            continue
+        queued = s.view.queued(entry.lease_id)
+        live = s.view.lease(entry.lease_id)
+        if queued is not None:
+            lease = queued.request.lease
+        elif live is not None:
+            lease = live.value
+        else:
+            continue  # left the queue while listing
+        msg = convert.lease(lease, node=s.node, endpoint=s.endpoint)
+        item = out.entries.add(
+            lease_id=entry.lease_id,
+            project=entry.project,
+            priority=lease.priority or s.classes.default,
+            owner=msg.owner,
+            request=msg.request,
+            position=position,
+            reason=_reason(s, entry.lease_id, position),
+            suspended=entry.resume,
+            node=lease.node,
+        )
+        item.waiting_since.CopyFrom(convert.timestamp(entry.since))
+        if rate > 0:
+            item.estimated_wait.CopyFrom(duration_pb2.Duration(seconds=math.ceil(position / rate)))
+    return out
+
+
+def _reason(s: Serving, lease_id: str, position: int) -> str:
+    pos = s.queue.position(lease_id)
+    if pos.reason:
+        return pos.reason
+    return f"{position - 1} request(s) ahead" if position > 1 else "waiting for capacity"
+
+
+async def preempt(s: Serving, request: admin_pb2.PreemptLeaseRequest) -> admin_pb2.PreemptLeaseResponse:
+    """Ask a lease to checkpoint and yield; refused for non-preemptible classes."""
+    lease_id, _ = validation.lease_ref(request.lease_id, "x")
+    current = await s.allocator.lookup(lease_id)
+    if current is None:
+        raise Refusal(reasons.LEASE_NOT_FOUND, f"no lease {lease_id!r}")
+    lease = current.value
+    if lease.state.ended:
+        raise Refusal(reasons.LEASE_ENDED, f"lease {lease_id} has ended ({lease.end_reason})")
+    cls = priority_of(s.classes, lease.priority)
+    if not cls.preemptible:
+        raise Refusal(
+            reasons.NOT_PREEMPTIBLE,
+            f"lease {lease_id} is of priority class {cls.name}, which is not preemptible; "
+            "evict it instead (vgpuctl evict) if it must go",
+        )
+    if lease.state is LeaseState.PENDING:
+        raise Refusal(reasons.NOT_PREEMPTING, f"lease {lease_id} is not granted yet")
+    grace = cls.preempt_grace_s
+    if request.HasField("grace"):
+        grace = request.grace.seconds + request.grace.nanos / 1e9
+        if not _MIN_GRACE_S <= grace <= _MAX_GRACE_S:
+            raise Refusal(reasons.INVALID_REQUEST, f"grace {grace:g}s is outside {_MIN_GRACE_S}..{_MAX_GRACE_S}s")
+    reason = validation.bounded_text("reason", request.reason) or "preempted by an admin"
+    record = await s.transitions.preempt(lease_id, reason=reason, grace_s=grace)
+    return admin_pb2.PreemptLeaseResponse(lease=convert.lease(record, node=s.node, endpoint=s.endpoint))

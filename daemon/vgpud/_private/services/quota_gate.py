@@ -1,0 +1,31 @@
+"""Whether an acquire may be granted by the asked daemon at once, or must go to the leader's queue.
+
+The leader checks quotas exactly (one decider). The fast path stays for what cannot break a quota: a class
+that may borrow, of a project with no limit or well within it. In-quota-only classes and requests that
+would cross a limit go through the queue, where the leader holds or refuses them with the reason.
+"""
+
+from __future__ import annotations
+
+from vgpud._private.allocator import AcquireSpec
+from vgpud._private.core.projects import DEFAULT_PROJECT, Usage, lease_usage
+from vgpud._private.core.queue_order import asked
+from vgpud._private.services.serving import Serving
+
+
+def fast_path_allowed(s: Serving, spec: AcquireSpec) -> bool:
+    """True when granting locally cannot break the project's quota."""
+    if s.classes.get(spec.priority).in_quota_only:
+        return False
+    quota = s.view.quota(spec.project or DEFAULT_PROJECT)
+    if quota is None or not (quota.value.limit_milli or quota.value.limit_memory_bytes):
+        return True
+    project = spec.project or DEFAULT_PROJECT
+    used = Usage()
+    for versioned in s.view.live_leases():
+        if (versioned.value.project or DEFAULT_PROJECT) == project:
+            used += lease_usage(versioned.value)
+    grown = asked(spec.shape)
+    if spec.shape.compute_milli_max:
+        grown = Usage(spec.shape.compute_milli_max * spec.shape.count, grown.memory_bytes)
+    return not (used + grown).over_limit(quota.value)
