@@ -2,7 +2,8 @@
 
 Starts vgpud (embedded etcd, simulated GPUs), runs example workloads that share the GPUs (the last one
 has to wait in the queue until another releases), shows the pool through vgpuctl while they run and
-after; then switches one GPU to MIG mode and runs two workloads on MIG instances created for them.
+after; then switches one GPU to MIG mode and runs two workloads on MIG instances created for them; then a
+project with a quota claims the other GPU back from a borrowing job, which checkpoints, yields and resumes.
 Exits 0 only when every step worked.
 """
 
@@ -55,6 +56,30 @@ def run_mig(env: dict[str, str]) -> list[int]:
     return codes
 
 
+def run_fair(env: dict[str, str]) -> list[int]:
+    """Fair sharing on GPU 0: nlp borrows it (no quota), vision (deserved 1 GPU) claims it back by preemption."""
+    vgpuctl(env, "quota", "set", "vision", "--deserved", "1gpu")
+    vgpuctl(env, "quota", "set", "nlp", "--deserved", "0gpu", "--over-quota-weight", "1")
+    job = [sys.executable, str(HERE / "checkpointed.py")]
+    borrower = subprocess.Popen(
+        [*job, "--name", "nlp-train", "--project", "nlp", "--priority", "best-effort", "--steps", "80"], env=env
+    )
+    time.sleep(1.5)  # the borrower holds the GPU before the owner arrives; nothing waits on this
+    owner = subprocess.Popen([*job, "--name", "vision-train", "--project", "vision", "--steps", "10"], env=env)
+    time.sleep(1.5)
+    vgpuctl(env, "queue")
+    vgpuctl(env, "quota", "list")
+    codes = [owner.wait(timeout=60), borrower.wait(timeout=60)]
+    listing = subprocess.run(
+        [sys.executable, "-m", "vgpuctl", "leases", "--all", "--json"], env=env, check=True, capture_output=True, text=True
+    )
+    preempted = [x for x in json.loads(listing.stdout) if x.get("project") == "nlp" and x.get("preemptions")]
+    if not preempted:
+        print("demo: the borrowing nlp job was never preempted", file=sys.stderr)
+        codes.append(1)
+    return codes
+
+
 def main() -> int:
     started = time.monotonic()
     with local_pool(sim="h100-80gb:2") as pool:
@@ -75,11 +100,13 @@ def main() -> int:
         vgpuctl(env, "gpus")
         vgpuctl(env, "leases", "--all")
         codes += run_mig(env)
+        codes += run_fair(env)
     if any(codes):
         print(f"\ndemo FAILED: workload exit codes {codes}", file=sys.stderr)
         return 1
     took = time.monotonic() - started
-    print(f"\ndemo OK: {len(JOBS) + len(MIG_JOBS)} workloads shared 2 GPUs (2 on MIG instances) in {took:.1f}s")
+    total = len(JOBS) + len(MIG_JOBS) + 2
+    print(f"\ndemo OK: {total} workloads shared 2 GPUs (2 on MIG instances, 1 preempted and resumed) in {took:.1f}s")
     return 0
 
 

@@ -283,3 +283,36 @@ def test_bad_quotas_are_refused_and_oversubscription_is_reported(fair: LocalPool
     with pytest.raises(grpc.RpcError) as exc:
         raw.admin.GetQuota(admin_pb2.GetQuotaRequest(project="nobody"), timeout=10)
     assert exc.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_sdk_client_checkpoints_yields_and_resumes_through_its_callbacks(fair: LocalPool, raw: Raw) -> None:
+    saved = threading.Event()
+    restored = threading.Event()
+    notices: list[vgpu.PreemptNotice] = []
+
+    def save(lease: vgpu.Lease, notice: vgpu.PreemptNotice) -> None:
+        notices.append(notice)
+        saved.set()
+
+    with fair.pool() as pool:
+        lease = pool.acquire(gpus=1, wait=False, on_preempt=save, on_resume=lambda _lease: restored.set())
+        raw.preempt(lease.id, grace_s=30)
+        assert saved.wait(20), "the SDK ran the checkpoint callback"
+        assert restored.wait(20), "the lease resumed and the SDK ran the restore callback"
+        assert notices[0].reason == "test"
+        assert lease.state == "granted"
+        assert lease.preemptions == 1
+        assert lease.env["CUDA_VISIBLE_DEVICES"]
+        assert [name for name, _ in lease.steps][-3:] == ["checkpointed", "suspended", "resumed"]
+        lease.release()
+
+
+def test_sdk_checkpoint_at_iteration_boundaries(fair: LocalPool, raw: Raw) -> None:
+    with fair.pool() as pool:
+        lease = pool.acquire(gpus=1, wait=False)
+        assert lease.checkpoint() is False  # nothing asked: returns at once
+        raw.preempt(lease.id, grace_s=30)
+        assert lease.wait_preempt(timeout=20) is not None
+        assert lease.checkpoint() is True  # acknowledged, suspended, resumed
+        assert raw.lease(lease).state == types_pb2.LEASE_STATE_GRANTED
+        lease.release()

@@ -41,6 +41,18 @@ def test_render_has_every_metric(metrics: DaemonMetrics) -> None:
     assert "vgpu_build_info{" in text
 
 
+def test_preemption_latency_and_project_allocation(metrics: DaemonMetrics) -> None:
+    metrics.observe_preemption(0.3, "acknowledged")
+    metrics.observe_preemption(31.0, "missed")
+    metrics.set_project_allocation({"vision": 2500, "nlp": 0})
+    text = metrics.render().decode()
+    assert 'vgpu_preemption_seconds_bucket{le="0.5",outcome="acknowledged"} 1.0' in text
+    assert 'vgpu_preemption_seconds_bucket{le="0.25",outcome="acknowledged"} 0.0' in text
+    assert 'vgpu_preemption_seconds_bucket{le="30.0",outcome="missed"} 0.0' in text
+    assert 'vgpu_project_allocated_milli{project="vision"} 2500.0' in text
+    assert 'vgpu_project_allocated_milli{project="nlp"} 0.0' in text
+
+
 def test_forget_gpu_drops_its_series(metrics: DaemonMetrics) -> None:
     metrics.set_gpu("n", "GPU-1", "a30-24gb", 1, 0, 0)
     metrics.forget_gpu("n", "GPU-1", "a30-24gb")

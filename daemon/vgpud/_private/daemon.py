@@ -33,6 +33,7 @@ from vgpud._private.backend.geometry import all_models, known_models
 from vgpud._private.config import DaemonConfig
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
+from vgpud._private.core.projects import usage_by_project
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
@@ -147,6 +148,7 @@ class Daemon:
         self._endpoints = endpoints
         self._keys = Keys(config.etcd.cluster)
         self._metrics = DaemonMetrics()
+        self._seen_projects: set[str] = set()
         self._tasks = _Tasks()
         self._node_lease = 0
         self._node_alive_until = float("inf")
@@ -218,6 +220,7 @@ class Daemon:
             make_allocator=make_allocator,
             classes=classes,
             scheduling=cfg.scheduling,
+            on_preempted=self._metrics.observe_preemption,
         )
         stopping = asyncio.Event()
         queue = PoolQueue(
@@ -248,6 +251,7 @@ class Daemon:
             stopping=stopping,
             classes=classes,
             scheduling=cfg.scheduling,
+            on_preempted=self._metrics.observe_preemption,
             on_error=self._metrics.count_rpc_error,
             on_acquire=self._metrics.observe_acquire,
             healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
@@ -428,7 +432,10 @@ class Daemon:
                 )
             counts = Counter(v.value.state.value for v in view.live_leases())
             self._metrics.set_leases({s.value: counts.get(s.value, 0) for s in LeaseState if not s.ended})
-            self._metrics.set_queue_length(len(view.queue()))
+            self._metrics.set_queue_length(len(view.queue()) + len(view.suspended()))
+            held = {name: used.milli for name, used in usage_by_project(v.value for v in view.live_leases()).items()}
+            self._seen_projects |= set(held)
+            self._metrics.set_project_allocation({name: held.get(name, 0) for name in self._seen_projects})
             await asyncio.sleep(2.0)
 
     async def _watchdog(self, period: float) -> None:

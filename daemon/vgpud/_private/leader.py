@@ -54,6 +54,7 @@ class Leadership:
         make_allocator: Callable[[Leadership], Allocator],
         classes: PriorityClasses = STANDARD,
         scheduling: SchedulingConfig | None = None,
+        on_preempted: Callable[[float, str], None] = lambda _seconds, _outcome: None,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -70,6 +71,7 @@ class Leadership:
         self._classes = classes
         self._scheduling = scheduling or SchedulingConfig()
         self._last_grow = 0.0
+        self._on_preempted = on_preempted
 
     # -- the fence -----------------------------------------------------------------------------------
     @property
@@ -216,6 +218,10 @@ class Leadership:
 
     async def _revoke_missed(self, allocator: Allocator, lease_id: str) -> None:
         log.warning("lease missed its preemption deadline; revoking", lease=lease_id)
+        current = self._view.lease(lease_id)
+        asked = next((t for name, t in reversed(current.value.steps) if name == "preempt"), 0.0) if current else 0.0
+        if asked:
+            self._on_preempted(allocator.clock() - asked, "missed")
         await allocator.end(
             lease_id,
             LeaseState.REVOKED,

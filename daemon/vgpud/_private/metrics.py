@@ -63,6 +63,16 @@ class DaemonMetrics:
             buckets=ACQUIRE_BUCKETS,
             registry=r,
         )
+        self._preemption = Histogram(
+            "vgpu_preemption_seconds",
+            "Time from the PREEMPT decision to the lease's slices being freed, by outcome (acknowledged, missed)",
+            ["outcome"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self._project_milli = Gauge(
+            "vgpu_project_allocated_milli", "Milli-GPU held by each project's live leases", ["project"], registry=r
+        )
         self._rpc_errors = Counter(
             "vgpu_rpc_errors_total",
             "RPCs that ended in an error, by method and gRPC code",
@@ -101,6 +111,15 @@ class DaemonMetrics:
     def observe_acquire(self, seconds: float, outcome: str) -> None:
         """One acquire's latency and how it ended ("granted", "queued", an error reason, ...)."""
         self._acquire_latency.labels(outcome).observe(seconds)
+
+    def observe_preemption(self, seconds: float, outcome: str) -> None:
+        """One preemption: how long from the decision until its slices were free, and how it ended."""
+        self._preemption.labels(outcome).observe(max(0.0, seconds))
+
+    def set_project_allocation(self, milli: Mapping[str, int]) -> None:
+        """Milli-GPU held per project (projects no longer holding anything are set to 0)."""
+        for project, value in milli.items():
+            self._project_milli.labels(project).set(value)
 
     def count_rpc_error(self, method: str, code: str) -> None:
         """One RPC that failed with gRPC status `code`."""

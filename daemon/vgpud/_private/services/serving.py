@@ -47,6 +47,8 @@ class Serving:
     """Preempt, acknowledge, resize (built from the allocator)."""
     idle: IdleLeases = field(init=False)
     """Idle flags from heartbeat usage reports."""
+    on_preempted: Callable[[float, str], None] = lambda _seconds, _outcome: None
+    """Preemption latency (decision to slices freed) and outcome, for metrics."""
     on_error: Callable[[str, str], None] = lambda _method, _code: None
     on_acquire: Callable[[float, str], None] = lambda _seconds, _outcome: None
     healthy: Callable[[str], bool] = lambda _uuid: True

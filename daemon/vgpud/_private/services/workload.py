@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 from google.protobuf import duration_pb2
@@ -35,6 +35,10 @@ _EVENT_FOR_STATE = {
     LeaseState.REVOKED: workload_pb2.LEASE_EVENT_TYPE_REVOKED,
     LeaseState.EXPIRED: workload_pb2.LEASE_EVENT_TYPE_EXPIRED,
 }
+
+
+_LOOK_AGAIN_S = 0.25
+"""A lease watch also re-reads the lease this often (a missed wake-up costs at most this much delay)."""
 
 
 def _deadline(context: Ctx, cap: float) -> float:
@@ -213,8 +217,11 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
     ) -> workload_pb2.AckPreemptResponse:
         """The workload checkpointed: free its slices, suspend the lease; it resumes when capacity frees."""
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
-        await self._s.allocator.owned(lease_id, token)
+        current = await self._s.allocator.owned(lease_id, token)
         suspended = await self._s.transitions.acknowledge(lease_id)
+        asked = next((t for name, t in reversed(current.value.steps) if name == "preempt"), 0.0)
+        if current.value.state is LeaseState.PREEMPTING and asked:
+            self._s.on_preempted(self._s.allocator.clock() - asked, "acknowledged")
         return workload_pb2.AckPreemptResponse(lease=self._lease_msg(suspended))
 
     @guarded_unary("GetLease")
@@ -262,16 +269,10 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             if current.value.state.ended:
                 return
             interval = max(0.5, current.value.ttl_seconds / 3)
+            keepalive_at = time.monotonic() + interval
             while True:
-                getter = asyncio.ensure_future(updates.get())
-                try:
-                    done, _ = await asyncio.wait({getter, stopping}, timeout=interval)
-                finally:
-                    getter.cancel()
-                if stopping in done:
-                    raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; resume with after_sequence")
-                if getter in done and not getter.cancelled():
-                    record = getter.result()
+                record = await self._next_change(updates, stopping, lease_id, last, keepalive_at)
+                if record is not None:
                     if record.revision <= last:
                         continue
                     last = record.revision
@@ -279,6 +280,9 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     if record.value.state.ended:
                         return
                     continue
+                if time.monotonic() < keepalive_at:
+                    continue
+                keepalive_at = time.monotonic() + interval
                 try:
                     await s.allocator.refresh(current.value)
                 except Refusal as refusal:
@@ -291,6 +295,30 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         finally:
             stopping.cancel()
             s.view.unlisten_lease(lease_id, updates)
+
+    async def _next_change(
+        self,
+        updates: asyncio.Queue[Versioned[LeaseRecord]],
+        stopping: asyncio.Task[Literal[True]],
+        lease_id: str,
+        last: int,
+        keepalive_at: float,
+    ) -> Versioned[LeaseRecord] | None:
+        """The lease's next version past `last`, or None when nothing changed for a short while."""
+        getter: asyncio.Future[Any] = asyncio.ensure_future(updates.get())
+        try:
+            step = max(0.0, min(keepalive_at - time.monotonic(), _LOOK_AGAIN_S))
+            done, _ = await asyncio.wait({getter, stopping}, timeout=step)
+        finally:
+            getter.cancel()
+        if stopping in done:
+            raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; resume with after_sequence")
+        if getter in done and not getter.cancelled():
+            got: Versioned[LeaseRecord] = getter.result()
+            return got
+        seen = self._s.view.lease(lease_id)
+        # Re-read as well: a change whose notification has not woken this stream is sent within _LOOK_AGAIN_S.
+        return seen if seen is not None and seen.revision > last else None
 
     def _event(self, record: Versioned[LeaseRecord], kind: int) -> workload_pb2.WatchLeaseResponse:
         msg = self._lease_msg(record.value)

@@ -1,0 +1,62 @@
+"""An example preemptible training job: checkpoints at iteration boundaries, yields when asked, resumes.
+
+    python examples/checkpointed.py --name nlp-train --project nlp --priority best-effort --steps 40
+
+Each step does a little NumPy work; `lease.checkpoint()` after every step returns at once unless the pool
+asked for the GPU back, in which case the job's state is saved, the GPU given back, and the job waits in the
+queue until it is re-granted (maybe another GPU: the new CUDA_VISIBLE_DEVICES is printed), then restored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import vgpu
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--project", default="")
+    parser.add_argument("--priority", default="")
+    parser.add_argument("--gpus", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--step-seconds", type=float, default=0.1)
+    args = parser.parse_args()
+    state: dict[str, object] = {}
+
+    def save(lease: vgpu.Lease, notice: vgpu.PreemptNotice) -> None:
+        state["saved"] = dict(step=state["step"])
+        print(f"[{args.name}] PREEMPT ({notice.reason}): checkpointed at step {state['step']}, yielding", flush=True)
+
+    def restore(lease: vgpu.Lease) -> None:
+        print(f"[{args.name}] RESUMED on CUDA_VISIBLE_DEVICES={lease.env['CUDA_VISIBLE_DEVICES']}", flush=True)
+
+    started = time.monotonic()
+    with vgpu.acquire(
+        gpus=args.gpus,
+        project=args.project,
+        priority=args.priority,
+        description=args.name,
+        on_preempt=save,
+        on_resume=restore,
+        on_queued=lambda info: print(f"[{args.name}] waiting: {info.reason}", flush=True),
+    ) as lease:
+        print(f"[{args.name}] granted {lease.id} after {time.monotonic() - started:.2f}s", flush=True)
+        a = np.random.default_rng(0).standard_normal((128, 128))
+        for step in range(args.steps):
+            state["step"] = step
+            deadline = time.monotonic() + args.step_seconds
+            while time.monotonic() < deadline:
+                a = np.tanh(a @ a.T / 128)
+            lease.checkpoint()
+        steps = [name for name, _ in lease.steps]
+        print(f"[{args.name}] done: {args.steps} steps, preempted {lease.preemptions}x, steps {steps}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
