@@ -28,8 +28,8 @@ def main() -> int:
     args = parser.parse_args()
     state: dict[str, object] = {}
 
-    def save(lease: vgpu.Lease, notice: vgpu.PreemptNotice) -> None:
-        state["saved"] = dict(step=state["step"])
+    def save(_lease: vgpu.Lease, notice: vgpu.PreemptNotice) -> None:
+        state["saved"] = {"step": state["step"]}  # a real job would write its model and optimizer state
         print(f"[{args.name}] PREEMPT ({notice.reason}): checkpointed at step {state['step']}, yielding", flush=True)
 
     def restore(lease: vgpu.Lease) -> None:

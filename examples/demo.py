@@ -71,7 +71,11 @@ def run_fair(env: dict[str, str]) -> list[int]:
     vgpuctl(env, "quota", "list")
     codes = [owner.wait(timeout=60), borrower.wait(timeout=60)]
     listing = subprocess.run(
-        [sys.executable, "-m", "vgpuctl", "leases", "--all", "--json"], env=env, check=True, capture_output=True, text=True
+        [sys.executable, "-m", "vgpuctl", "leases", "--all", "--json"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     preempted = [x for x in json.loads(listing.stdout) if x.get("project") == "nlp" and x.get("preemptions")]
     if not preempted:
