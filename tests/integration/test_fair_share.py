@@ -316,3 +316,61 @@ def test_sdk_checkpoint_at_iteration_boundaries(fair: LocalPool, raw: Raw) -> No
         assert lease.checkpoint() is True  # acknowledged, suspended, resumed
         assert raw.lease(lease).state == types_pb2.LEASE_STATE_GRANTED
         lease.release()
+
+
+def test_reclaim_across_daemons_with_a_cooperative_sdk_client(shared_etcd: str, tmp_path: Path) -> None:
+    config = tmp_path / "vgpud.toml"
+    config.write_text(FAST_CLASSES)
+    args = ("--etcd", shared_etcd, "--config", str(config))
+    with local_pool("h100-80gb:1", extra_args=args, ttl=5) as a, local_pool("h100-80gb:1", extra_args=args, ttl=5) as b:
+        a.set_quota("vision", deserved=1)
+        a.set_quota("nlp", deserved=0)
+        saved: list[str] = []
+        resumed = threading.Event()
+        with b.pool() as on_b, a.pool() as on_a:
+            nlp = [
+                on_b.acquire(
+                    gpus=1,
+                    node=None,
+                    project="nlp",
+                    priority="best-effort",
+                    on_preempt=lambda lease, _notice: saved.append(lease.id),
+                    on_resume=lambda _lease: resumed.set(),
+                )
+                for _ in range(2)
+            ]
+            assert {lease.nodes[0] for lease in nlp} == {a.node_name, b.node_name}  # nlp borrows both GPUs
+            vision = on_a.acquire(gpus=1, node=None, project="vision", timeout=30)  # waits, reclaims one
+            assert len(saved) == 1, "exactly one nlp lease was asked to yield, and its client checkpointed"
+            (victim,) = [lease for lease in nlp if lease.id == saved[0]]
+            assert victim.suspended
+            vision.release()
+            assert resumed.wait(30), "the suspended nlp lease resumed once vision gave its GPU back"
+            assert victim.state == "granted"
+            assert victim.preemptions == 1
+            for lease in nlp:
+                lease.release()
+
+
+def test_waiting_clients_see_their_fair_position_and_an_estimated_wait(fair: LocalPool, raw: Raw) -> None:
+    fair.set_quota("vision", deserved=3)  # more than the pool: allowed (reported); vision stays below it
+    fair.set_quota("nlp", deserved=0)
+    with fair.pool() as pool:
+        held = [pool.acquire(gpus=1, project="vision", priority="inference", wait=False) for _ in range(2)]
+        seen: dict[str, list[vgpu.QueueInfo]] = {"nlp": [], "vision": []}
+        started: list[threading.Thread] = []
+        for project in ("nlp", "vision"):  # nlp asks first, but vision is below its deserved quota
+            thread = threading.Thread(
+                target=lambda p=project: pool.acquire(gpus=1, project=p, timeout=30, on_queued=seen[p].append).release()
+            )
+            thread.start()
+            started.append(thread)
+            wait_until(lambda p=project: seen[p], what=f"{project} to queue")  # type: ignore[misc]  # as above
+        order = raw.admin.ListQueue(admin_pb2.ListQueueRequest(), timeout=10).entries
+        assert [e.project for e in order] == ["vision", "nlp"]
+        assert wait_until(lambda: seen["nlp"] and seen["nlp"][-1].position == 2, what="nlp to be second")
+        assert seen["nlp"][-1].estimated_wait_s is not None  # two grants just happened: a rate exists
+        for lease in held:
+            lease.release()
+        for thread in started:
+            thread.join(30)

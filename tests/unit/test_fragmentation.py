@@ -152,3 +152,13 @@ def test_best_fit_policy_matches_the_default() -> None:
         )
     two = ShapeRequest(Isolation.SHARED, 100 * PER_MILLI, 100, count=2)
     assert chosen(place_on_nodes(two, nodes, "x", policy=BestFit())) == chosen(place_on_nodes(two, nodes, "x"))
+
+
+def test_a_task_without_gpus_prefers_the_node_with_least_idle_gpu() -> None:
+    mix = TaskMix.of([TaskClass(1, 500, cpu_milli=1000)])
+    hosts = {"a": HostRoom(64000, 1 << 20), "b": HostRoom(64000, 1 << 20)}
+    policy = FragmentationGradient(mix, hosts, HostUse(4000, 0), host_bound=True)
+    idle_node = [gpu("a", 0), gpu("a", 1)]
+    busy_node = [gpu("b", 0, used=1000), gpu("b", 1, used=600)]
+    assert policy.node_score(busy_node, Placement(())) < policy.node_score(idle_node, Placement(()))
+    assert policy.node_score(busy_node, Placement(()))[0] == policy.node_score(idle_node, Placement(()))[0] == 0.0

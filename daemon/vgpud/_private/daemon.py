@@ -34,6 +34,7 @@ from vgpud._private.config import DaemonConfig
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.core.projects import usage_by_project
+from vgpud._private.fair_pass import QueueRanking
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
@@ -232,6 +233,7 @@ class Daemon:
             node_lease=lambda: self._node_lease,
             holds=lambda: leadership.holds,
             timeout=_STORE_TIMEOUT,
+            ranking=QueueRanking(view, classes, time.time),
             stopping=stopping,
         )
         serving = Serving(

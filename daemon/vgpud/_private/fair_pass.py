@@ -9,7 +9,7 @@ and the grant rate (for estimated waits) is read off the leases' grant and resum
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vgpud._private.core.fair_share import Capacity
@@ -174,3 +174,23 @@ def grant_rate(leases: Iterable[LeaseRecord], now: float) -> float:
         elif lease.created_at >= since and lease.state is not LeaseState.PENDING:
             count += 1
     return count / GRANT_WINDOW_S
+
+
+class QueueRanking:
+    """The serving order and grant rate for queue positions, recomputed only when the view changed."""
+
+    def __init__(self, view: PoolView, classes: PriorityClasses, clock: Callable[[], float]) -> None:
+        self._view = view
+        self._classes = classes
+        self._clock = clock
+        self._cached: tuple[int, list[str], float] | None = None
+
+    def __call__(self) -> tuple[list[str], float]:
+        """(lease ids in serving order, grants per second lately)."""
+        generation = self._view.generation
+        if self._cached is None or self._cached[0] != generation:
+            now = self._clock()
+            order = [w.lease_id for w in queue_positions(self._view, self._classes, now=now)]
+            leases = [v.value for v in self._view.live_leases()] + [v.value for v in self._view.ended_leases()]
+            self._cached = (generation, order, grant_rate(leases, now))
+        return self._cached[1], self._cached[2]

@@ -39,6 +39,8 @@ class Position:
     position: int
     length: int
     reason: str
+    estimated_wait_s: float = 0.0
+    """Position / recent grant rate (Little's law); 0 when no grant was seen lately."""
 
 
 class PoolQueue:
@@ -55,6 +57,7 @@ class PoolQueue:
         node_lease: Callable[[], int],
         holds: Callable[[], dict[str, str]],
         timeout: float,
+        ranking: Callable[[], tuple[list[str], float]] | None = None,
         stopping: asyncio.Event,
     ) -> None:
         self._store = store
@@ -67,6 +70,8 @@ class PoolQueue:
         self._holds = holds
         """The leader's reasons for held requests when this daemon leads (empty otherwise)."""
         self._timeout = timeout
+        self._ranking = ranking
+        """The leader's serving order (queued and suspended ids) and the grant rate, when fair sharing is on."""
         self._withdrawing: set[asyncio.Future[None]] = set()
 
     def waiting_for(self, node: str) -> bool:
@@ -99,8 +104,11 @@ class PoolQueue:
 
     def position(self, lease_id: str) -> Position:
         """1-based place among live waiting requests, and why it waits."""
-        entries = [q for q in self._view.queue() if not q.request.refused]
-        ids = [q.request.lease_id for q in entries]
+        rate = 0.0
+        if self._ranking is not None:
+            ids, rate = self._ranking()
+        else:
+            ids = [q.request.lease_id for q in self._view.queue() if not q.request.refused]
         if lease_id not in ids:
             return Position(0, len(ids), "")
         index = ids.index(lease_id)
@@ -108,7 +116,7 @@ class PoolQueue:
             reason = "no pool leader is elected right now; waiting for one"
         else:
             reason = self._holds().get(lease_id) or (f"{index} request(s) ahead" if index else "waiting for capacity")
-        return Position(index + 1, len(ids), reason)
+        return Position(index + 1, len(ids), reason, (index + 1) / rate if rate > 0 else 0.0)
 
     async def follow(self, request: QueuedRequest, deadline: float) -> AsyncIterator[Position | LeaseRecord]:
         """Positions while it waits, then the granted lease; Refusal when refused or past `deadline`."""

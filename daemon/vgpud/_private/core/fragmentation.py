@@ -227,7 +227,8 @@ class FragmentationGradient:
     """FGD as a placement policy for one task: the GPU and node whose expected fragment grows least win.
 
     Ties (common: every empty GPU of a model scores the same) go to best fit, which keeps emptier GPUs
-    whole for later multi-GPU tasks.
+    whole for later multi-GPU tasks, then to the node left with the least idle GPU (a task without GPUs
+    goes where it strands none).
     """
 
     mix: TaskMix
@@ -240,15 +241,19 @@ class FragmentationGradient:
 
     def gpu_score(self, view: GpuView, claim: Claim, node: Sequence[GpuView]) -> Score:
         """Growth of the node's fragment if this GPU takes the claim, then room left on the GPU."""
-        return (self._growth(node, {view.record.uuid: claim}), leftover(view, claim))
+        grown, _ = self._growth(node, {view.record.uuid: claim})
+        return (grown, leftover(view, claim))
 
     def node_score(self, node: Sequence[GpuView], placement: Placement) -> Score:
-        """Growth of the node's fragment under the whole placement, then room left on the GPUs used."""
-        claims = {view.record.uuid: claim for view, claim in placement.assignments}
-        return (self._growth(node, claims), sum(leftover(view, claim) for view, claim in placement.assignments))
+        """Growth of the node's fragment under the placement, room left on the GPUs used, idle GPU left."""
+        grown, idle = self._growth(node, {view.record.uuid: claim for view, claim in placement.assignments})
+        return (grown, sum(leftover(view, claim) for view, claim in placement.assignments), idle)
 
-    def _growth(self, node: Sequence[GpuView], claims: Mapping[str, Claim]) -> float:
-        """Fragment after minus before, rounded so equal growths on different nodes tie exactly (float noise)."""
+    def _growth(self, node: Sequence[GpuView], claims: Mapping[str, Claim]) -> tuple[float, int]:
+        """(fragment after minus before, idle milli-GPU after) of the node under `claims`.
+
+        The growth is rounded so that equal growths on differently loaded nodes tie exactly (float noise).
+        """
         before = after = None
         if self.hosts is not None and node:
             before = self.hosts.get(node[0].record.node)
@@ -267,4 +272,4 @@ class FragmentationGradient:
         grown = sum(fragment(model, idle, after, host_bound=bound) for model, idle in idle_after.items()) - sum(
             fragment(model, idle, before, host_bound=bound) for model, idle in idle_before.items()
         )
-        return round(grown, 6)
+        return round(grown, 6), sum(sum(idle) for idle in idle_after.values())

@@ -185,9 +185,7 @@ async def delete_quota(s: Serving, request: admin_pb2.DeleteQuotaRequest) -> adm
 def list_queue(s: Serving, request: admin_pb2.ListQueueRequest, now: float) -> admin_pb2.ListQueueResponse:
     """The queue in serving order, with estimated waits by Little's law (position / grant rate)."""
     project = validation.node_name(request.project) if request.project else ""
-    rate = grant_rate((v.value for v in s.view.live_leases()), now) + grant_rate(
-        (v.value for v in s.view.ended_leases()), now
-    )
+    rate = grant_rate([*(v.value for v in s.view.live_leases()), *(v.value for v in s.view.ended_leases())], now)
     out = admin_pb2.ListQueueResponse(grant_rate=rate)
     for position, entry in enumerate(queue_positions(s.view, s.classes, now=now), start=1):
         if project and entry.project != project:

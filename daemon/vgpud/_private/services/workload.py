@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -145,6 +146,8 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                 status = types_pb2.QueueStatus(
                     position=update.position, queue_length=update.length, reason=update.reason
                 )
+                if update.estimated_wait_s:
+                    status.estimated_wait.CopyFrom(duration_pb2.Duration(seconds=math.ceil(update.estimated_wait_s)))
                 yield workload_pb2.AcquireResponse(queued=status)
         finally:
             if not delivered:
