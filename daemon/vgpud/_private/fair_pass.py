@@ -114,6 +114,7 @@ def running(view: PoolView, classes: PriorityClasses, now: float) -> list[Runnin
         shrinkable = lease.request.compute_milli_max > lease.request.compute_milli and any(
             s.isolation is Isolation.SHARED and s.compute_milli > lease.request.compute_milli for s in lease.slices
         )
+        droppable = _droppable(lease)
         out.append(
             Running(
                 lease.id,
@@ -127,9 +128,19 @@ def running(view: PoolView, classes: PriorityClasses, now: float) -> list[Runnin
                 idle=lease.idle_since > 0,
                 preempting=lease.state is LeaseState.PREEMPTING,
                 min_compute=lease.request.compute_milli if shrinkable else 0,
+                min_count=lease.request.count if droppable else 0,
+                droppable=droppable,
             )
         )
     return out
+
+
+def _droppable(lease: LeaseRecord) -> frozenset[str]:
+    """GPUs of a count-elastic lease's slices beyond its minimum (what a count shrink gives back)."""
+    low = lease.request.count
+    if lease.request.count_max <= low or len(lease.slices) <= low or lease.state is not LeaseState.GRANTED:
+        return frozenset()
+    return frozenset(s.gpu_uuid for s in lease.slices[low:])
 
 
 def decide_pass(

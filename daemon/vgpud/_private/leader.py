@@ -232,7 +232,10 @@ class Leadership:
     async def _act(self, transitions: LeaseTransitions, action: Action) -> None:
         if isinstance(action, Shrink):
             with contextlib.suppress(Refusal):
-                await transitions.resize(action.lease_id, action.compute_milli)
+                if action.count:
+                    await transitions.resize_count(action.lease_id, action.count)
+                else:
+                    await transitions.resize(action.lease_id, action.compute_milli)
             return
         lease = self._view.lease(action.lease_id)
         if lease is None:
@@ -241,9 +244,12 @@ class Leadership:
         with contextlib.suppress(Refusal):
             await transitions.preempt(action.lease_id, reason=action.message, grace_s=grace)
 
-    async def _grow(self, transitions: LeaseTransitions, grow: tuple[str, int]) -> None:
+    async def _grow(self, transitions: LeaseTransitions, grow: Shrink) -> None:
         with contextlib.suppress(Refusal):
-            await transitions.resize(*grow)
+            if grow.count:
+                await transitions.resize_count(grow.lease_id, grow.count)
+            else:
+                await transitions.resize(grow.lease_id, grow.compute_milli)
 
     async def _grant(self, allocator: Allocator, entry: Queued) -> None:
         try:

@@ -16,9 +16,9 @@ import structlog
 from vgpu._private import reasons
 from vgpud._private.allocator import Allocator, slices_of
 from vgpud._private.core.lease_state import check_transition
-from vgpud._private.core.model import Claim, Isolation, LeaseRecord, LeaseState
-from vgpud._private.core.placement import Unplaceable
-from vgpud._private.core.queue_order import place_request
+from vgpud._private.core.model import Claim, Isolation, LeaseRecord, LeaseState, SliceRecord
+from vgpud._private.core.placement import GpuView, Placement, Unplaceable
+from vgpud._private.core.queue_order import place_local, place_request
 from vgpud._private.refusal import Refusal
 from vgpud._private.write_batch import Overlay
 
@@ -155,12 +155,68 @@ class LeaseTransitions:
 
         return await self._allocator.commit(build)
 
+    async def resize_count(self, lease_id: str, count: int) -> LeaseRecord:
+        """Give back slices down to `count`, or add slices toward it (as many as fit, at least one)."""
+        allocator = self._allocator
+        now = self._clock()
+
+        def build(overlay: Overlay) -> LeaseRecord:
+            lease = _live(overlay, lease_id)
+            if lease.state is not LeaseState.GRANTED:
+                return lease
+            target = max(lease.request.count, min(max(lease.request.count_max, lease.request.count), count))
+            have = len(lease.slices)
+            if target == have:
+                return lease
+            if target < have:
+                slices = _fewer_slices(overlay, lease, target)
+            else:
+                added = _more_slices(allocator, overlay, lease, target - have)
+                if not added:
+                    raise Refusal(reasons.NO_CAPACITY, f"no GPU free beside lease {lease_id} to grow it")
+                slices = (*lease.slices, *slices_of(Placement(tuple(added)), overlay))
+            resized = replace(lease, slices=slices, steps=lease.step("resized", now), event="resized")
+            overlay.put_lease(resized)
+            return resized
+
+        return await allocator.commit(build)
+
+
+def _more_slices(
+    allocator: Allocator, overlay: Overlay, lease: LeaseRecord, wanted: int
+) -> list[tuple[GpuView, Claim]]:
+    """Up to `wanted` more slices for a count-elastic lease, on GPUs it does not use yet.
+
+    They go on its node (any node for a gang allowed to span), each placed like the lease's own request.
+    """
+    used = {s.gpu_uuid for s in lease.slices}
+    names = allocator.live_nodes() if lease.gang and lease.any_node else sorted({s.node for s in lease.slices})
+    views = [v for n in names for v in allocator.candidates(n, overlay) if v.record.uuid not in used]
+    one = replace(lease.request, count=1, count_max=0)
+    out: list[tuple[GpuView, Claim]] = []
+    while len(out) < wanted:
+        result = place_local(one, views, lease.id)
+        if isinstance(result, Unplaceable):
+            break
+        ((view, claim),) = result.assignments
+        overlay.put_gpu_state(view.record.uuid, overlay.gpu_state(view.record.uuid).with_claim(claim))
+        out.append((view, claim))
+        views = [v for v in views if v.record.uuid != view.record.uuid]
+    return out
+
 
 def _resized(claim: Claim, lease_id: str, compute_milli: int) -> Claim:
     """The claim with a new compute share if it is one of the lease's shared claims."""
     if claim.lease_id != lease_id or claim.isolation is not Isolation.SHARED:
         return claim
     return replace(claim, compute_milli=compute_milli)
+
+
+def _fewer_slices(overlay: Overlay, lease: LeaseRecord, keep: int) -> tuple[SliceRecord, ...]:
+    """The lease's first `keep` slices; the claims of the rest are given back."""
+    for s in lease.slices[keep:]:
+        overlay.put_gpu_state(s.gpu_uuid, overlay.gpu_state(s.gpu_uuid).without_lease(lease.id))
+    return lease.slices[:keep]
 
 
 def _live(overlay: Overlay, lease_id: str) -> LeaseRecord:

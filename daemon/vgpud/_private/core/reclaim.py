@@ -41,14 +41,20 @@ class Running:
     """Already asked to yield: its capacity is as good as free."""
     min_compute: int = 0
     """Elastic shared slices: the compute each slice may shrink to (0: not shrinkable)."""
+    min_count: int = 0
+    """Elastic count: how many slices it may shrink to (0: not shrinkable by count)."""
+    droppable: frozenset[str] = frozenset()
+    """GPUs of the slices a count shrink would give back (those beyond min_count)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Shrink:
-    """Shrink an elastic lease's shared slices to `compute_milli` each."""
+    """Shrink an elastic lease: its shared slices to `compute_milli` each, or to `count` slices."""
 
     lease_id: str
     compute_milli: int
+    count: int = 0
+    """Non-zero: a count shrink to this many slices (compute_milli is then 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +128,11 @@ def _plan_one(
     used: Mapping[str, Usage],
     taken: set[str],
 ) -> tuple[list[Action], Placement] | None:
-    shrinkable = [r for r in running if r.min_compute and r.lease_id not in taken and r.lease_id != entry.lease_id]
+    shrinkable = [
+        r
+        for r in running
+        if (r.min_compute or r.droppable) and r.lease_id not in taken and r.lease_id != entry.lease_id
+    ]
     trial = {n: [_shrunk(v, shrinkable) for v in views] for n, views in candidates.items()}
     placement = place_elastic(entry, trial)
     if isinstance(placement, Placement):
@@ -234,10 +244,13 @@ def _minimal(
 
 
 def _shrunk(view: GpuView, shrinkable: Sequence[Running]) -> GpuView:
-    """The view with every shrinkable elastic claim at its minimum compute."""
-    minimum = {r.lease_id: r.min_compute for r in shrinkable}
-    if not any(c.lease_id in minimum for c in view.state.claims):
+    """The view with every shrinkable elastic claim at its minimum compute, and count-shrunk slices gone."""
+    minimum = {r.lease_id: r.min_compute for r in shrinkable if r.min_compute}
+    dropped = {r.lease_id for r in shrinkable if view.record.uuid in r.droppable}
+    if not any(c.lease_id in minimum or c.lease_id in dropped for c in view.state.claims):
         return view
+    for lease_id in dropped:
+        view = _without(view, lease_id)
     claims = tuple(
         replace(c, compute_milli=min(c.compute_milli, minimum[c.lease_id]))
         if c.lease_id in minimum and c.isolation is Isolation.SHARED
@@ -249,13 +262,17 @@ def _shrunk(view: GpuView, shrinkable: Sequence[Running]) -> GpuView:
 
 def _shrinks_for(placement: Placement, shrinkable: Sequence[Running]) -> list[Action]:
     """Shrink only the elastic leases on the GPUs the placement uses, and only those above their minimum."""
-    minimum = {r.lease_id: r.min_compute for r in shrinkable}
-    out: dict[str, int] = {}
+    minimum = {r.lease_id: r.min_compute for r in shrinkable if r.min_compute}
+    by_count = {r.lease_id: r for r in shrinkable if r.droppable}
+    out: dict[str, Shrink] = {}
     for view, _claim in placement.assignments:
         for claim in view.state.claims:
             if claim.lease_id in minimum and claim.isolation is Isolation.SHARED:
-                out[claim.lease_id] = minimum[claim.lease_id]
-    return [Shrink(lease_id, compute) for lease_id, compute in sorted(out.items())]
+                out[claim.lease_id] = Shrink(claim.lease_id, minimum[claim.lease_id])
+        for lease in by_count.values():
+            if view.record.uuid in lease.droppable:
+                out[lease.lease_id] = Shrink(lease.lease_id, 0, lease.min_count)
+    return [out[lease_id] for lease_id in sorted(out)]
 
 
 def _without(view: GpuView, lease_id: str) -> GpuView:
