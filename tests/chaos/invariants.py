@@ -16,18 +16,10 @@ from typing import Final
 import grpc
 
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState, overlapping
 from vgpud._private.core.mig_slices import model_of
-from vgpud._private.core.model import (
-    Claim,
-    GpuMode,
-    GpuRecord,
-    GpuState,
-    Isolation,
-    LeaseRecord,
-    LeaseState,
-    SliceRecord,
-)
+from vgpud._private.core.model import Claim, GpuMode, GpuRecord, GpuState, Isolation, LeaseState
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Store
 

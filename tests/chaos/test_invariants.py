@@ -40,20 +40,10 @@ from tests.chaos.invariants import (
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, types_pb2
 from vgpud._private.backend.geometry import lookup_model
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState
 from vgpud._private.core.mig_slices import compute_share
-from vgpud._private.core.model import (
-    Claim,
-    GpuMode,
-    GpuRecord,
-    GpuState,
-    Isolation,
-    LeaseRecord,
-    LeaseState,
-    Owner,
-    ShapeRequest,
-    SliceRecord,
-)
+from vgpud._private.core.model import Claim, GpuMode, GpuRecord, GpuState, Isolation, LeaseState, Owner, ShapeRequest
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Put
 from vgpud._private.store.etcd_store import EtcdStore

@@ -19,7 +19,7 @@ from tests.integration.conftest import Admin, wait_until
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
 from vgpu.testing import LocalPool, local_pool
-from vgpud._private.core.model import LeaseRecord
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.registry import Keys
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd
 from vgpud._private.store.etcd_store import EtcdStore

@@ -11,7 +11,8 @@ import pytest
 import vgpu
 from tests.integration.conftest import GiB
 from vgpu.testing import LocalPool, local_pool
-from vgpud._private.core.model import GpuState, LeaseRecord
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import GpuState
 from vgpud._private.registry import Keys
 from vgpud._private.store.etcd_store import EtcdStore
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from vgpu.api.v1 import types_pb2
-from vgpud._private.core.model import Isolation, LeaseRecord, LeaseState, Owner, ShapeRequest, SliceRecord
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
+from vgpud._private.core.model import Isolation, LeaseState, Owner, ShapeRequest
 from vgpud._private.services import convert
 
 GiB = 1024**3

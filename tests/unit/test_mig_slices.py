@@ -16,20 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vgpud._private.backend.geometry import MIB, GpuModel, lookup_model
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState, overlapping
 from vgpud._private.core.mig_slices import compute_share, mig_gpu, place_mig
-from vgpud._private.core.model import (
-    Claim,
-    GpuMode,
-    GpuRecord,
-    GpuState,
-    Isolation,
-    LeaseRecord,
-    LeaseState,
-    Owner,
-    ShapeRequest,
-    SliceRecord,
-)
+from vgpud._private.core.model import Claim, GpuMode, GpuRecord, GpuState, Isolation, LeaseState, Owner, ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place, proportional_compute
 
 GiB = 1024**3

@@ -4,18 +4,8 @@ from typing import Any
 import pytest
 
 from vgpud._private.core.environment import lease_environment
-from vgpud._private.core.model import (
-    Claim,
-    GpuMode,
-    GpuState,
-    Isolation,
-    LeaseRecord,
-    LeaseState,
-    NodeConfig,
-    Owner,
-    ShapeRequest,
-    SliceRecord,
-)
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
+from vgpud._private.core.model import Claim, GpuMode, GpuState, Isolation, LeaseState, NodeConfig, Owner, ShapeRequest
 
 GiB = 1024**3
 

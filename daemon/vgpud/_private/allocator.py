@@ -16,19 +16,10 @@ import structlog
 
 from vgpu._private import reasons
 from vgpud._private.core.cluster_placement import place_on_nodes
+from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.mig_records import MigState
-from vgpud._private.core.model import (
-    Claim,
-    GpuMode,
-    GpuState,
-    LeaseRecord,
-    LeaseState,
-    NodeConfig,
-    Owner,
-    ShapeRequest,
-    SliceRecord,
-)
+from vgpud._private.core.model import Claim, GpuMode, GpuState, LeaseState, NodeConfig, Owner, ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
 from vgpud._private.core.queue_order import place_local, place_request
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from vgpud._private.core.fair_share import Capacity
-from vgpud._private.core.model import GpuRecord, Isolation, LeaseRecord, LeaseState
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import GpuRecord, Isolation, LeaseState
 from vgpud._private.core.placement import GpuView
 from vgpud._private.core.priorities import PriorityClass, PriorityClasses
 from vgpud._private.core.projects import lease_usage, project_of, usage_by_project

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from vgpud._private.allocator import Allocator
-from vgpud._private.core.model import LeaseRecord
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.write_batch import Overlay
 
 _TRACKED = 100_000

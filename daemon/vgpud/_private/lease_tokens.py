@@ -10,7 +10,7 @@ import hmac
 import secrets
 
 from vgpu._private import reasons
-from vgpud._private.core.model import LeaseRecord
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.refusal import Refusal
 
 

@@ -16,7 +16,8 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from vgpud._private.core.model import GpuRecord, GpuState, LeaseRecord, LeaseState, NodeConfig, NodeRecord
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import GpuRecord, GpuState, LeaseState, NodeConfig, NodeRecord
 from vgpud._private.core.projects import Quota
 from vgpud._private.core.queued import QueuedRequest
 from vgpud._private.registry import Keys

@@ -18,7 +18,8 @@ from typing import Any, Generic, Protocol, TypeVar
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.core.model import GpuState, LeaseRecord, NodeConfig
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import GpuState, NodeConfig
 from vgpud._private.pool_view import PoolView, Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys

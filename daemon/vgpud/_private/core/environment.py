@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vgpud._private.core.model import LeaseRecord
+from vgpud._private.core.lease_record import LeaseRecord
 
 
 def lease_environment(lease: LeaseRecord, node: str, endpoint: str, token: str = "") -> dict[str, str]:

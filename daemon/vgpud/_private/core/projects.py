@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from vgpud._private.core.model import LeaseRecord, LeaseState
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import LeaseState
 
 DEFAULT_PROJECT: Final = "default"
 """The project of a request that names none: no deserved quota (it only borrows), weight 1, no limit."""

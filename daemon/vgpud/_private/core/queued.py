@@ -11,7 +11,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vgpud._private.core.model import LeaseRecord, LeaseState
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import LeaseState
 
 
 @dataclass(frozen=True, slots=True)

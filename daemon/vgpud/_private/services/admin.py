@@ -8,7 +8,8 @@ import grpc
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
-from vgpud._private.core.model import GpuRecord, LeaseRecord, LeaseState
+from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.model import GpuRecord, LeaseState
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, fair_admin, mig_plan, validation
 from vgpud._private.services.serving import Serving

@@ -9,19 +9,11 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from vgpu.api.v1 import types_pb2
 from vgpud._private.core.environment import lease_environment
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.mig_placement import still_fits
 from vgpud._private.core.mig_records import MigState
 from vgpud._private.core.mig_slices import mig_gpu
-from vgpud._private.core.model import (
-    GpuMode,
-    GpuRecord,
-    GpuState,
-    Isolation,
-    LeaseRecord,
-    LeaseState,
-    NodeConfig,
-    NodeRecord,
-)
+from vgpud._private.core.model import GpuMode, GpuRecord, GpuState, Isolation, LeaseState, NodeConfig, NodeRecord
 
 ISOLATION: Final = {
     Isolation.SHARED: types_pb2.ISOLATION_SHARED,
