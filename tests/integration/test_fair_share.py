@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 import vgpu
-from tests.integration.conftest import GiB, wait_until
+from tests.integration.conftest import GiB, vgpuctl, wait_until
 from vgpu._private import reasons
 from vgpu._private.rpc_errors import failure_of_sync_call
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
@@ -392,3 +393,22 @@ def test_elastic_gpu_count_shrinks_for_a_waiter_and_grows_back(fair: LocalPool, 
         assert resized.wait(20)
         assert len(list(elastic.slices)) == 2
         elastic.release()
+
+
+def test_vgpuctl_drives_quotas_queue_and_preemption(fair: LocalPool, raw: Raw) -> None:
+    made = vgpuctl(fair, "quota", "set", "vision", "--deserved", "1gpu", "--limit", "2gpu", check=True)
+    assert "vision" in made.stdout
+    listed = json.loads(vgpuctl(fair, "quota", "list", "--json", check=True).stdout)
+    assert [p["quota"]["project"] for p in listed["projects"]] == ["vision"]
+    bad = vgpuctl(fair, "quota", "set", "vision", "--deserved", "4xyz")
+    assert bad.returncode == 2
+    assert len(bad.stderr.strip().splitlines()) == 1
+    lease = raw.acquire(whole(), project="vision")
+    preempted = json.loads(vgpuctl(fair, "preempt", lease.id, "--grace", "5s", "--json", check=True).stdout)
+    assert preempted["state"] == "LEASE_STATE_PREEMPTING"
+    raw.ack(lease)
+    queue = vgpuctl(fair, "queue", check=True)
+    assert queue.returncode == 0
+    busy = vgpuctl(fair, "quota", "delete", "vision")
+    assert busy.returncode == 1
+    assert "still has" in busy.stderr
