@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,13 @@ bench-cluster: $(STAMP)
 # MIG placement quality: our choose next to first fit on one random create/destroy sequence (pure, ~10 s).
 bench-mig: $(STAMP)
 	$(BIN)/python bench/mig.py
+
+# Scheduler quality on the openb trace (FGD protocol, 10 seeds, every pod list): one JSON line per policy and trace,
+# BestFit on the same samples and FGD's published figure beside ours. TRACES points at the trace folder.
+TRACES ?= ../shared/traces/openb
+bench-replay: $(STAMP)
+	$(BIN)/python bench/replay.py --nodes $(TRACES)/openb_node_list_gpu_node.csv \
+	  --pods $(wildcard $(TRACES)/openb_pod_list_*.csv) --seeds 10 --jobs 2
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
