@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,10 @@ bench-cluster: $(STAMP)
 # MIG placement quality: our choose next to first fit on one random create/destroy sequence (pure, ~10 s).
 bench-mig: $(STAMP)
 	$(BIN)/python bench/mig.py
+
+# Preemption protocol latency against a real daemon (decision -> slices freed -> resumed), with a floor (~10 s).
+bench-preempt: $(STAMP)
+	$(BIN)/python bench/preempt.py
 
 # Scheduler quality on the openb trace (FGD protocol, 10 seeds, every pod list): one JSON line per policy and trace,
 # BestFit on the same samples and FGD's published figure beside ours. TRACES points at the trace folder.

@@ -39,8 +39,9 @@ _EVENT_FOR_STATE = {
 }
 
 
-_LOOK_AGAIN_S = 0.25
-"""A lease watch also re-reads the lease this often (a missed wake-up costs at most this much delay)."""
+_LOOK_AGAIN_S = 0.1
+"""A lease watch also re-reads the lease this often: a change whose notification did not wake the stream
+(seen here: the in-process notification wakes it only at its next timer) goes out within this."""
 
 
 def _deadline(context: Ctx, cap: float) -> float:
