@@ -39,11 +39,6 @@ _EVENT_FOR_STATE = {
 }
 
 
-_LOOK_AGAIN_S = 0.1
-"""A lease watch also re-reads the lease this often: a change whose notification did not wake the stream
-(seen here: the in-process notification wakes it only at its next timer) goes out within this."""
-
-
 def _deadline(context: Ctx, cap: float) -> float:
     """Seconds this call may still take: the client's deadline, capped."""
     remaining = context.time_remaining()
@@ -309,11 +304,11 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         last: int,
         keepalive_at: float,
     ) -> Versioned[LeaseRecord] | None:
-        """The lease's next version past `last`, or None when nothing changed for a short while."""
+        """The lease's next version past `last`, or None when nothing changed until the keepalive is due."""
         getter: asyncio.Future[Any] = asyncio.ensure_future(updates.get())
         try:
-            step = max(0.0, min(keepalive_at - time.monotonic(), _LOOK_AGAIN_S))
-            done, _ = await asyncio.wait({getter, stopping}, timeout=step)
+            step = max(0.0, keepalive_at - time.monotonic())
+            done, _ = await asyncio.wait({getter, stopping}, timeout=step, return_when=asyncio.FIRST_COMPLETED)
         finally:
             getter.cancel()
         if stopping in done:
@@ -321,8 +316,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         if getter in done and not getter.cancelled():
             got: Versioned[LeaseRecord] = getter.result()
             return got
-        seen = self._s.view.lease(lease_id)
-        # Re-read as well: a change whose notification has not woken this stream is sent within _LOOK_AGAIN_S.
+        seen = self._s.view.lease(lease_id)  # a version that arrived before this stream listened
         return seen if seen is not None and seen.revision > last else None
 
     def _event(self, record: Versioned[LeaseRecord], kind: int) -> workload_pb2.WatchLeaseResponse:
