@@ -31,7 +31,7 @@ from vgpud._private.core.queue_order import (
     placed_use,
     serving_order,
 )
-from vgpud._private.core.reclaim import MAX_PLANS_PER_PASS, Action, Preempt, Running, Shrink, plan
+from vgpud._private.core.reclaim import MAX_PLANS_PER_PASS, Action, Preempt, Resize, Running, plan
 
 GiB = 1024**3
 GPU_MEMORY = 80 * GiB
@@ -122,7 +122,7 @@ def apply_placement(claims: dict[str, list[Claim]], placement: Placement) -> Non
 def apply_actions(pool: Pool, actions: Iterable[Action]) -> None:
     """Shrinks take effect at once; preemptions free their capacity at once (the lease is gone)."""
     for action in actions:
-        if isinstance(action, Shrink):
+        if isinstance(action, Resize):
             lease = pool.running[action.lease_id]
             freed = 0
             for uuid, claims in pool.claims.items():
@@ -145,7 +145,7 @@ def views_after(
     """The pool's views with preempting leases gone and `actions` applied (or every elastic lease at its minimum)."""
     preempting = {r.lease_id for r in running if r.preempting}
     gone = preempting | {a.lease_id for a in actions if isinstance(a, Preempt)}
-    shrink = {a.lease_id: a.compute_milli for a in actions if isinstance(a, Shrink)}
+    shrink = {a.lease_id: a.compute_milli for a in actions if isinstance(a, Resize)}
     if shrink_all_for is not None:
         shrink = {
             r.lease_id: r.min_compute
@@ -529,7 +529,7 @@ def test_reclaim_never_preempts_protected_leases_nor_deserved_capacity(scenario:
             assert victim.priority < entry.priority, "within a project only a higher class preempts"
         else:
             cross[victim.project] = cross.get(victim.project, Usage()) + victim.use
-    for s in (a for a in actions if isinstance(a, Shrink)):
+    for s in (a for a in actions if isinstance(a, Resize)):
         assert 0 < by_id[s.lease_id].min_compute == s.compute_milli
     held_now = dict(used)
     for r in running:
@@ -615,7 +615,7 @@ def test_shrinking_elastic_leases_comes_before_any_preemption(scenario: tuple[Po
             assert actions == [], "it fits already: nothing to do"
     elif fits(entry, views_after(pool, running, [], shrink_all_for=entry.lease_id)):
         assert not [a for a in actions if isinstance(a, Preempt) and a.for_lease == entry.lease_id], actions
-        assert any(isinstance(a, Shrink) for a in actions)
+        assert any(isinstance(a, Resize) for a in actions)
 
 
 @PROPERTY

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from vgpud._private.core.model import Isolation, LeaseState
-from vgpud._private.core.reclaim import Shrink
+from vgpud._private.core.reclaim import Resize
 from vgpud._private.pool_view import PoolView
 
 MAX_GROWS_PER_PASS = 16
 
 
-def growable(view: PoolView) -> list[Shrink]:
+def growable(view: PoolView) -> list[Resize]:
     """Resizes upward: elastic shared leases with free compute beside them, count-elastic leases below max.
 
     A count grow is only tried (the write places what fits, and is refused when nothing does).
     """
-    out: list[Shrink] = []
+    out: list[Resize] = []
     free = {uuid: 1000 - view.gpu_state(uuid).value.compute_claimed for uuid in view.gpus()}
     for versioned in view.live_leases():
         lease = versioned.value
         if lease.state is LeaseState.GRANTED and lease.request.count_max > len(lease.slices) >= lease.request.count:
-            out.append(Shrink(lease.id, 0, lease.request.count_max))
+            out.append(Resize(lease.id, 0, lease.request.count_max))
             continue
         high = lease.request.compute_milli_max
         if lease.state is not LeaseState.GRANTED or high <= lease.request.compute_milli:
@@ -32,7 +32,7 @@ def growable(view: PoolView) -> list[Shrink]:
             continue
         for s in shared:
             free[s.gpu_uuid] = free.get(s.gpu_uuid, 0) - (target - s.compute_milli)
-        out.append(Shrink(lease.id, target))
+        out.append(Resize(lease.id, target))
         if len(out) >= MAX_GROWS_PER_PASS:
             break
     return out

@@ -22,7 +22,7 @@ from vgpud._private.config import SchedulingConfig
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.core.queue_order import Admit, Hold, Reject
-from vgpud._private.core.reclaim import Action, Shrink
+from vgpud._private.core.reclaim import Action, Resize
 from vgpud._private.elastic_growth import growable
 from vgpud._private.fair_pass import decide_pass, priority_of
 from vgpud._private.lease_transitions import LeaseTransitions
@@ -226,11 +226,11 @@ class Leadership:
             lease_id,
             LeaseState.REVOKED,
             reasons.END_PREEMPT_MISSED,
-            "did not checkpoint and acknowledge the preemption before its deadline; its processes are killed",
+            "did not checkpoint and acknowledge the preemption before its deadline",
         )
 
     async def _act(self, transitions: LeaseTransitions, action: Action) -> None:
-        if isinstance(action, Shrink):
+        if isinstance(action, Resize):
             with contextlib.suppress(Refusal):
                 if action.count:
                     await transitions.resize_count(action.lease_id, action.count)
@@ -244,7 +244,7 @@ class Leadership:
         with contextlib.suppress(Refusal):
             await transitions.preempt(action.lease_id, reason=action.message, grace_s=grace)
 
-    async def _grow(self, transitions: LeaseTransitions, grow: Shrink) -> None:
+    async def _grow(self, transitions: LeaseTransitions, grow: Resize) -> None:
         with contextlib.suppress(Refusal):
             if grow.count:
                 await transitions.resize_count(grow.lease_id, grow.count)

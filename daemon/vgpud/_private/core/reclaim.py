@@ -48,8 +48,11 @@ class Running:
 
 
 @dataclass(frozen=True, slots=True)
-class Shrink:
-    """Shrink an elastic lease: its shared slices to `compute_milli` each, or to `count` slices."""
+class Resize:
+    """Resize an elastic lease: its shared slices to `compute_milli` each, or to `count` slices.
+
+    Reclaim shrinks toward the minimum with it; growth uses it toward the maximum.
+    """
 
     lease_id: str
     compute_milli: int
@@ -66,7 +69,7 @@ class Preempt:
     message: str
 
 
-Action = Shrink | Preempt
+Action = Resize | Preempt
 
 
 def plan(
@@ -261,17 +264,17 @@ def _shrunk(view: GpuView, shrinkable: Sequence[Running]) -> GpuView:
 
 
 def _shrinks_for(placement: Placement, shrinkable: Sequence[Running]) -> list[Action]:
-    """Shrink only the elastic leases on the GPUs the placement uses, and only those above their minimum."""
+    """Resize only the elastic leases on the GPUs the placement uses, and only those above their minimum."""
     minimum = {r.lease_id: r.min_compute for r in shrinkable if r.min_compute}
     by_count = {r.lease_id: r for r in shrinkable if r.droppable}
-    out: dict[str, Shrink] = {}
+    out: dict[str, Resize] = {}
     for view, _claim in placement.assignments:
         for claim in view.state.claims:
             if claim.lease_id in minimum and claim.isolation is Isolation.SHARED:
-                out[claim.lease_id] = Shrink(claim.lease_id, minimum[claim.lease_id])
+                out[claim.lease_id] = Resize(claim.lease_id, minimum[claim.lease_id])
         for lease in by_count.values():
             if view.record.uuid in lease.droppable:
-                out[lease.lease_id] = Shrink(lease.lease_id, 0, lease.min_count)
+                out[lease.lease_id] = Resize(lease.lease_id, 0, lease.min_count)
     return [out[lease_id] for lease_id in sorted(out)]
 
 
