@@ -69,7 +69,7 @@ def _from_queue(entry: Queued, classes: PriorityClasses) -> Waiting:
 
 def _from_suspended(lease: LeaseRecord, classes: PriorityClasses) -> Waiting:
     cls = priority_of(classes, lease.priority)
-    since = next((t for name, t in reversed(lease.steps) if name == "suspended"), lease.created_at)
+    since = lease.last_step("suspended", default=lease.created_at)
     return Waiting(
         lease.id,
         lease.request,
@@ -110,8 +110,8 @@ def running(view: PoolView, classes: PriorityClasses, now: float) -> list[Runnin
         if lease.state not in (LeaseState.GRANTED, LeaseState.RESIZING, LeaseState.PREEMPTING):
             continue
         cls = priority_of(classes, lease.priority)
-        started = next((t for name, t in reversed(lease.steps) if name in ("granted", "resumed")), lease.created_at)
-        progress = max([started] + [t for name, t in lease.steps if name == "checkpointed"])
+        started = lease.last_step("granted", "resumed", default=lease.created_at)
+        progress = max(started, lease.last_step("checkpointed"))
         shrinkable = lease.request.compute_milli_max > lease.request.compute_milli and any(
             s.isolation is Isolation.SHARED and s.compute_milli > lease.request.compute_milli for s in lease.slices
         )

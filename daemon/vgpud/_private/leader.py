@@ -219,7 +219,7 @@ class Leadership:
     async def _revoke_missed(self, allocator: Allocator, lease_id: str) -> None:
         log.warning("lease missed its preemption deadline; revoking", lease=lease_id)
         current = self._view.lease(lease_id)
-        asked = next((t for name, t in reversed(current.value.steps) if name == "preempt"), 0.0) if current else 0.0
+        asked = current.value.last_step("preempt") if current else 0.0
         if asked:
             self._on_preempted(allocator.clock() - asked, "missed")
         await allocator.end(

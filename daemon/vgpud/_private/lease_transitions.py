@@ -51,7 +51,7 @@ class LeaseTransitions:
                 state=LeaseState.PREEMPTING,
                 preempt_deadline=now + grace_s,
                 preempt_reason=reason,
-                steps=lease.step("preempt", now),
+                steps=lease.step("preempt", at=now),
                 event="",
             )
             overlay.put_lease(asked)
@@ -82,7 +82,7 @@ class LeaseTransitions:
                 slices=(),
                 preempt_deadline=0.0,
                 preemptions=lease.preemptions + 1,
-                steps=(*lease.step("checkpointed", now)[-31:], ("suspended", now)),
+                steps=lease.step("checkpointed", "suspended", at=now),
                 idle_since=0.0,
                 event="",
             )
@@ -116,7 +116,7 @@ class LeaseTransitions:
                 lease,
                 state=LeaseState.GRANTED,
                 slices=slices_of(result, overlay),
-                steps=lease.step("resumed", now),
+                steps=lease.step("resumed", at=now),
                 event="resumed",
             )
             overlay.put_lease(resumed)
@@ -150,7 +150,7 @@ class LeaseTransitions:
                 slices.append(replace(s, compute_milli=target))
             if tuple(slices) == lease.slices:
                 return lease
-            resized = replace(lease, slices=tuple(slices), steps=lease.step("resized", now), event="resized")
+            resized = replace(lease, slices=tuple(slices), steps=lease.step("resized", at=now), event="resized")
             overlay.put_lease(resized)
             return resized
 
@@ -176,7 +176,7 @@ class LeaseTransitions:
                 if not added:
                     raise Refusal(reasons.NO_CAPACITY, f"no GPU free beside lease {lease_id} to grow it")
                 slices = (*lease.slices, *slices_of(Placement(tuple(added)), overlay))
-            resized = replace(lease, slices=slices, steps=lease.step("resized", now), event="resized")
+            resized = replace(lease, slices=slices, steps=lease.step("resized", at=now), event="resized")
             overlay.put_lease(resized)
             return resized
 

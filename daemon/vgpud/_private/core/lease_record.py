@@ -78,9 +78,13 @@ class LeaseRecord:
     event: str = ""
     """The kind of the last change for lease watchers: "resumed" or "resized" on a GRANTED lease."""
 
-    def step(self, name: str, at: float) -> tuple[tuple[str, float], ...]:
-        """The steps with one more (the oldest dropped past 32, so a lease preempted often stays small)."""
-        return (*self.steps, (name, at))[-32:]
+    def step(self, *names: str, at: float) -> tuple[tuple[str, float], ...]:
+        """The steps with these appended (the oldest dropped past 32, so a lease preempted often stays small)."""
+        return (*self.steps, *((name, at) for name in names))[-32:]
+
+    def last_step(self, *names: str, default: float = 0.0) -> float:
+        """When the latest of these steps happened (`default` when none did)."""
+        return next((at for name, at in reversed(self.steps) if name in names), default)
 
     @property
     def waiting_for_mig(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from google.protobuf import duration_pb2
 
@@ -11,7 +12,7 @@ from vgpu.api.v1 import admin_pb2, types_pb2
 from vgpud._private.core.fair_share import fair_shares
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import PriorityClass
-from vgpud._private.core.projects import DEFAULT_PROJECT, HOLDING, Quota, Usage, lease_usage, project_of
+from vgpud._private.core.projects import DEFAULT_PROJECT, HOLDING, Quota, Usage, project_of, usage_by_project
 from vgpud._private.core.queue_order import asked
 from vgpud._private.fair_pass import capacity_of, grant_rate, priority_of, queue_positions, waiting_entries
 from vgpud._private.refusal import Refusal
@@ -70,13 +71,8 @@ def _statuses(s: Serving) -> tuple[list[types_pb2.ProjectStatus], int, int]:
     leases = [v.value for v in view.live_leases()]
     waiting = waiting_entries(view, s.classes)
     names = set(quotas) | {project_of(lease) for lease in leases} | {w.project for w in waiting}
-    used: dict[str, Usage] = {}
-    count: dict[str, int] = {}
-    for lease in leases:
-        if lease.state in HOLDING:
-            name = project_of(lease)
-            used[name] = used.get(name, Usage()) + lease_usage(lease)
-            count[name] = count.get(name, 0) + 1
+    used = usage_by_project(leases)
+    count = Counter(project_of(lease) for lease in leases if lease.state in HOLDING)
     demand = {n: used.get(n, Usage()).milli for n in names}
     for w in waiting:
         demand[w.project] = demand.get(w.project, 0) + asked(w.request).milli

@@ -8,7 +8,7 @@ would cross a limit go through the queue, where the leader holds or refuses them
 from __future__ import annotations
 
 from vgpud._private.allocator import AcquireSpec
-from vgpud._private.core.projects import DEFAULT_PROJECT, Usage, lease_usage
+from vgpud._private.core.projects import DEFAULT_PROJECT, Usage, project_of, usage_by_project
 from vgpud._private.core.queue_order import asked
 from vgpud._private.services.serving import Serving
 
@@ -21,10 +21,8 @@ def fast_path_allowed(s: Serving, spec: AcquireSpec) -> bool:
     if quota is None or not (quota.value.limit_milli or quota.value.limit_memory_bytes):
         return True
     project = spec.project or DEFAULT_PROJECT
-    used = Usage()
-    for versioned in s.view.live_leases():
-        if (versioned.value.project or DEFAULT_PROJECT) == project:
-            used += lease_usage(versioned.value)
+    mine = (v.value for v in s.view.live_leases() if project_of(v.value) == project)
+    used = usage_by_project(mine).get(project, Usage())
     grown = asked(spec.shape)
     if spec.shape.compute_milli_max:
         grown = Usage(spec.shape.compute_milli_max * spec.shape.count, grown.memory_bytes)

@@ -219,7 +219,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
         current = await self._s.allocator.owned(lease_id, token)
         suspended = await self._s.transitions.acknowledge(lease_id)
-        asked = next((t for name, t in reversed(current.value.steps) if name == "preempt"), 0.0)
+        asked = current.value.last_step("preempt")
         if current.value.state is LeaseState.PREEMPTING and asked:
             self._s.on_preempted(self._s.allocator.clock() - asked, "acknowledged")
         return workload_pb2.AckPreemptResponse(lease=self._lease_msg(suspended))
@@ -271,7 +271,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             interval = max(0.5, current.value.ttl_seconds / 3)
             keepalive_at = time.monotonic() + interval
             while True:
-                record = await self._next_change(updates, stopping, lease_id, last, keepalive_at)
+                record = await _next_change(updates, stopping, keepalive_at)
                 if record is not None:
                     if record.revision <= last:
                         continue
@@ -279,8 +279,6 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                     yield self._event(record, event_kind(record.value))
                     if record.value.state.ended:
                         return
-                    continue
-                if time.monotonic() < keepalive_at:
                     continue
                 keepalive_at = time.monotonic() + interval
                 try:
@@ -296,29 +294,6 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             stopping.cancel()
             s.view.unlisten_lease(lease_id, updates)
 
-    async def _next_change(
-        self,
-        updates: asyncio.Queue[Versioned[LeaseRecord]],
-        stopping: asyncio.Task[Literal[True]],
-        lease_id: str,
-        last: int,
-        keepalive_at: float,
-    ) -> Versioned[LeaseRecord] | None:
-        """The lease's next version past `last`, or None when nothing changed until the keepalive is due."""
-        getter: asyncio.Future[Any] = asyncio.ensure_future(updates.get())
-        try:
-            step = max(0.0, keepalive_at - time.monotonic())
-            done, _ = await asyncio.wait({getter, stopping}, timeout=step, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            getter.cancel()
-        if stopping in done:
-            raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; resume with after_sequence")
-        if getter in done and not getter.cancelled():
-            got: Versioned[LeaseRecord] = getter.result()
-            return got
-        seen = self._s.view.lease(lease_id)  # a version that arrived before this stream listened
-        return seen if seen is not None and seen.revision > last else None
-
     def _event(self, record: Versioned[LeaseRecord], kind: int) -> workload_pb2.WatchLeaseResponse:
         msg = self._lease_msg(record.value)
         event = workload_pb2.WatchLeaseResponse(
@@ -333,6 +308,24 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         elif kind == workload_pb2.LEASE_EVENT_TYPE_RESIZED:
             event.resize.slices.extend(msg.slices)
         return event
+
+
+async def _next_change(
+    updates: asyncio.Queue[Versioned[LeaseRecord]], stopping: asyncio.Task[Literal[True]], keepalive_at: float
+) -> Versioned[LeaseRecord] | None:
+    """The lease's next version, or None when none came before the keepalive is due."""
+    getter: asyncio.Future[Any] = asyncio.ensure_future(updates.get())
+    try:
+        step = max(0.0, keepalive_at - time.monotonic())
+        done, _ = await asyncio.wait({getter, stopping}, timeout=step, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        getter.cancel()
+    if stopping in done:
+        raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; resume with after_sequence")
+    if getter in done and not getter.cancelled():
+        got: Versioned[LeaseRecord] = getter.result()
+        return got
+    return None
 
 
 def event_kind(lease: LeaseRecord) -> int:
