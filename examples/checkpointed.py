@@ -2,9 +2,10 @@
 
     python examples/checkpointed.py --name nlp-train --project nlp --priority best-effort --steps 40
 
-Each step does a little NumPy work; `lease.checkpoint()` after every step returns at once unless the pool
-asked for the GPU back, in which case the job's state is saved, the GPU given back, and the job waits in the
-queue until it is re-granted (maybe another GPU: the new CUDA_VISIBLE_DEVICES is printed), then restored.
+Each step does a little array work on the lease's runtime (CuPy on a GPU, NumPy here); `lease.checkpoint()`
+after every step returns at once unless the pool asked for the GPU back, in which case the registered
+weights are copied to host memory, the GPU given back, and the job waits in the queue until it is re-granted
+(maybe another GPU: the new CUDA_VISIBLE_DEVICES is printed), then the weights are restored bit-exact.
 """
 
 from __future__ import annotations
@@ -46,13 +47,19 @@ def main() -> int:
         on_queued=lambda info: print(f"[{args.name}] waiting: {info.reason}", flush=True),
     ) as lease:
         print(f"[{args.name}] granted {lease.id} after {time.monotonic() - started:.2f}s", flush=True)
-        a = np.random.default_rng(0).standard_normal((128, 128))
+        xp = lease.runtime.xp
+        lease.register("weights", xp.array(np.random.default_rng(0).standard_normal((128, 128))))
         for step in range(args.steps):
             state["step"] = step
+            weights = lease.state["weights"]
             deadline = time.monotonic() + args.step_seconds
             while time.monotonic() < deadline:
-                a = np.tanh(a @ a.T / 128)
-            lease.checkpoint()
+                weights[...] = xp.tanh(weights @ weights.T / 128)
+            checksum = float(weights.sum())
+            del weights  # only lease.state holds the weights across checkpoint(): their memory can be freed
+            if lease.checkpoint():
+                same = float(lease.state["weights"].sum()) == checksum
+                print(f"[{args.name}] weights restored on {lease.runtime.backend}, bit-exact: {same}", flush=True)
         steps = [name for name, _ in lease.steps]
         print(f"[{args.name}] done: {args.steps} steps, preempted {lease.preemptions}x, steps {steps}", flush=True)
     return 0

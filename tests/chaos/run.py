@@ -249,7 +249,7 @@ def release_and_record(lease: vgpu.Lease, s: ClientStats) -> None:
         s.count(s.release_failed, exc)  # outcome unknown: the lease is released or expires; both are fine
         return
     released_at = time.time()
-    state = lease.state
+    state = lease.status
     with s.lock:
         if state in ENDED or not lease.lost:
             # The daemon answered: with the ended lease, or "already ended" (then the state is not updated).

@@ -63,9 +63,9 @@ def test_drain_stops_new_work_and_undo_restores_it(daemon: LocalPool) -> None:
         with pytest.raises(vgpu.NodeDrainingError):
             pool.acquire(memory="1GiB", compute=0.1, wait=False)
         kept.refresh()
-        assert kept.state == "granted"
+        assert kept.status == "granted"
         vgpuctl(daemon, "drain", daemon.node_name, "--undo", check=True)
-        assert pool.acquire(memory="1GiB", compute=0.1, wait=False).state == "granted"
+        assert pool.acquire(memory="1GiB", compute=0.1, wait=False).status == "granted"
 
 
 def test_evict_via_vgpuctl_marks_the_client_lease_lost(daemon: LocalPool) -> None:

@@ -116,7 +116,7 @@ def test_unknown_and_foreign_lease_ids(daemon: LocalPool, admin: Admin) -> None:
             admin.workload.Heartbeat(workload_pb2.HeartbeatRequest(lease_id=lease.id, token="nope"), timeout=10)
         assert reason_of(info.value) == "LEASE_TOKEN_MISMATCH"
         lease.refresh()
-        assert lease.state == "granted"
+        assert lease.status == "granted"
 
 
 def test_admin_input_is_checked(admin: Admin) -> None:
@@ -164,4 +164,4 @@ def test_daemon_still_serves_after_bad_input(daemon: LocalPool, admin: Admin) ->
     )
     assert check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     with daemon.pool() as pool:
-        assert pool.acquire(memory="1GiB", compute=0.1).state == "granted"
+        assert pool.acquire(memory="1GiB", compute=0.1).status == "granted"

@@ -238,7 +238,7 @@ def test_vgpud_serves_while_a_member_is_down_and_after_it_returns(tls_cluster: E
             def acquire_and_release() -> float:
                 started = time.monotonic()
                 lease = pool.acquire(memory="1GiB", compute=0.1)
-                assert lease.state == "granted"
+                assert lease.status == "granted"
                 assert admin.allocated_memory() == 1024**3
                 lease.release()
                 assert admin.allocated_memory() == 0

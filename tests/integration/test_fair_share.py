@@ -301,7 +301,7 @@ def test_sdk_client_checkpoints_yields_and_resumes_through_its_callbacks(fair: L
         assert saved.wait(20), "the SDK ran the checkpoint callback"
         assert restored.wait(20), "the lease resumed and the SDK ran the restore callback"
         assert notices[0].reason == "test"
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert lease.preemptions == 1
         assert lease.env["CUDA_VISIBLE_DEVICES"]
         assert [name for name, _ in lease.steps][-3:] == ["checkpointed", "suspended", "resumed"]
@@ -347,7 +347,7 @@ def test_reclaim_across_daemons_with_a_cooperative_sdk_client(shared_etcd: str, 
             assert victim.suspended
             vision.release()
             assert resumed.wait(30), "the suspended nlp lease resumed once vision gave its GPU back"
-            assert victim.state == "granted"
+            assert victim.status == "granted"
             assert victim.preemptions == 1
             for lease in nlp:
                 lease.release()

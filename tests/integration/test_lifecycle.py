@@ -61,7 +61,7 @@ def test_heartbeats_keep_a_lease_past_its_ttl(small_daemon: LocalPool) -> None:
             for _ in range(6):
                 next(events)
             lease.refresh()
-            assert lease.state == "granted"
+            assert lease.status == "granted"
             assert lost == []
             assert admin.allocated_memory() == 10 * GiB
     finally:
@@ -80,7 +80,7 @@ def test_restarted_daemon_finds_every_lease(daemon: LocalPool, how: str) -> None
             daemon.start()
         for lease in leases:
             lease.refresh()
-            assert lease.state == "granted"
+            assert lease.status == "granted"
         after = {(s.gpu_uuid, s.memory_bytes) for lease in leases for s in lease.slices}
         assert after == before
         admin = Admin(daemon.endpoint)

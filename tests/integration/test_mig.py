@@ -184,7 +184,7 @@ def test_instances_outlive_a_daemon_crash_and_foreign_ones_are_never_touched(
             assert by_state[FOREIGN].uuid == foreign.mig_uuid
             assert by_state[FOREIGN].lease_id == ""
             lease.refresh()
-            assert lease.state == "granted"
+            assert lease.status == "granted"
             lease.release()
             wait_until(lambda: [i.state for i in instances(admin)] == [FOREIGN], what="our instance destroyed")
             with pytest.raises(grpc.RpcError, match="did not create"):

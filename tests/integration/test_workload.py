@@ -14,7 +14,7 @@ from vgpu.testing import LocalPool
 def test_acquire_gives_environment_and_release_frees(daemon: LocalPool, admin: Admin) -> None:
     with daemon.pool() as pool:
         lease = pool.acquire(memory="20GiB", compute=0.5)
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert len(lease.slices) == 1
         gpu_uuid = lease.slices[0].gpu_uuid
         assert lease.env["CUDA_VISIBLE_DEVICES"] == gpu_uuid
@@ -95,7 +95,7 @@ def test_waiter_sees_its_position_and_is_granted_when_capacity_frees(daemon: Loc
         assert isinstance(lease, vgpu.Lease)
         assert lease.slices[0].gpu_uuid == holders[1].slices[0].gpu_uuid
         lease.refresh()
-        assert lease.state == "granted", "a lease granted from the queue stays granted after delivery"
+        assert lease.status == "granted", "a lease granted from the queue stays granted after delivery"
 
 
 def test_waiting_past_the_deadline_raises_queue_timeout(daemon: LocalPool) -> None:
@@ -132,7 +132,7 @@ def test_child_process_attaches_with_the_lease_environment(daemon: LocalPool) ->
     with daemon.pool() as pool:
         lease = pool.acquire(memory="1GiB", compute=0.1)
         out = subprocess.run(
-            [sys.executable, "-c", "import vgpu; l = vgpu.attach(); print(l.id, l.state)"],
+            [sys.executable, "-c", "import vgpu; l = vgpu.attach(); print(l.id, l.status)"],
             env={**os.environ, **lease.env},
             capture_output=True,
             text=True,
@@ -141,7 +141,7 @@ def test_child_process_attaches_with_the_lease_environment(daemon: LocalPool) ->
         )
         assert out.stdout.split() == [lease.id, "granted"]
         lease.refresh()
-        assert lease.state == "granted"  # attach does not release
+        assert lease.status == "granted"  # attach does not release
 
 
 def test_eviction_reaches_the_event_stream_and_frees_capacity(daemon: LocalPool, admin: Admin) -> None:

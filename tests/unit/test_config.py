@@ -258,6 +258,9 @@ def test_bad_cluster_name() -> None:
         ("max_queue_length", 0, r"max_queue_length: 0 must be at least 1"),
         ("sim_spec", "h100-80gb:0", r"sim_spec: bad sim spec 'h100-80gb:0': count '0'"),
         ("sim_spec", "k80", r"sim_spec: bad sim spec 'k80': unknown GPU model 'k80'; known models"),
+        ("watchdog.interval_s", 0.0, r"watchdog.interval_s: 0.0 must be from 0.1 to 600 seconds"),
+        ("watchdog.over_budget_grace_s", -1.0, r"watchdog.over_budget_grace_s: -1.0 must be from 0 to 86400"),
+        ("watchdog.kill_grace_s", 1e9, r"watchdog.kill_grace_s: 1000000000.0 must be from 0 to 86400"),
     ],
 )
 def test_bad_values(key: str, value: object, expected: str) -> None:

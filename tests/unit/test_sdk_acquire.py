@@ -91,7 +91,7 @@ def test_acquire_sends_the_request_and_returns_the_lease(daemon: tuple[FakeWorkl
         assert len(request.request_id) == 32
         assert lease.id == "lease-0123456789ab"
         assert lease.token == TOKEN
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert lease.env["VGPU_LEASE"] == TOKEN
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
         lease.env["CUDA_VISIBLE_DEVICES"] = "changed"
@@ -276,9 +276,9 @@ def test_on_queued_exception_cancels_the_request(daemon: tuple[FakeWorkload, vgp
 def test_module_level_acquire_closes_its_channel_on_release() -> None:
     with fake_daemon() as (servicer, endpoint, _):
         with vgpu.acquire(memory="1GiB", compute=0.1, endpoint=endpoint) as lease:
-            assert lease.state == "granted"
+            assert lease.status == "granted"
         assert lease.released
-        assert lease.state == "released"
+        assert lease.status == "released"
         assert len(servicer.calls_of("Release")) == 1
         with pytest.raises(vgpu.LeaseEndedError):
             lease.refresh()

@@ -31,6 +31,7 @@ BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (reasons.STORE_UNAVAILABLE, grpc.StatusCode.UNAVAILABLE, vgpu.DaemonUnavailableError),
     (reasons.SHUTTING_DOWN, grpc.StatusCode.UNAVAILABLE, vgpu.DaemonUnavailableError),
     (reasons.INTERNAL, grpc.StatusCode.INTERNAL, vgpu.InternalError),
+    (reasons.OVER_MEMORY_BUDGET, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.MemoryBudgetError),
     (reasons.GPU_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.InvalidRequestError),
     (reasons.NODE_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.InvalidRequestError),
     (reasons.UNKNOWN_PROJECT, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),

@@ -46,7 +46,7 @@ def test_release_is_idempotent(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
     lease.release()
     lease.release()
     assert lease.released
-    assert lease.state == "released"
+    assert lease.status == "released"
     (call,) = servicer.calls_of("Release")
     assert (call.request.lease_id, call.request.token) == (LEASE_ID, TOKEN)
 
@@ -128,7 +128,7 @@ def test_heartbeat_answer_with_an_ended_state_marks_lost(daemon: tuple[FakeWorkl
     lease = pool.acquire(memory="1GiB", compute=0.1)
     lease.on_lost = lambda _reason: lost.set()
     assert lost.wait(WAIT)
-    assert lease.state == "revoked"
+    assert lease.status == "revoked"
     assert lease.lost_reason == f"lease {LEASE_ID} was revoked: {reasons.END_EVICTED}"
 
 
@@ -173,7 +173,7 @@ def test_preempting_state_and_deadline_come_from_heartbeats(daemon: tuple[FakeWo
     with pool.acquire(memory="1GiB", compute=0.1) as lease:
         assert servicer.heartbeats.acquire(timeout=WAIT)
         assert servicer.heartbeats.acquire(timeout=WAIT)  # the first answer has been applied by now
-        assert lease.state == "preempting"
+        assert lease.status == "preempting"
         assert lease.preempt_deadline is not None
         assert lease.preempt_deadline.timestamp() == 1_700_000_500
         assert not lease.lost
@@ -184,7 +184,7 @@ def test_refresh_updates_state(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
     with pool.acquire(memory="1GiB", compute=0.1) as lease:
         servicer.lease = make_lease(state=types_pb2.LEASE_STATE_SUSPENDED)
         lease.refresh()
-        assert lease.state == "suspended"
+        assert lease.status == "suspended"
         assert lease.token == TOKEN  # the answer carries no token; the lease keeps its own
         with pytest.raises(vgpu.LeaseStateError, match="suspended"):
             lease.env  # noqa: B018 -- its GPUs belong to another lease while suspended
@@ -323,7 +323,7 @@ def test_attach_reads_the_lease_from_the_environment(
         assert lease.id == LEASE_ID
         assert lease.token == TOKEN
         assert lease.env["VGPU_LEASE"] == TOKEN
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert heartbeat_threads() != []
     (get,) = servicer.calls_of("GetLease")
     assert (get.request.lease_id, get.request.token) == (LEASE_ID, TOKEN)
@@ -438,7 +438,7 @@ def test_node_environments_follow_refresh_and_survive_the_end(daemon: tuple[Fake
     del ended.node_environments[:]
     servicer.unary_scripts["Release"] = [workload_pb2.ReleaseResponse(lease=ended)]
     lease.release()
-    assert lease.state == "released"
+    assert lease.status == "released"
     assert lease.environment("node-2")["CUDA_VISIBLE_DEVICES"] == "GPU-dddd,GPU-cccc"
 
 

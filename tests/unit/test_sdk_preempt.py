@@ -87,7 +87,7 @@ def test_checkpoint_saves_acks_waits_for_the_resume_and_restores(daemon: tuple[F
         assert requested_before
         assert lease.preempt_notice == NOTICE
         assert lease.preempt_deadline == NOTICE.deadline
-        assert lease.state == "preempting"
+        assert lease.status == "preempting"
         assert calls == []  # cooperative: the follower left the notice to checkpoint()
 
         assert lease.checkpoint() is True
@@ -96,7 +96,7 @@ def test_checkpoint_saves_acks_waits_for_the_resume_and_restores(daemon: tuple[F
         (ack,) = servicer.calls_of("AckPreempt")
         assert (ack.request.lease_id, ack.request.token) == (LEASE_ID, TOKEN)
         assert ack.time_remaining is not None
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert not lease.preempt_requested
         assert not lease.suspended
         assert [(s.node, s.gpu_uuid) for s in lease.slices] == [("node-2", "GPU-bbbb")]
@@ -131,7 +131,7 @@ def test_callback_mode_saves_acks_and_restores_on_the_follower_thread(
         (ack,) = servicer.calls_of("AckPreempt")
         assert (ack.request.lease_id, ack.request.token) == (LEASE_ID, TOKEN)
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert lease.checkpoint() is False
 
 
@@ -151,7 +151,7 @@ def test_on_preempt_raising_in_checkpoint_is_not_acknowledged(daemon: tuple[Fake
             lease.checkpoint()
         assert servicer.calls_of("AckPreempt") == []
         assert lease.preempt_requested  # the notice stands: a later checkpoint() may try again
-        assert lease.state == "preempting"
+        assert lease.status == "preempting"
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"  # still its GPUs until acknowledged
 
 
@@ -201,7 +201,7 @@ def test_lease_revoked_while_suspended_raises_lease_lost_from_checkpoint(
     assert info.value.reason == reasons.END_EVICTED
     assert len(servicer.calls_of("AckPreempt")) == 1
     assert lease.lost
-    assert lease.state == "revoked"
+    assert lease.status == "revoked"
     assert told.wait(WAIT)
     assert lost == [f"lease {LEASE_ID} was revoked: {reasons.END_EVICTED}"]
     lease.release()
@@ -266,7 +266,7 @@ def test_ack_preempt_directly_suspends_and_the_follower_runs_on_resume(
         lease.ack_preempt()  # e.g. a launcher whose child process checkpointed
         (ack,) = servicer.calls_of("AckPreempt")
         assert (ack.request.lease_id, ack.request.token) == (LEASE_ID, TOKEN)
-        assert lease.state == "suspended"
+        assert lease.status == "suspended"
         assert lease.suspended
         assert lease.slices == ()
         with pytest.raises(vgpu.LeaseStateError, match="suspended") as info:
@@ -291,7 +291,7 @@ def test_an_ack_answered_granted_resumes_at_once(daemon: tuple[FakeWorkload, vgp
         assert lease.wait_preempt(WAIT) == NOTICE
         assert lease.checkpoint() is True  # no RESUMED event needed: the answer already holds the new GPUs
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert not lease.suspended
         assert lease.checkpoint() is False
 
@@ -334,7 +334,7 @@ def test_ack_preempt_without_a_preemption_is_refused_by_the_daemon(
     with pool.acquire(memory="1GiB", compute=0.1) as lease:
         with pytest.raises(vgpu.LeaseStateError, match="not preempting"):
             lease.ack_preempt()
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert not lease.suspended
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa"
 
@@ -380,7 +380,7 @@ def test_resized_updates_slices_and_env_and_calls_on_resize(daemon: tuple[FakeWo
         assert resized.wait(WAIT)
         assert seen == [("GPU-aaaa", "GPU-cccc")]
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaaa,GPU-cccc"
-        assert lease.state == "granted"
+        assert lease.status == "granted"
 
 
 def test_events_carry_the_preempt_notice_and_resize_slices(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:

@@ -67,7 +67,7 @@ async def test_checkpoint_awaits_save_ack_resume_and_restore(daemon: tuple[FakeW
         assert calls == [("save", NOTICE, "GPU-aaaa"), ("restore", None, "GPU-bbbb")]
         (ack,) = servicer.calls_of("AckPreempt")
         assert (ack.request.lease_id, ack.request.token) == (LEASE_ID, TOKEN)
-        assert lease.state == "granted"
+        assert lease.status == "granted"
         assert lease.env["CUDA_VISIBLE_DEVICES"] == "GPU-bbbb"
         assert lease.env["VGPU_LEASE"] == TOKEN
         assert lease.preemptions == 1
@@ -173,7 +173,7 @@ async def test_ack_preempt_directly_and_resume_in_the_follower(daemon: tuple[Fak
         lease = await pool.acquire(memory="1GiB", compute=0.1, on_resume=lambda _lease: resumed.set())
         assert await lease.wait_preempt(WAIT) == NOTICE
         await lease.ack_preempt()
-        assert lease.state == "suspended"
+        assert lease.status == "suspended"
         with pytest.raises(vgpu.LeaseStateError, match="suspended"):
             lease.env  # noqa: B018 -- reading it is the test
         resume_now.set()

@@ -172,7 +172,7 @@ def test_real_daemon_with_a_bad_sim_spec_fails_with_the_log_tail() -> None:
 def test_real_daemon_grants_and_releases_a_slice() -> None:
     with local_pool("h100-80gb:1") as daemon, daemon.pool() as pool:
         with pool.acquire(memory="20GiB", compute=0.5) as lease:
-            assert lease.state == "granted"
+            assert lease.status == "granted"
             assert lease.env["VGPU_LEASE"] == lease.token
             assert lease.slices[0].gpu_model == "h100-80gb"
             assert [info.id for info in pool.leases()] == [lease.id]

@@ -100,6 +100,9 @@ class AsyncFollower:
         """See `AsyncLease.checkpoint()`."""
         lease = self._lease
         tracker = lease._preempt
+        runtime = lease._runtime
+        if runtime is not None:
+            await asyncio.to_thread(runtime.step)  # the compute share's wait must not block the loop
         if tracker.cooperative and tracker.phase is Phase.RUNNING:
             return False  # the fast path: no RPC
         async with self._checkpointing:
@@ -112,6 +115,7 @@ class AsyncFollower:
                 if step is Phase.SAVING and notice is not None:
                     await self._save_and_ack(notice, by_follower=False)
                 await self._await_resume()
+                await asyncio.to_thread(lease._runtime_resume)
             finally:
                 with lease._lock:
                     tracker.end_checkpoint()
@@ -129,20 +133,28 @@ class AsyncFollower:
                 f"lease {lease.id} is {step.value}: its preemption was already acknowledged "
                 "(or is being, by checkpoint() or the follower)"
             )
+        try:
+            await asyncio.to_thread(lease._runtime_suspend)
+        except BaseException:
+            self._failed(by_follower=False)
+            raise
         await self._acknowledge(by_follower=False)
         with lease._lock:
             resumed = lease._preempt.take_unwaited_resume()  # re-granted within the acknowledgement
-        if resumed and self._on_resume is not None:
-            await _call(self._on_resume, lease)
+        if resumed:
+            await asyncio.to_thread(lease._runtime_resume)
+            if self._on_resume is not None:
+                await _call(self._on_resume, lease)
 
     async def _save_and_ack(self, notice: PreemptNotice, *, by_follower: bool) -> None:
         """on_preempt, then AckPreempt; the caller claimed the notice (the phase is SAVING)."""
-        if self._on_preempt is not None:
-            try:
+        try:
+            if self._on_preempt is not None:
                 await _call(self._on_preempt, self._lease, notice)
-            except BaseException:
-                self._failed(by_follower=by_follower)
-                raise
+            await asyncio.to_thread(self._lease._runtime_suspend)  # copies to host: off the event loop
+        except BaseException:
+            self._failed(by_follower=by_follower)
+            raise
         await self._acknowledge(by_follower=by_follower)
 
     async def _acknowledge(self, *, by_follower: bool) -> None:
@@ -178,7 +190,7 @@ class AsyncFollower:
             return False
         with lease._lock:
             lease._apply_locked(msg)
-            return lease._preempt.reconcile(lease.state)
+            return lease._preempt.reconcile(lease.status)
 
     async def wait_preempt(self, timeout: float | None) -> PreemptNotice | None:
         """See `AsyncLease.wait_preempt()`."""
@@ -251,6 +263,8 @@ class AsyncFollower:
 
     async def _after_event(self, event: LeaseEvent) -> None:
         lease = self._lease
+        if event.type in {"preempt", "resized"}:
+            lease._runtime_event(event.type)
         while True:  # a save may be answered with the lease re-granted: then the resume is due at once
             with lease._lock:
                 work = lease._preempt.follower_work(can_save=self._on_preempt is not None)
@@ -268,8 +282,14 @@ class AsyncFollower:
                 await self._save_and_ack(notice, by_follower=True)
             except Exception:  # noqa: BLE001 -- the follower outlives a failed save; the lease shows it
                 log.exception("vgpu lease %s: on_preempt or its acknowledgement failed; not acknowledged", lease.id)
-        elif work is Work.RESUME and self._on_resume is not None:
-            await self._call_back("on_resume", self._on_resume)
+        elif work is Work.RESUME:
+            try:
+                await asyncio.to_thread(lease._runtime_resume)
+            except Exception:  # noqa: BLE001 -- the follower outlives a failed restore; on_resume is not run
+                log.exception("vgpu lease %s: restoring its registered state failed", lease.id)
+                return
+            if self._on_resume is not None:
+                await self._call_back("on_resume", self._on_resume)
 
     async def _call_back(self, name: str, callback: AsyncOnLeaseChange) -> None:
         try:

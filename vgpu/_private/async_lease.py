@@ -127,6 +127,8 @@ class AsyncLease(LeaseBase):
         if self._finished:
             return
         self._finished = True
+        self._drop_identity()
+        self._close_runtime()
         if self._on_finish is not None:
             self._on_finish(self)
 

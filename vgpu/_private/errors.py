@@ -139,6 +139,15 @@ class LeaseStateError(VgpuError):
     default_reason = reasons.NOT_PREEMPTING
 
 
+class MemoryBudgetError(VgpuError, MemoryError):
+    """An allocation would take the lease past its memory budget; the message names the budget and the use.
+
+    A MemoryError too, so code that already handles CuPy's or PyTorch's out-of-memory keeps working.
+    """
+
+    default_reason = reasons.OVER_MEMORY_BUDGET
+
+
 class InternalError(VgpuError):
     """A bug in vgpud or the SDK; the message says what failed."""
 
@@ -163,5 +172,6 @@ ERROR_CLASSES: Final[tuple[type[VgpuError], ...]] = (
     NotSupportedError,
     DaemonUnavailableError,
     ConflictError,
+    MemoryBudgetError,
     InternalError,
 )

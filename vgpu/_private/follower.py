@@ -97,6 +97,9 @@ class Follower:
         """See `Lease.checkpoint()`."""
         lease = self._lease
         tracker = lease._preempt
+        runtime = lease._runtime
+        if runtime is not None:
+            runtime.step()  # the compute share: may wait here (a preemption notice cuts the wait short)
         if tracker.cooperative and tracker.phase is Phase.RUNNING:
             return False  # the fast path: no lock, no RPC
         with self._checkpointing:
@@ -109,6 +112,7 @@ class Follower:
                 if step is Phase.SAVING and notice is not None:
                     self._save_and_ack(notice, by_follower=False)
                 self._await_resume()
+                lease._runtime_resume()
             finally:
                 with lease._lock:
                     tracker.end_checkpoint()
@@ -126,20 +130,28 @@ class Follower:
                 f"lease {lease.id} is {step.value}: its preemption was already acknowledged "
                 "(or is being, by checkpoint() or the follower)"
             )
+        try:
+            lease._runtime_suspend()
+        except BaseException:
+            self._failed(by_follower=False)
+            raise
         self._acknowledge(by_follower=False)
         with lease._lock:
             resumed = lease._preempt.take_unwaited_resume()  # re-granted within the acknowledgement
-        if resumed and self._on_resume is not None:
-            self._on_resume(lease)
+        if resumed:
+            lease._runtime_resume()
+            if self._on_resume is not None:
+                self._on_resume(lease)
 
     def _save_and_ack(self, notice: PreemptNotice, *, by_follower: bool) -> None:
         """on_preempt, then AckPreempt; the caller claimed the notice (the phase is SAVING)."""
-        if self._on_preempt is not None:
-            try:
+        try:
+            if self._on_preempt is not None:
                 self._on_preempt(self._lease, notice)
-            except BaseException:
-                self._failed(by_follower=by_follower)
-                raise
+            self._lease._runtime_suspend()
+        except BaseException:
+            self._failed(by_follower=by_follower)
+            raise
         self._acknowledge(by_follower=by_follower)
 
     def _acknowledge(self, *, by_follower: bool) -> None:
@@ -175,7 +187,7 @@ class Follower:
             return False
         with lease._lock:
             lease._apply_locked(msg)
-            return lease._preempt.reconcile(lease.state)
+            return lease._preempt.reconcile(lease.status)
 
     def wait_preempt(self, timeout: float | None) -> PreemptNotice | None:
         """See `Lease.wait_preempt()`."""
@@ -241,6 +253,8 @@ class Follower:
 
     def _after_event(self, event: LeaseEvent) -> None:
         lease = self._lease
+        if event.type in {"preempt", "resized"}:
+            lease._runtime_event(event.type)
         while True:  # a save may be answered with the lease re-granted: then the resume is due at once
             with lease._lock:
                 work = lease._preempt.follower_work(can_save=self._on_preempt is not None)
@@ -258,8 +272,14 @@ class Follower:
                 self._save_and_ack(notice, by_follower=True)
             except Exception:  # noqa: BLE001 -- the follower outlives a failed save; the lease shows it
                 log.exception("vgpu lease %s: on_preempt or its acknowledgement failed; not acknowledged", lease.id)
-        elif work is Work.RESUME and self._on_resume is not None:
-            self._call_back("on_resume", self._on_resume)
+        elif work is Work.RESUME:
+            try:
+                lease._runtime_resume()
+            except Exception:  # noqa: BLE001 -- the follower outlives a failed restore; on_resume is not run
+                log.exception("vgpu lease %s: restoring its registered state failed", lease.id)
+                return
+            if self._on_resume is not None:
+                self._call_back("on_resume", self._on_resume)
 
     def _call_back(self, name: str, callback: OnLeaseChange) -> None:
         try:

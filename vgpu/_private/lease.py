@@ -131,6 +131,8 @@ class Lease(LeaseBase):
             if self._finished:
                 return
             self._finished = True
+        self._drop_identity()
+        self._close_runtime()
         if self._owns_client:
             self._client.close()
         if self._on_finish is not None:

@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 
-from vgpu._private import errors
+from vgpu._private import errors, process_identity
 from vgpu._private.errors import InvalidRequestError, LeaseStateError
 from vgpu._private.lease_records import (
     ENDED_STATES,
@@ -28,6 +28,7 @@ from vgpu._private.lease_records import (
     steps_of,
     timestamp_or_none,
 )
+from vgpu._private.lease_runtime import LeaseRuntime
 from vgpu._private.preemption import PreemptionTracker
 from vgpu._private.units import MILLI_PER_GPU, UnitError, parse_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
@@ -64,7 +65,7 @@ class Cancellers(set[Callable[[], object]]):
             cancel()
 
 
-class LeaseBase:
+class LeaseBase(LeaseRuntime):
     """Fields and lost-tracking of a lease this process holds (has the token of)."""
 
     def __init__(self, msg: types_pb2.Lease, token: str) -> None:
@@ -90,8 +91,12 @@ class LeaseBase:
         self._preempt_reason = ""
         self._steps: tuple[tuple[str, dt.datetime], ...] = ()
         self._preemptions = 0
+        self._warning = ""
         self._preempt = PreemptionTracker()
         self._usage: workload_pb2.Usage | None = None
+        self._init_runtime()
+        self._identity_socket = process_identity.identity().hold(token) if token else None
+        """Where the node watchdog can learn this process's pid (reported on every heartbeat)."""
         self._notify: Callable[[], None] = _nothing
         """Wakes whoever waits on the lease (a checkpoint() call); called with the lock held."""
         self._lost_reason: str | None = None
@@ -156,8 +161,8 @@ class LeaseBase:
         return nodes_of(self._slices)
 
     @property
-    def state(self) -> str:
-        """The last known state: 'granted', 'preempting', 'suspended', 'released', ..."""
+    def status(self) -> str:
+        """The lease's last known lifecycle state: 'granted', 'preempting', 'suspended', 'released', ..."""
         return self._state
 
     @property
@@ -227,6 +232,15 @@ class LeaseBase:
         return self._preemptions
 
     @property
+    def warning(self) -> str:
+        """The node watchdog's warning while the lease's processes are over its memory budget ("" if none).
+
+        It says what was seen and by when use must be back under the budget; past that the lease is revoked
+        (end reason MEMORY_BUDGET_EXCEEDED) and its processes are stopped.
+        """
+        return self._warning
+
+    @property
     def end_reason(self) -> str:
         """Why the lease ended (a reason constant), once it has."""
         return self._end_reason
@@ -279,7 +293,25 @@ class LeaseBase:
 
     def _usage_report(self) -> workload_pb2.Usage | None:
         with self._lock:
-            return self._usage
+            usage = self._usage
+        runtime = self._runtime
+        if usage is None and runtime is not None:  # what the workload reported itself wins
+            busy, memory = runtime.usage()
+            usage = workload_pb2.Usage(
+                reported=True, memory_bytes=memory, utilization_milli=round(busy * MILLI_PER_GPU)
+            )
+        if self._identity_socket is None:
+            return usage
+        report = workload_pb2.Usage(identity_socket=self._identity_socket)
+        if usage is not None:
+            report.MergeFrom(usage)
+        return report
+
+    def _drop_identity(self) -> None:
+        """This process no longer answers for the lease (released, or let go on purpose)."""
+        if self._identity_socket is not None:
+            process_identity.identity().drop(self._token)
+            self._identity_socket = None
 
     # -- updates from daemon answers ----------------------------------------------------------------
     def _apply(self, msg: types_pb2.Lease) -> None:
@@ -310,6 +342,9 @@ class LeaseBase:
             self._preempt_reason = notice.reason or self._preempt_reason
         self._steps = steps_of(msg) or self._steps
         self._preemptions = msg.preemptions or self._preemptions
+        if msg.warning and msg.warning != self._warning:
+            log.warning("vgpu lease %s: %s", self._id, msg.warning)
+        self._warning = msg.warning if state not in ENDED_STATES else self._warning
         self._preempt.observe_notice(notice)
         self._preempt.observe_state(state)
         self._notify()

@@ -280,6 +280,8 @@ class LeaseInfo:
 class LeaseEvent:
     """One event of a lease's WatchLease stream; `sequence` is what to resume after.
 
+    On a 'warning' event `reason` is the watchdog's words (empty once use is back under the budget).
+
     `preempt` is set on a 'preempt' event (and on any event whose lease is preempting); `slices` are the
     lease's slices after the event, the new ones for a 'resized' or 'resumed' event.
     """
@@ -307,6 +309,8 @@ class LeaseEvent:
             deadline = timestamp_or_none(msg.lease.preempt_deadline)
         if msg.HasField("resize"):
             slices = tuple(Slice.from_proto(s) for s in msg.resize.slices)
+        if msg.type == workload_pb2.LEASE_EVENT_TYPE_WARNING:
+            reason = msg.lease.warning
         return cls(
             sequence=msg.sequence,
             type=event_type_name(msg.type),

@@ -47,6 +47,7 @@ _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.STORE_UNAVAILABLE: errors.DaemonUnavailableError,
     reasons.SHUTTING_DOWN: errors.DaemonUnavailableError,
     reasons.INTERNAL: errors.InternalError,
+    reasons.OVER_MEMORY_BUDGET: errors.MemoryBudgetError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, tuple[type[VgpuError], str]]] = {

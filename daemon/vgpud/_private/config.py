@@ -21,6 +21,7 @@ from typing import Any, Literal
 from vgpud._private.backend.base import BackendError
 from vgpud._private.backend.sim import parse_spec
 from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
+from vgpud._private.config_watchdog import WatchdogConfig, validate_watchdog
 from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
 
 BackendKind = Literal["nvml", "sim"]
@@ -157,6 +158,8 @@ class DaemonConfig:
     """[log] table."""
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
     """[scheduling] table."""
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    """[watchdog] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
     """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
 
@@ -168,6 +171,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "mig": MigConfig,
     "log": LogConfig,
     "scheduling": SchedulingConfig,
+    "watchdog": WatchdogConfig,
 }
 _CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -360,6 +364,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     _validate_leases(cfg.lease, fail)
     _validate_serving(cfg, fail)
     _validate_scheduling(cfg, fail)
+    validate_watchdog(cfg.watchdog, fail)
     if cfg.sim_spec is not None:
         try:
             parse_spec(cfg.sim_spec)

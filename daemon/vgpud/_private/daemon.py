@@ -39,6 +39,7 @@ from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
 from vgpud._private.mig_realiser import MigRealiser
+from vgpud._private.node_watchdog import NodeWatchdog
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
@@ -223,6 +224,7 @@ class Daemon:
             scheduling=cfg.scheduling,
             on_preempted=self._metrics.observe_preemption,
         )
+        watchdog = self._start_watchdog(view, allocator)
         stopping = asyncio.Event()
         queue = PoolQueue(
             store,
@@ -257,6 +259,7 @@ class Daemon:
             on_error=self._metrics.count_rpc_error,
             on_acquire=self._metrics.observe_acquire,
             healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
+            watchdog=watchdog,
         )
         self._tasks.start(leadership.run(), "leadership")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
@@ -301,6 +304,25 @@ class Daemon:
         self._config.socket_path.unlink(missing_ok=True)
         await asyncio.to_thread(self._backend.close)
         return EXIT_OK
+
+    def _start_watchdog(self, view: PoolView, allocator: Allocator) -> NodeWatchdog | None:
+        """The node watchdog, running (None when [watchdog] enabled is false)."""
+        if not self._config.watchdog.enabled:
+            return None
+        metrics = self._metrics
+        watchdog = NodeWatchdog(
+            config=self._config.watchdog,
+            node=self._config.node_name,
+            view=view,
+            allocator=allocator,
+            backend=self._backend,
+            on_use=lambda uses: metrics.set_lease_use(
+                (u.lease_id, u.project, u.memory_bytes, u.utilization) for u in uses
+            ),
+            on_action=metrics.count_watchdog_action,
+        )
+        self._tasks.start(watchdog.run(), "node-watchdog")
+        return watchdog
 
     def _gpu_record(self, gpu: DiscoveredGpu) -> GpuRecord:
         return GpuRecord(

@@ -6,10 +6,11 @@ happen; `start_http` serves the registry for scraping.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import platform
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIServer
 
@@ -79,6 +80,25 @@ class DaemonMetrics:
             ["method", "code"],
             registry=r,
         )
+        self._lease_memory = Gauge(
+            "vgpu_lease_memory_used_bytes",
+            "GPU memory the lease's processes on this node use (NVML, or the runtime's report on simulated GPUs)",
+            ["lease", "project"],
+            registry=r,
+        )
+        self._lease_busy = Gauge(
+            "vgpu_lease_utilization_ratio",
+            "Share of time the lease's processes kept the GPU busy (0..1), as last measured",
+            ["lease", "project"],
+            registry=r,
+        )
+        self._watchdog_actions = Counter(
+            "vgpu_watchdog_actions_total",
+            "What the node watchdog did: warning, revoke (memory budget), sigterm, sigkill",
+            ["action"],
+            registry=r,
+        )
+        self._lease_series: set[tuple[str, str]] = set()
         self._build = Info("vgpu_build", "vgpud build", registry=r)
         self._build.info({"version": _vgpu_version(), "python": platform.python_version()})
         self._server: tuple[WSGIServer, threading.Thread] | None = None
@@ -120,6 +140,25 @@ class DaemonMetrics:
         """Milli-GPU held per project (projects no longer holding anything are set to 0)."""
         for project, value in milli.items():
             self._project_milli.labels(project).set(value)
+
+    def set_lease_use(self, uses: Iterable[tuple[str, str, int | None, float | None]]) -> None:
+        """(lease, project, memory bytes, utilization) of the leases watched now; series of others are dropped."""
+        current: set[tuple[str, str]] = set()
+        for lease, project, memory, busy in uses:
+            current.add((lease, project))
+            if memory is not None:
+                self._lease_memory.labels(lease, project).set(memory)
+            if busy is not None:
+                self._lease_busy.labels(lease, project).set(busy)
+        for gone in self._lease_series - current:
+            for gauge in (self._lease_memory, self._lease_busy):
+                with contextlib.suppress(KeyError):  # never set for this lease
+                    gauge.remove(*gone)
+        self._lease_series = current
+
+    def count_watchdog_action(self, action: str) -> None:
+        """One thing the node watchdog did."""
+        self._watchdog_actions.labels(action).inc()
 
     def count_rpc_error(self, method: str, code: str) -> None:
         """One RPC that failed with gRPC status `code`."""

@@ -488,6 +488,8 @@ class Lease(_message.Message):
     STEPS_FIELD_NUMBER: _builtins.int
     PREEMPTIONS_FIELD_NUMBER: _builtins.int
     IDLE_SINCE_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    WARNING_DEADLINE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     state: Global___LeaseState.ValueType
     project: _builtins.str
@@ -504,6 +506,10 @@ class Lease(_message.Message):
     """Why the lease is being (or was last) preempted, in words."""
     preemptions: _builtins.int
     """How often the lease was preempted and resumed."""
+    warning: _builtins.str
+    """Set by the node watchdog while the lease's processes use more GPU memory than its budget: what it
+    saw, and that the lease is revoked unless use comes back under the budget by `warning_deadline`.
+    """
     @_builtins.property
     def owner(self) -> Global___Owner: ...
     @_builtins.property
@@ -542,6 +548,8 @@ class Lease(_message.Message):
     def idle_since(self) -> _timestamp_pb2.Timestamp:
         """Set once the lease's reported use stayed under the idle threshold for the idle time: reclaimed first."""
 
+    @_builtins.property
+    def warning_deadline(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -568,10 +576,12 @@ class Lease(_message.Message):
         steps: _abc.Iterable[Global___LeaseStep] | None = ...,
         preemptions: _builtins.int = ...,
         idle_since: _timestamp_pb2.Timestamp | None = ...,
+        warning: _builtins.str = ...,
+        warning_deadline: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "idle_since", b"idle_since", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "request", b"request", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ended_at", b"ended_at", "idle_since", b"idle_since", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "request", b"request", "ttl", b"ttl", "warning_deadline", b"warning_deadline"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_message", b"end_message", "end_reason", b"end_reason", "ended_at", b"ended_at", "env", b"env", "id", b"id", "idle_since", b"idle_since", "labels", b"labels", "node", b"node", "node_environments", b"node_environments", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "preempt_reason", b"preempt_reason", "preemptions", b"preemptions", "priority", b"priority", "project", b"project", "request", b"request", "request_id", b"request_id", "slices", b"slices", "state", b"state", "steps", b"steps", "token", b"token", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "end_message", b"end_message", "end_reason", b"end_reason", "ended_at", b"ended_at", "env", b"env", "id", b"id", "idle_since", b"idle_since", "labels", b"labels", "node", b"node", "node_environments", b"node_environments", "owner", b"owner", "preempt_deadline", b"preempt_deadline", "preempt_reason", b"preempt_reason", "preemptions", b"preemptions", "priority", b"priority", "project", b"project", "request", b"request", "request_id", b"request_id", "slices", b"slices", "state", b"state", "steps", b"steps", "token", b"token", "ttl", b"ttl", "warning", b"warning", "warning_deadline", b"warning_deadline"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -41,6 +41,10 @@ class _LeaseEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaseE
     LEASE_EVENT_TYPE_EXPIRED: _LeaseEventType.ValueType  # 9
     LEASE_EVENT_TYPE_KEEPALIVE: _LeaseEventType.ValueType  # 10
     """Sent while nothing happens, so a client can tell a quiet stream from a dead one."""
+    LEASE_EVENT_TYPE_WARNING: _LeaseEventType.ValueType  # 11
+    """The node watchdog saw the lease's processes over its memory budget (lease.warning says what and
+    until when); sent again with an empty warning once use is back under the budget.
+    """
 
 class LeaseEventType(_LeaseEventType, metaclass=_LeaseEventTypeEnumTypeWrapper): ...
 
@@ -57,6 +61,10 @@ LEASE_EVENT_TYPE_REVOKED: LeaseEventType.ValueType  # 8
 LEASE_EVENT_TYPE_EXPIRED: LeaseEventType.ValueType  # 9
 LEASE_EVENT_TYPE_KEEPALIVE: LeaseEventType.ValueType  # 10
 """Sent while nothing happens, so a client can tell a quiet stream from a dead one."""
+LEASE_EVENT_TYPE_WARNING: LeaseEventType.ValueType  # 11
+"""The node watchdog saw the lease's processes over its memory budget (lease.warning says what and
+until when); sent again with an empty warning once use is back under the budget.
+"""
 Global___LeaseEventType: _TypeAlias = LeaseEventType  # noqa: Y015
 
 @_typing.final
@@ -232,21 +240,28 @@ class Usage(_message.Message):
     REPORTED_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     UTILIZATION_MILLI_FIELD_NUMBER: _builtins.int
+    IDENTITY_SOCKET_FIELD_NUMBER: _builtins.int
     reported: _builtins.bool
     """False when nothing is reported (the fields below are then ignored)."""
     memory_bytes: _builtins.int
     utilization_milli: _builtins.int
     """Busy share of the GPU time granted, in milli (0..1000)."""
+    identity_socket: _builtins.str
+    """Abstract unix socket name (without the leading NUL) the reporting process listens on: the node
+    daemon connects to it to learn the process's host pid and uid from the kernel (SO_PEERCRED), so the
+    watchdog can map it to the lease. Empty: the process is not mapped this way.
+    """
     def __init__(
         self,
         *,
         reported: _builtins.bool = ...,
         memory_bytes: _builtins.int = ...,
         utilization_milli: _builtins.int = ...,
+        identity_socket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["memory_bytes", b"memory_bytes", "reported", b"reported", "utilization_milli", b"utilization_milli"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity_socket", b"identity_socket", "memory_bytes", b"memory_bytes", "reported", b"reported", "utilization_milli", b"utilization_milli"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -94,6 +94,21 @@ class MigInstance:
     """Instance SMs."""
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessGpuUse:
+    """One process on one GPU (or MIG device) as NVML saw it."""
+
+    pid: int
+    gpu_uuid: str
+    """The physical GPU."""
+    mig_uuid: str
+    """The MIG device the process runs on; empty without MIG."""
+    memory_bytes: int | None
+    """GPU memory the process holds; None where NVML cannot tell (e.g. under WDDM)."""
+    sm_percent: int | None
+    """Share of the last second the process had kernels running, 0..100; None where not supported (MIG)."""
+
+
 class GpuBackend(Protocol):
     """Blocking calls (NVML is synchronous): the daemon runs them in a worker thread."""
 
@@ -130,4 +145,8 @@ class GpuBackend(Protocol):
 
     def destroy_mig_instance(self, gpu_uuid: str, gpu_instance_id: int, *, owned: Collection[str]) -> None:
         """Destroy a GI and its CIs, only if all its MIG UUIDs are in `owned` and no process runs on it."""
+        ...
+
+    def processes(self, gpu_uuids: Collection[str]) -> list[ProcessGpuUse] | None:
+        """The processes on these GPUs (host pids, memory, utilisation); None when the backend cannot see them."""
         ...

@@ -16,7 +16,14 @@ from collections.abc import Collection
 from typing import Any
 
 from vgpud._private.backend import geometry
-from vgpud._private.backend.base import BackendError, DiscoveredGpu, MigInstance, MigMode, MigProfileInfo
+from vgpud._private.backend.base import (
+    BackendError,
+    DiscoveredGpu,
+    MigInstance,
+    MigMode,
+    MigProfileInfo,
+    ProcessGpuUse,
+)
 from vgpud._private.backend.mig import MigOps
 from vgpud._private.backend.nvml_api import MigLibrary
 from vgpud._private.backend.nvml_codes import (
@@ -28,6 +35,7 @@ from vgpud._private.backend.nvml_codes import (
     error_code,
 )
 from vgpud._private.backend.nvml_codes import nvml_str as _text
+from vgpud._private.backend.nvml_processes import gpu_processes
 
 _UNSUPPORTED = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
 
@@ -164,6 +172,17 @@ class NvmlBackend:
         """Destroy a GI and its CIs, only if all its MIG UUIDs are in `owned` and no process runs on it."""
         self._check_open()
         self._mig.destroy(gpu_uuid, gpu_instance_id, owned)
+
+    def processes(self, gpu_uuids: Collection[str]) -> list[ProcessGpuUse] | None:
+        """The processes on these GPUs with their memory and utilisation; BackendError when NVML fails."""
+        self._check_open()
+        found: list[ProcessGpuUse] = []
+        for uuid in gpu_uuids:
+            try:
+                found.extend(gpu_processes(self._nvml, uuid))
+            except self._nvml.NVMLError as exc:
+                raise BackendError(f"cannot list the processes on GPU {uuid}: {exc}") from None
+        return found
 
     def close(self) -> None:
         """nvmlShutdown, once; later calls to discover/healthy raise BackendError.

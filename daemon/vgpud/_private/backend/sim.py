@@ -11,10 +11,11 @@ mode and instances survive the restart too.
 from __future__ import annotations
 
 import uuid as uuidlib
+from collections.abc import Collection
 from pathlib import Path
 
 from vgpud._private.backend import geometry, sim_state
-from vgpud._private.backend.base import BackendError
+from vgpud._private.backend.base import BackendError, ProcessGpuUse
 from vgpud._private.backend.nvml import NvmlBackend
 from vgpud._private.backend.sim_devices import SimGpu
 from vgpud._private.backend.sim_nvml import SimNvml
@@ -77,6 +78,11 @@ class SimBackend(NvmlBackend):
             sim_state.load(state_path, gpus)
             self.sim.on_change = lambda: sim_state.save(state_path, gpus)
         super().__init__(self.sim, name="sim")
+
+    def processes(self, gpu_uuids: Collection[str]) -> list[ProcessGpuUse] | None:  # noqa: ARG002 -- the backend interface
+        """None: simulated GPUs run no processes, so the watchdog goes by what the runtimes report."""
+        self._check_open()
+        return None
 
     def set_healthy(self, uuid: str, ok: bool) -> None:
         """Mark a simulated GPU lost (ok=False) or back (ok=True); BackendError for an unknown UUID."""

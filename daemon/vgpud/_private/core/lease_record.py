@@ -76,7 +76,11 @@ class LeaseRecord:
     idle_since: float = 0.0
     """Set when its reported use stayed under the idle threshold for the idle time (reclaimed first)."""
     event: str = ""
-    """The kind of the last change for lease watchers: "resumed" or "resized" on a GRANTED lease."""
+    """The kind of the last change for lease watchers: "resumed", "resized" or "warning" on a GRANTED lease."""
+    warning: str = ""
+    """Set by the node watchdog while the lease's processes are over its memory budget: what it saw."""
+    warning_deadline: float = 0.0
+    """While `warning` is set: when the lease is revoked unless its use is back under the budget."""
 
     def step(self, *names: str, at: float) -> tuple[tuple[str, float], ...]:
         """The steps with these appended (the oldest dropped past 32, so a lease preempted often stays small)."""
@@ -152,6 +156,8 @@ class LeaseRecord:
                 "preemptions": self.preemptions,
                 "idle_since": self.idle_since,
                 "event": self.event,
+                "warning": self.warning,
+                "warning_deadline": self.warning_deadline,
             }
         )
 
@@ -212,4 +218,6 @@ class LeaseRecord:
             preemptions=int(d.get("preemptions", 0)),
             idle_since=float(d.get("idle_since", 0.0)),
             event=d.get("event", ""),
+            warning=d.get("warning", ""),
+            warning_deadline=float(d.get("warning_deadline", 0.0)),
         )

@@ -114,6 +114,9 @@ def lease(
         msg.preempt_deadline.CopyFrom(timestamp(record.preempt_deadline))
     if record.idle_since:
         msg.idle_since.CopyFrom(timestamp(record.idle_since))
+    if record.warning:
+        msg.warning = record.warning
+        msg.warning_deadline.CopyFrom(timestamp(record.warning_deadline))
     if not record.state.ended:
         _environments(msg, record, node=node, endpoint=endpoint, token=token, endpoints=endpoints or {})
     else:

@@ -11,6 +11,7 @@ from vgpud._private.config import SchedulingConfig
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.idle_leases import IdleLeases
 from vgpud._private.lease_transitions import LeaseTransitions
+from vgpud._private.node_watchdog import NodeWatchdog
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.registry import Keys
@@ -52,6 +53,8 @@ class Serving:
     on_error: Callable[[str, str], None] = lambda _method, _code: None
     on_acquire: Callable[[float, str], None] = lambda _seconds, _outcome: None
     healthy: Callable[[str], bool] = lambda _uuid: True
+    watchdog: NodeWatchdog | None = None
+    """Takes the heartbeats' usage reports and identity sockets; None when [watchdog] is off."""
 
     def __post_init__(self) -> None:
         self.transitions = LeaseTransitions(self.allocator)

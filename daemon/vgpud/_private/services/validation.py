@@ -12,8 +12,10 @@ from dataclasses import replace
 from typing import Final
 
 from vgpu._private import reasons
+from vgpu._private.process_identity import PREFIX as IDENTITY_PREFIX
 from vgpu._private.units import MILLI_PER_GPU, format_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
+from vgpud._private import process_map
 from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.mig_placement import profile_key
 from vgpud._private.core.model import GpuMode, Isolation, Owner, ShapeRequest
@@ -258,3 +260,13 @@ def gpu_uuid(value: str) -> str:
     if not value or len(value) > 128 or not value.isascii():  # noqa: PLR2004 -- NVML uuids are ~40 chars
         raise _bad(f"gpu_uuid {value[:80]!r} is not a GPU uuid (see vgpuctl gpus)")
     return value
+
+
+def identity_socket(name: str) -> str:
+    """The identity socket a heartbeat names (empty: none); only vgpu's own socket names are accepted."""
+    if name and not process_map.valid_identity_name(name):
+        raise _bad(
+            f"usage.identity_socket {name[:80]!r} is not a vgpu identity socket "
+            f"(expected {IDENTITY_PREFIX}<pid>-<hex>, as the SDK sends)"
+        )
+    return name

@@ -200,10 +200,20 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
     ) -> workload_pb2.HeartbeatResponse:
         """Extend the lease's liveness."""
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
+        usage = request.usage
+        socket = validation.identity_socket(usage.identity_socket)
         lease = await self._s.allocator.owned(lease_id, token)
         left = await self._s.allocator.refresh(lease.value)
-        if request.usage.reported and lease.value.state is LeaseState.GRANTED:
-            await self._s.idle.observe(lease.value, min(request.usage.utilization_milli, 1000))
+        if usage.reported and lease.value.state is LeaseState.GRANTED:
+            await self._s.idle.observe(lease.value, min(usage.utilization_milli, 1000))
+        if self._s.watchdog is not None and (usage.reported or socket):
+            self._s.watchdog.observe(
+                lease.value,
+                reported=usage.reported,
+                memory=usage.memory_bytes,
+                utilization_milli=min(usage.utilization_milli, 1000),
+                socket=socket,
+            )
         answer = workload_pb2.HeartbeatResponse(
             state=convert.LEASE_STATE[lease.value.state], ttl=duration_pb2.Duration(seconds=left)
         )
@@ -329,9 +339,11 @@ async def _next_change(
 
 
 def event_kind(lease: LeaseRecord) -> int:
-    """The event a new version of a lease is: RESUMED and RESIZED are GRANTED versions marked by `event`."""
+    """The event a new version of a lease is: RESUMED, RESIZED and WARNING are GRANTED versions marked by `event`."""
     if lease.state is LeaseState.GRANTED and lease.event == "resumed":
         return workload_pb2.LEASE_EVENT_TYPE_RESUMED
     if lease.state is LeaseState.GRANTED and lease.event == "resized":
         return workload_pb2.LEASE_EVENT_TYPE_RESIZED
+    if lease.state is LeaseState.GRANTED and lease.event == "warning":
+        return workload_pb2.LEASE_EVENT_TYPE_WARNING
     return _EVENT_FOR_STATE[lease.state]

@@ -1,0 +1,113 @@
+"""The in-process runtime through a real lease (NumPy backend, simulated GPU): budget, state across a preemption."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import duration_pb2
+
+import vgpu
+from tests.integration.conftest import GiB
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
+from vgpu.testing import LocalPool
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[LocalPool]:
+    with LocalPool("h100-80gb:1", ttl=3) as local:
+        yield local
+
+
+def preempt(pool: LocalPool, lease_id: str) -> None:
+    with grpc.insecure_channel(pool.endpoint) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        request = admin_pb2.PreemptLeaseRequest(
+            lease_id=lease_id, reason="test", grace=duration_pb2.Duration(seconds=30)
+        )
+        admin.PreemptLease(request, timeout=10)
+
+
+def test_registered_state_survives_a_preemption_bit_exact(pool: LocalPool) -> None:
+    with pool.pool() as client, client.acquire(memory="2GiB", compute=0.5, wait=False) as lease:
+        rt = lease.runtime
+        assert rt.backend == "numpy"
+        xp = rt.xp
+        weights = lease.register("weights", xp.arange(4096, dtype=np.float32))
+        weights *= 1.5  # in place: NumPy's temporaries are not counted on the simulated device
+        opt = lease.register("opt", {"m": xp.full((3, 5), 7, dtype=np.int64), "step": 12})
+        expected_weights = weights.copy()
+        assert not lease.checkpoint()  # nothing asked: no wait, cooperative from now on
+        preempt(pool, lease.id)
+        notice = lease.wait_preempt(timeout=20)
+        assert notice is not None
+        before = rt.memory_usage().used_bytes
+        assert before >= weights.nbytes + 15 * 8
+        assert lease.checkpoint()  # saved, acknowledged, suspended, resumed (nothing else waits), restored
+        assert lease.status == "granted"
+        assert lease.preemptions == 1
+        assert lease.state["weights"] is weights  # the workload kept it: restored in place
+        np.testing.assert_array_equal(lease.state["weights"], expected_weights)
+        assert lease.state["opt"]["step"] == 12
+        np.testing.assert_array_equal(lease.state["opt"]["m"], np.full((3, 5), 7))
+        assert lease.state["opt"]["m"] is opt["m"]  # kept alive through `opt`: in place too
+        assert rt.memory_usage().used_bytes == before
+        del weights, opt
+
+
+def test_allocations_past_the_budget_are_refused_and_reported(pool: LocalPool) -> None:
+    with pool.pool() as client, client.acquire(memory="1GiB", compute=0.25, wait=False) as lease:
+        xp = lease.runtime.xp
+        held = xp.zeros(GiB // 2, dtype=np.uint8)
+        with pytest.raises(vgpu.MemoryBudgetError) as caught:
+            xp.zeros(GiB // 2 + 1, dtype=np.uint8)
+        assert "past its budget of 1GiB" in str(caught.value)
+        assert caught.value.reason == "OVER_MEMORY_BUDGET"
+        free, total = lease.runtime.mem_info()
+        assert total == GiB
+        assert free == GiB - held.nbytes
+        usage = lease._usage_report()
+        assert usage is not None
+        assert usage.reported
+        assert usage.memory_bytes == held.nbytes
+        del held
+
+
+def test_the_runtime_follows_the_slice_and_ends_with_the_lease(pool: LocalPool) -> None:
+    with pool.pool() as client:
+        lease = client.acquire(memory="1GiB", compute=0.25, wait=False)
+        rt = lease.runtime
+        assert rt.throttle_stats().share == pytest.approx(0.25)
+        lease.register("x", rt.xp.ones(8))
+        lease.release()
+        with pytest.raises(vgpu.LeaseEndedError):
+            rt.register("y", rt.xp.ones(8))
+        with pytest.raises(vgpu.LeaseEndedError):
+            _ = lease.runtime
+
+
+def test_registering_what_is_not_an_array_says_what_to_pass(pool: LocalPool) -> None:
+    with pool.pool() as client, client.acquire(memory="1GiB", compute=0.25, wait=False) as lease:
+        with pytest.raises(vgpu.InvalidRequestError, match=r"state 'bad'\['w'\] is an object, not a numpy array"):
+            lease.register("bad", {"w": object()})
+        with pytest.raises(vgpu.InvalidRequestError):
+            lease.register("", lease.runtime.xp.ones(2))
+
+
+async def test_an_async_lease_keeps_its_state_across_a_preemption(pool: LocalPool) -> None:
+    async with pool.async_pool() as client:
+        lease = await client.acquire(memory="1GiB", compute=0.5, wait=False)
+        try:
+            xp = lease.runtime.xp
+            kept = lease.register("kept", xp.arange(100, dtype=np.int32))
+            assert not await lease.checkpoint()
+            preempt(pool, lease.id)
+            assert await lease.wait_preempt(timeout=20) is not None
+            assert await lease.checkpoint()
+            assert lease.state["kept"] is kept
+            np.testing.assert_array_equal(kept, np.arange(100))
+            assert lease.preemptions == 1
+        finally:
+            await lease.release()
