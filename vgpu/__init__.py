@@ -35,6 +35,8 @@ from vgpu._private.errors import (
 from vgpu._private.lease import Lease
 from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, PreemptNotice, QueueInfo, Slice
 from vgpu._private.pool import Pool, acquire, attach
+from vgpu._private.runtime.compute_throttle import ThrottlePolicy
+from vgpu._private.runtime.runtime import Runtime, RuntimeOptions
 
 __all__ = [
     "AsyncLease",
@@ -64,7 +66,10 @@ __all__ = [
     "QueueInfo",
     "QueueTimeoutError",
     "QuotaExceededError",
+    "Runtime",
+    "RuntimeOptions",
     "Slice",
+    "ThrottlePolicy",
     "VgpuError",
     "acquire",
     "attach",

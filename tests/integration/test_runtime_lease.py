@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -11,6 +12,7 @@ from google.protobuf import duration_pb2
 
 import vgpu
 from tests.integration.conftest import GiB
+from vgpu._private.runtime.state_store import OffloadReport
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpu.testing import LocalPool
 
@@ -111,3 +113,41 @@ async def test_an_async_lease_keeps_its_state_across_a_preemption(pool: LocalPoo
             assert lease.preemptions == 1
         finally:
             await lease.release()
+
+
+def test_runtime_options_choose_the_throttle_and_where_checkpoints_spill(pool: LocalPool, tmp_path: Path) -> None:
+    options = vgpu.RuntimeOptions(backend="numpy", throttle="off", spill_dir=tmp_path, host_limit_bytes=0)
+    assert options.throttle is vgpu.ThrottlePolicy.OFF
+    with pool.pool() as client, client.acquire(memory="1GiB", compute=0.25, wait=False, runtime=options) as lease:
+        assert lease.runtime.throttle_stats().policy is vgpu.ThrottlePolicy.OFF
+        lease.register("big", lease.runtime.xp.full(1000, 3.25))
+        assert not lease.checkpoint()
+        seen_spill: list[int] = []
+        preempt(pool, lease.id)
+        assert lease.wait_preempt(timeout=20) is not None
+
+        original = lease.runtime._store.offload  # observe the spill files while the lease is suspended
+
+        def offload_and_look() -> OffloadReport:
+            report = original()
+            seen_spill.append(len(list(tmp_path.rglob("*.npy"))))
+            return report
+
+        lease.runtime._store.offload = offload_and_look  # type: ignore[method-assign]  # test probe
+        assert lease.checkpoint()
+        assert seen_spill == [1]  # host_limit_bytes=0: everything went to a file under spill_dir
+        assert not list(tmp_path.rglob("*.npy"))  # and the file is gone after the restore
+        np.testing.assert_array_equal(lease.state["big"], np.full(1000, 3.25))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"backend": "tpu"}, "runtime backend must be auto, cupy or numpy, got 'tpu'"),
+        ({"throttle": "fast"}, "throttle must be hard, burst or off, got 'fast'"),
+        ({"host_limit_bytes": -1}, "host_limit_bytes must be a number of bytes >= 0 or None, got -1"),
+    ],
+)
+def test_bad_runtime_options_say_what_to_change(fields: dict[str, object], message: str) -> None:
+    with pytest.raises(vgpu.InvalidRequestError, match=message):
+        vgpu.RuntimeOptions(**fields)  # type: ignore[arg-type]  # deliberately wrong values

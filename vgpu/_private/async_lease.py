@@ -28,6 +28,7 @@ from vgpu._private.errors import (
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
 from vgpu._private.lease_base import Cancellers, LeaseBase, log
 from vgpu._private.lease_records import LeaseEvent, PreemptNotice
+from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu.api.v1 import types_pb2
 
 WATCH_WINDOW: Final = 300.0
@@ -54,8 +55,10 @@ class AsyncLease(LeaseBase):
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> None:
         super().__init__(msg, token)
+        self._runtime_options = runtime or RuntimeOptions()
         self._client = client
         self.release_on_exit = release_on_exit
         """Whether leaving an `async with` block (or closing its pool) releases the lease."""

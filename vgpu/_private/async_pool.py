@@ -13,6 +13,7 @@ from vgpu._private.async_lease import AsyncLease
 from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
+from vgpu._private.runtime.runtime import RuntimeOptions
 
 
 class AsyncPool:
@@ -56,6 +57,7 @@ class AsyncPool:
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> AsyncLease:
         """Acquire slices (same arguments as `Pool.acquire`; the callbacks may also be coroutine functions).
 
@@ -92,6 +94,7 @@ class AsyncPool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            runtime=runtime,
         )
         self._leases.add(lease)
         return lease
@@ -104,6 +107,7 @@ class AsyncPool:
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> AsyncLease:
         """Take over following a lease by its token ('<lease_id>.<secret>', the VGPU_LEASE value).
 
@@ -125,6 +129,7 @@ class AsyncPool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            runtime=runtime,
         )
         self._leases.add(lease)
         return lease

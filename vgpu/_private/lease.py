@@ -29,6 +29,7 @@ from vgpu._private.follower import Follower, OnLeaseChange, OnPreempt
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
 from vgpu._private.lease_base import Cancellers, LeaseBase, log
 from vgpu._private.lease_records import LeaseEvent, PreemptNotice
+from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
 from vgpu.api.v1 import types_pb2
 
@@ -59,8 +60,10 @@ class Lease(LeaseBase):
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> None:
         super().__init__(msg, token)
+        self._runtime_options = runtime or RuntimeOptions()
         self._client = client
         self.release_on_exit = release_on_exit
         """Whether leaving a `with` block (or closing its Pool) releases the lease or only lets it go."""

@@ -18,6 +18,7 @@ from vgpu._private.follower import OnLeaseChange, OnPreempt
 from vgpu._private.lease import Lease
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
+from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
 
 LEASE_ENV = "VGPU_LEASE"
@@ -73,6 +74,7 @@ class Pool:
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> Lease:
         """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False.
 
@@ -87,7 +89,8 @@ class Pool:
 
         Preemption: `on_preempt(lease, notice)` saves what must survive and frees the GPU memory;
         `on_resume(lease)` restores once the lease holds GPUs again (see `Lease.checkpoint()` for which
-        thread runs them).
+        thread runs them). `runtime=vgpu.RuntimeOptions(...)` tunes the in-process runtime (backend,
+        throttle policy, where checkpoints spill): see `lease.runtime`.
         """
         request = build_acquire_request(
             memory=memory,
@@ -119,6 +122,7 @@ class Pool:
                 on_preempt=on_preempt,
                 on_resume=on_resume,
                 on_resize=on_resize,
+                runtime=runtime,
             )
         )
 
@@ -130,6 +134,7 @@ class Pool:
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        runtime: RuntimeOptions | None = None,
     ) -> Lease:
         """Take over following a lease by its token ('<lease_id>.<secret>'), e.g. in a child process.
 
@@ -152,6 +157,7 @@ class Pool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            runtime=runtime,
         )
         return self._track(lease)
 
@@ -222,6 +228,7 @@ def acquire(
     on_preempt: OnPreempt | None = None,
     on_resume: OnLeaseChange | None = None,
     on_resize: OnLeaseChange | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> Lease:
     """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`).
 
@@ -254,6 +261,7 @@ def acquire(
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            runtime=runtime,
         )
     except BaseException:
         pool.close()
@@ -269,6 +277,7 @@ def attach(
     on_preempt: OnPreempt | None = None,
     on_resume: OnLeaseChange | None = None,
     on_resize: OnLeaseChange | None = None,
+    runtime: RuntimeOptions | None = None,
 ) -> Lease:
     """Pick up the lease this process was started with (VGPU_LEASE, VGPU_ENDPOINT) and heartbeat it.
 
@@ -282,7 +291,9 @@ def attach(
         )
     pool = Pool._single_use(endpoint, timeout)
     try:
-        return pool.attach(value, release=release, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize)
+        return pool.attach(
+            value, release=release, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize, runtime=runtime
+        )
     except BaseException:
         pool.close()
         raise

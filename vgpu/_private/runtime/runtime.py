@@ -26,6 +26,8 @@ from vgpu._private.runtime.numpy_backend import NumpyBackend
 from vgpu._private.runtime.preempt_flag import PreemptFlag, preempt_flag_for
 from vgpu._private.runtime.state_store import OffloadReport, RestoreReport, StateStore
 
+_BACKENDS = frozenset({"auto", "cupy", "numpy"})
+
 
 @dataclass(frozen=True, slots=True)
 class RuntimeTarget:
@@ -40,21 +42,39 @@ class RuntimeTarget:
 
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
-    """How the runtime enforces; `vgpu.acquire(runtime=..., throttle=..., spill_dir=...)` sets them."""
+    """How a lease's runtime enforces: `vgpu.acquire(..., runtime=vgpu.RuntimeOptions(throttle="off"))`."""
 
     backend: str = "auto"
     """"auto" (CuPy when it is installed and sees the lease's GPU, else NumPy), "cupy" or "numpy"."""
-    throttle: ThrottlePolicy = ThrottlePolicy.HARD
-    """HARD: never above the share; BURST: up to the whole GPU while it is otherwise idle; OFF: measure only."""
-    spill_dir: Path | None = None
+    throttle: ThrottlePolicy | str = ThrottlePolicy.HARD
+    """"hard": never above the share; "burst": up to the whole GPU while it is otherwise idle (the daemon does
+    not say so yet, so it acts as hard); "off": measure only."""
+    spill_dir: Path | str | None = None
     """Where checkpoints spill state that does not fit in `host_limit_bytes` (None: the system temp dir)."""
     host_limit_bytes: int | None = None
     """Most bytes a checkpoint keeps in (pinned) host memory; the rest goes to files. None: no limit."""
 
+    def __post_init__(self) -> None:
+        if self.backend not in _BACKENDS:
+            raise InvalidRequestError(f"runtime backend must be auto, cupy or numpy, got {self.backend!r}")
+        throttle: object = self.throttle
+        if isinstance(throttle, str):
+            try:
+                object.__setattr__(self, "throttle", ThrottlePolicy(throttle.lower()))
+            except ValueError:
+                raise InvalidRequestError(f"throttle must be hard, burst or off, got {throttle!r}") from None
+        elif not isinstance(throttle, ThrottlePolicy):
+            raise InvalidRequestError(f"throttle must be hard, burst or off, got {throttle!r}")
+        if isinstance(self.spill_dir, str):
+            object.__setattr__(self, "spill_dir", Path(self.spill_dir))
+        limit = self.host_limit_bytes
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise InvalidRequestError(f"host_limit_bytes must be a number of bytes >= 0 or None, got {limit!r}")
+
 
 def make_backend(target: RuntimeTarget, kind: str) -> ArrayBackend:
     """The backend for `target`: CuPy on the lease's GPU where it can be, else a simulated NumPy device."""
-    if kind not in {"auto", "cupy", "numpy"}:
+    if kind not in _BACKENDS:
         raise InvalidRequestError(f"runtime backend must be auto, cupy or numpy, got {kind!r}")
     if kind == "numpy" or (kind == "auto" and importlib.util.find_spec("cupy") is None):
         return NumpyBackend(target.memory_bytes)
@@ -80,7 +100,8 @@ class Runtime:
         self._target = target
         self._options = options
         self._throttle = ComputeThrottle(backend, target.compute_share, options.throttle)
-        self._store = StateStore(backend, spill_dir=options.spill_dir, host_limit_bytes=options.host_limit_bytes)
+        spill = None if options.spill_dir is None else Path(options.spill_dir)
+        self._store = StateStore(backend, spill_dir=spill, host_limit_bytes=options.host_limit_bytes)
         self._flag = preempt_flag_for(backend)
         self._closed = False
 
