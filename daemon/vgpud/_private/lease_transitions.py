@@ -85,6 +85,8 @@ class LeaseTransitions:
                 steps=lease.step("checkpointed", "suspended", at=now),
                 idle_since=0.0,
                 event="",
+                warning="",  # a watchdog warning was about the slices it no longer holds
+                warning_deadline=0.0,
             )
             overlay.put_lease(suspended)
             return suspended

@@ -79,6 +79,9 @@ class ArrayBackend(abc.ABC):
     def release_cached(self) -> None:
         """Give memory the backend caches but no array uses back to the device (after a checkpoint)."""
 
+    def close(self) -> None:  # noqa: B027 -- optional hook: backends without process-wide state need nothing
+        """Undo what the backend changed in the process (CuPy: the allocator); the runtime is done with it."""
+
 
 class WallTimer:
     """A DeviceTimer that counts wall time: NumPy work runs synchronously on the host."""

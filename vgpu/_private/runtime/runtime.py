@@ -76,7 +76,10 @@ def make_backend(target: RuntimeTarget, kind: str) -> ArrayBackend:
     """The backend for `target`: CuPy on the lease's GPU where it can be, else a simulated NumPy device."""
     if kind not in _BACKENDS:
         raise InvalidRequestError(f"runtime backend must be auto, cupy or numpy, got {kind!r}")
-    if kind == "numpy" or (kind == "auto" and importlib.util.find_spec("cupy") is None):
+    have_cupy = importlib.util.find_spec("cupy") is not None
+    if kind == "cupy" and not have_cupy:
+        raise InvalidRequestError("the cupy runtime backend needs CuPy: pip install 'vgpu[cuda12]', or use 'auto'")
+    if kind == "numpy" or not have_cupy:
         return NumpyBackend(target.memory_bytes)
     from vgpu._private.runtime import cupy_backend  # noqa: PLC0415 -- imports CuPy: only on this path
 
@@ -179,7 +182,12 @@ class Runtime:
         """Bring the state back on the lease's (maybe new) GPU, with the new slice's budget and share."""
         with self._lock:
             if target.gpu_uuid != self._target.gpu_uuid:
-                self._backend = make_backend(target, self._options.backend)
+                # Another GPU: its own backend, timers and device-visible flag (the share's history restarts).
+                old, self._backend = self._backend, make_backend(target, self._options.backend)
+                old.close()
+                self._throttle = ComputeThrottle(self._backend, target.compute_share, self._options.throttle)
+                self._flag.close()
+                self._flag = preempt_flag_for(self._backend)
             self._apply_target(target)
         report = self._store.restore(self._backend)
         self._flag.clear()
@@ -203,6 +211,7 @@ class Runtime:
         self._throttle.interrupt()
         self._store.close()
         self._flag.close()
+        self._backend.close()
 
     def _apply_target(self, target: RuntimeTarget) -> None:
         self._backend.set_memory_limit(target.memory_bytes)
