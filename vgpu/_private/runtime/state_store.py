@@ -151,7 +151,8 @@ class StateStore:
             suspension = self._capture()
             self._values = {}
             self._suspension = suspension
-            gc.collect()
+            if any(entry.owner() is not None for entry in suspension.arrays):
+                gc.collect()  # only arrays held in reference cycles are left to free: a full pass is needed
             suspension.backend.release_cached()
             kept = _still_referenced_bytes(suspension.arrays)
         return OffloadReport(
