@@ -62,6 +62,8 @@ class LeaseRuntime:
         When the pool takes the GPU back, checkpoint() copies registered state to host memory, frees the
         device memory and, once the lease is resumed (maybe on another GPU), restores it: read it back from
         `lease.state[name]` after checkpoint() returned True (the same object where it was restored in place).
+        Without checkpoint() calls (an on_preempt callback only), the state is saved once on_preempt returns:
+        the workload must have stopped touching it by then, and finds it again in on_resume.
         """
         return self.runtime.register(name, value)
 
