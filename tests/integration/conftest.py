@@ -11,9 +11,10 @@ from typing import TypeVar
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
 
 from tests.etcd_cluster import EtcdCluster
-from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2_grpc
+from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
 from vgpu.testing import LocalPool, local_pool
 
 T = TypeVar("T")
@@ -61,6 +62,16 @@ class Admin:
 
     def allocated_memory(self) -> int:
         return sum(g.allocated.memory_bytes for g in self.gpus())
+
+    def get(self, lease_id: str, token: str) -> types_pb2.Lease:
+        request = workload_pb2.GetLeaseRequest(lease_id=lease_id, token=token)
+        return self.workload.GetLease(request, timeout=10).lease
+
+    def preempt(self, lease_id: str, grace_s: int = 30) -> types_pb2.Lease:
+        request = admin_pb2.PreemptLeaseRequest(
+            lease_id=lease_id, reason="test", grace=duration_pb2.Duration(seconds=grace_s)
+        )
+        return self.admin.PreemptLease(request, timeout=10).lease
 
     def close(self) -> None:
         self.channel.close()

@@ -12,10 +12,10 @@ import pytest
 from google.protobuf import duration_pb2
 
 import vgpu
-from tests.integration.conftest import GiB, vgpuctl, wait_until
+from tests.integration.conftest import Admin, GiB, vgpuctl, wait_until
 from vgpu._private import reasons
 from vgpu._private.rpc_errors import failure_of_sync_call
-from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
+from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
 from vgpu.testing import LocalPool, local_pool
 
 FAST_CLASSES = """
@@ -40,13 +40,8 @@ min_runtime_s = 0
 """
 
 
-class Raw:
+class Raw(Admin):
     """Workload and admin stubs below the SDK: a client that acks by hand, or never heartbeats."""
-
-    def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
-        self.workload = workload_pb2_grpc.WorkloadServiceStub(self.channel)
 
     def acquire(self, resources: types_pb2.ResourceRequest, **fields: object) -> types_pb2.Lease:
         request = workload_pb2.AcquireRequest(resources=resources, **fields)  # type: ignore[arg-type]  # test kwargs
@@ -54,19 +49,12 @@ class Raw:
         return answers[-1].lease
 
     def lease(self, lease: types_pb2.Lease | vgpu.Lease) -> types_pb2.Lease:
-        request = workload_pb2.GetLeaseRequest(lease_id=lease.id, token=lease.token)
-        return self.workload.GetLease(request, timeout=10).lease
+        return self.get(lease.id, lease.token)
 
     def once(self, lease: types_pb2.Lease | vgpu.Lease, state: int) -> types_pb2.Lease | None:
         """The lease if it is in `state` now (for wait_until)."""
         current = self.lease(lease)
         return current if current.state == state else None
-
-    def preempt(self, lease_id: str, grace_s: int = 30) -> types_pb2.Lease:
-        request = admin_pb2.PreemptLeaseRequest(
-            lease_id=lease_id, reason="test", grace=duration_pb2.Duration(seconds=grace_s)
-        )
-        return self.admin.PreemptLease(request, timeout=10).lease
 
     def ack(self, lease: types_pb2.Lease) -> types_pb2.Lease:
         request = workload_pb2.AckPreemptRequest(lease_id=lease.id, token=lease.token)

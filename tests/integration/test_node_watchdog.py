@@ -15,11 +15,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
-from tests.integration.conftest import GiB, wait_until
+from tests.integration.conftest import Admin, GiB, wait_until
 from vgpu._private import reasons
-from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
+from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpu.testing import LocalPool
 
 WORKER = Path(__file__).with_name("watchdog_worker.py")
@@ -45,27 +44,11 @@ def pool(tmp_path: Path) -> Iterator[LocalPool]:
         yield local
 
 
-class Stubs:
-    def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
-        self.workload = workload_pb2_grpc.WorkloadServiceStub(self.channel)
-
-    def get(self, lease_id: str, token: str) -> types_pb2.Lease:
-        return self.workload.GetLease(workload_pb2.GetLeaseRequest(lease_id=lease_id, token=token), timeout=10).lease
-
-    def preempt(self, lease_id: str, grace_s: int) -> None:
-        request = admin_pb2.PreemptLeaseRequest(
-            lease_id=lease_id, reason="test", grace=duration_pb2.Duration(seconds=grace_s)
-        )
-        self.admin.PreemptLease(request, timeout=10)
-
-
 @pytest.fixture
-def stubs(pool: LocalPool) -> Iterator[Stubs]:
-    s = Stubs(pool.endpoint)
+def stubs(pool: LocalPool) -> Iterator[Admin]:
+    s = Admin(pool.endpoint)
     yield s
-    s.channel.close()
+    s.close()
 
 
 class Worker:
@@ -107,7 +90,7 @@ def workers() -> Iterator[list[Worker]]:
         worker.close()
 
 
-def test_missed_preemption_stops_the_lease_holder(pool: LocalPool, stubs: Stubs, workers: list[Worker]) -> None:
+def test_missed_preemption_stops_the_lease_holder(pool: LocalPool, stubs: Admin, workers: list[Worker]) -> None:
     worker = Worker(pool)
     workers.append(worker)
     # A heartbeat (every TTL/3 = 1 s) carries the identity socket before the 3 s deadline passes.
@@ -119,14 +102,14 @@ def test_missed_preemption_stops_the_lease_holder(pool: LocalPool, stubs: Stubs,
     assert ended.end_reason == reasons.END_PREEMPT_MISSED
 
 
-def test_a_process_that_ignores_sigterm_is_killed(pool: LocalPool, stubs: Stubs, workers: list[Worker]) -> None:
+def test_a_process_that_ignores_sigterm_is_killed(pool: LocalPool, stubs: Admin, workers: list[Worker]) -> None:
     worker = Worker(pool, "--ignore-term")
     workers.append(worker)
     stubs.preempt(worker.lease_id, grace_s=3)
     assert worker.proc.wait(timeout=30) == -signal.SIGKILL
 
 
-def test_processes_started_with_the_lease_environment_are_stopped(pool: LocalPool, stubs: Stubs) -> None:
+def test_processes_started_with_the_lease_environment_are_stopped(pool: LocalPool, stubs: Admin) -> None:
     request = workload_pb2.AcquireRequest(
         resources=types_pb2.ResourceRequest(memory_bytes=10 * GiB, compute_milli=500), wait=False
     )
@@ -155,7 +138,7 @@ def test_processes_started_with_the_lease_environment_are_stopped(pool: LocalPoo
                 child.stdout.close()
 
 
-def test_memory_over_budget_warns_then_revokes_and_stops(pool: LocalPool, stubs: Stubs, workers: list[Worker]) -> None:
+def test_memory_over_budget_warns_then_revokes_and_stops(pool: LocalPool, stubs: Admin, workers: list[Worker]) -> None:
     worker = Worker(pool)
     workers.append(worker)
     worker.send(f"usage {12 * GiB}")  # the lease's budget is 10 GiB
@@ -167,7 +150,7 @@ def test_memory_over_budget_warns_then_revokes_and_stops(pool: LocalPool, stubs:
     assert ended.end_reason == reasons.END_OVER_BUDGET
 
 
-def test_coming_back_under_budget_clears_the_warning(pool: LocalPool, stubs: Stubs, workers: list[Worker]) -> None:
+def test_coming_back_under_budget_clears_the_warning(pool: LocalPool, stubs: Admin, workers: list[Worker]) -> None:
     worker = Worker(pool)
     workers.append(worker)
     events = stubs.workload.WatchLease(
@@ -190,7 +173,7 @@ def test_coming_back_under_budget_clears_the_warning(pool: LocalPool, stubs: Stu
     assert worker.proc.poll() is None
 
 
-def test_a_bad_identity_socket_is_refused(pool: LocalPool, stubs: Stubs, workers: list[Worker]) -> None:
+def test_a_bad_identity_socket_is_refused(pool: LocalPool, stubs: Admin, workers: list[Worker]) -> None:
     worker = Worker(pool)
     workers.append(worker)
     request = workload_pb2.HeartbeatRequest(

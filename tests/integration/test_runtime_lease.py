@@ -5,15 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-from google.protobuf import duration_pb2
 
 import vgpu
-from tests.integration.conftest import GiB
+from tests.integration.conftest import Admin, GiB
 from vgpu._private.runtime.state_store import OffloadReport
-from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpu.testing import LocalPool
 
 
@@ -24,12 +21,11 @@ def pool() -> Iterator[LocalPool]:
 
 
 def preempt(pool: LocalPool, lease_id: str) -> None:
-    with grpc.insecure_channel(pool.endpoint) as channel:
-        admin = admin_pb2_grpc.AdminServiceStub(channel)
-        request = admin_pb2.PreemptLeaseRequest(
-            lease_id=lease_id, reason="test", grace=duration_pb2.Duration(seconds=30)
-        )
-        admin.PreemptLease(request, timeout=10)
+    stubs = Admin(pool.endpoint)
+    try:
+        stubs.preempt(lease_id)
+    finally:
+        stubs.close()
 
 
 def test_registered_state_survives_a_preemption_bit_exact(pool: LocalPool) -> None:

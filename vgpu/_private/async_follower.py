@@ -12,17 +12,14 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from vgpu._private.errors import (
-    LeaseEndedError,
     LeaseLostError,
-    LeaseNotFoundError,
-    LeasePermissionError,
     LeaseStateError,
     VgpuError,
 )
-from vgpu._private.follower import gone_error
+from vgpu._private.follower import FOLLOW_MAX_BACKOFF, GONE, WAKE_EVERY, gone_error
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import LeaseEvent, PreemptNotice
 from vgpu._private.preemption import Phase, Work
@@ -34,11 +31,6 @@ AsyncOnPreempt = Callable[["AsyncLease", PreemptNotice], object]
 """on_preempt(lease, notice), a coroutine function or a plain one: save, free the GPU memory, return."""
 AsyncOnLeaseChange = Callable[["AsyncLease"], object]
 """on_resume(lease) / on_resize(lease), a coroutine function or a plain one."""
-
-_GONE: Final = (LeaseEndedError, LeaseNotFoundError, LeasePermissionError)
-_MAX_BACKOFF: Final = 2.0
-_WAKE_EVERY: Final = 1.0
-"""A waiting checkpoint() re-checks the lease this often even without a notification."""
 
 
 async def _call(callback: Callable[..., object], *args: object) -> None:
@@ -165,7 +157,7 @@ class AsyncFollower:
             if not await self._reconcile():
                 raise
             return
-        except _GONE as error:
+        except GONE as error:
             self._failed(by_follower=by_follower)
             await lease._lose(error.message)
             raise LeaseLostError(f"lease {lease.id} is lost: {error.message}", reason=error.reason) from error
@@ -200,7 +192,7 @@ class AsyncFollower:
         while not self._gone():
             if lease._preempt.requested:
                 return lease._preempt.notice
-            left = _WAKE_EVERY if deadline is None else min(_WAKE_EVERY, deadline - loop.time())
+            left = WAKE_EVERY if deadline is None else min(WAKE_EVERY, deadline - loop.time())
             if left <= 0:
                 return None
             self.changed.clear()  # no await since the check above: no notification can be missed
@@ -217,7 +209,7 @@ class AsyncFollower:
                     return
             self.changed.clear()  # no await since the check above: no notification can be missed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), _WAKE_EVERY)
+                await asyncio.wait_for(self.changed.wait(), WAKE_EVERY)
         with lease._lock:
             if lease._preempt.take_resume():
                 return  # resumed just before it was let go: the resume counts
@@ -247,7 +239,7 @@ class AsyncFollower:
                         last = max(last, event.sequence)
                         backoff = 0.1
                         await self._after_event(event)
-                except (LeaseLostError, *_GONE):
+                except (LeaseLostError, *GONE):
                     break  # the lease is marked lost, which woke any waiter
                 except VgpuError as error:
                     log.warning("vgpu lease %s: following its events failed, retrying: %s", lease.id, error)
@@ -257,14 +249,16 @@ class AsyncFollower:
                         break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(lease._stop.wait(), backoff)
-                backoff = min(backoff * 2, _MAX_BACKOFF)
+                backoff = min(backoff * 2, FOLLOW_MAX_BACKOFF)
         finally:
             self.changed.set()
 
     async def _after_event(self, event: LeaseEvent) -> None:
         lease = self._lease
-        if event.type in {"preempt", "resized"}:
-            lease._runtime_event(event.type)
+        if event.type == "preempt":
+            lease._runtime_preempt_asked()
+        elif event.type == "resized":
+            lease._runtime_resized()
         while True:  # a save may be answered with the lease re-granted: then the resume is due at once
             with lease._lock:
                 work = lease._preempt.follower_work(can_save=self._on_preempt is not None)

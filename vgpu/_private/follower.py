@@ -35,9 +35,11 @@ OnPreempt = Callable[["Lease", PreemptNotice], object]
 OnLeaseChange = Callable[["Lease"], object]
 """on_resume(lease) / on_resize(lease): read lease.env / lease.slices again and carry on."""
 
-_GONE: Final = (LeaseEndedError, LeaseNotFoundError, LeasePermissionError)
-_MAX_BACKOFF: Final = 2.0
-_WAKE_EVERY: Final = 1.0
+GONE: Final = (LeaseEndedError, LeaseNotFoundError, LeasePermissionError)
+"""Errors that mean the lease is gone for this process (shared with the asyncio follower)."""
+FOLLOW_MAX_BACKOFF: Final = 2.0
+"""Longest pause before following a lease's events again after a broken stream."""
+WAKE_EVERY: Final = 1.0
 """A waiting checkpoint() re-checks the lease this often even without a notification."""
 
 
@@ -162,7 +164,7 @@ class Follower:
             if not self._reconcile():
                 raise
             return
-        except _GONE as error:
+        except GONE as error:
             self._failed(by_follower=by_follower)
             lease._lose(error.message)
             raise LeaseLostError(f"lease {lease.id} is lost: {error.message}", reason=error.reason) from error
@@ -197,7 +199,7 @@ class Follower:
             while not self._gone():
                 if lease._preempt.requested:
                     return lease._preempt.notice
-                left = _WAKE_EVERY if deadline is None else min(_WAKE_EVERY, deadline - time.monotonic())
+                left = WAKE_EVERY if deadline is None else min(WAKE_EVERY, deadline - time.monotonic())
                 if left <= 0:
                     return None
                 self.changed.wait(timeout=left)
@@ -210,7 +212,7 @@ class Follower:
             while not self._gone():
                 if lease._preempt.take_resume():
                     return
-                self.changed.wait(timeout=_WAKE_EVERY)
+                self.changed.wait(timeout=WAKE_EVERY)
             if lease._preempt.take_resume():
                 return  # resumed just before it was let go: the resume counts
         raise self._gone_error()  # outside the lock: marking the lease lost takes it
@@ -238,7 +240,7 @@ class Follower:
                     last = max(last, event.sequence)
                     backoff = 0.1
                     self._after_event(event)
-            except (LeaseLostError, *_GONE):
+            except (LeaseLostError, *GONE):
                 break  # the lease is marked lost, which woke any waiter
             except VgpuError as error:
                 log.warning("vgpu lease %s: following its events failed, retrying: %s", lease.id, error)
@@ -248,13 +250,15 @@ class Follower:
                     break
             if lease._stop.wait(backoff):
                 break
-            backoff = min(backoff * 2, _MAX_BACKOFF)
+            backoff = min(backoff * 2, FOLLOW_MAX_BACKOFF)
         self.wake()
 
     def _after_event(self, event: LeaseEvent) -> None:
         lease = self._lease
-        if event.type in {"preempt", "resized"}:
-            lease._runtime_event(event.type)
+        if event.type == "preempt":
+            lease._runtime_preempt_asked()
+        elif event.type == "resized":
+            lease._runtime_resized()
         while True:  # a save may be answered with the lease re-granted: then the resume is due at once
             with lease._lock:
                 work = lease._preempt.follower_work(can_save=self._on_preempt is not None)

@@ -87,18 +87,20 @@ class LeaseRuntime:
             compute_share=first.compute_milli / MILLI_PER_GPU if shared and first.compute_milli else 1.0,
         )
 
-    def _runtime_event(self, kind: str) -> None:
-        """Tell the runtime (if the workload started one) what happened: 'preempt', 'resized'."""
+    def _runtime_preempt_asked(self) -> None:
+        """A PREEMPT arrived: the runtime (if the workload started one) stops kernels and share waits."""
+        if self._runtime is not None:
+            self._runtime.preempt_asked()
+
+    def _runtime_resized(self) -> None:
+        """A RESIZED arrived: the runtime takes the new slice's budget and share."""
         runtime = self._runtime
         if runtime is None:
             return
-        if kind == "preempt":
-            runtime.preempt_asked()
-        elif kind == "resized":
-            with self._lock:
-                target = self._runtime_target_locked() if self._slices else None
-            if target is not None:
-                runtime.resize(target)
+        with self._lock:
+            target = self._runtime_target_locked() if self._slices else None
+        if target is not None:
+            runtime.resize(target)
 
     def _runtime_suspend(self) -> None:
         """Before acknowledging a preemption: registered state to host, device memory freed."""

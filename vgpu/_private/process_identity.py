@@ -52,11 +52,6 @@ class ProcessIdentity:
             else:
                 self._held.pop(digest, None)
 
-    @property
-    def name(self) -> str | None:
-        """The socket's abstract name, once listening."""
-        return self._name
-
     def _answer(self) -> bytes:
         with self._lock:
             return "".join(f"{digest}\n" for digest in self._held).encode()

@@ -49,7 +49,6 @@ class _Report:
     memory_bytes: int | None
     utilization_milli: int | None
     identity_socket: str
-    at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +117,6 @@ class NodeWatchdog:
             memory_bytes=memory if reported else (earlier.memory_bytes if earlier else None),
             utilization_milli=utilization_milli if reported else (earlier.utilization_milli if earlier else None),
             identity_socket=socket or (earlier.identity_socket if earlier else ""),
-            at=self._clock(),
         )
 
     async def run(self) -> None:
@@ -134,6 +132,11 @@ class NodeWatchdog:
         """One pass: map processes, measure, warn, revoke, signal."""
         now = self._clock()
         leases = self._candidates(now)
+        if not leases and not self._signalled:  # nothing of this host to look at: no /proc, NVML or sockets
+            self.uses = {}
+            self._on_use([])
+            self._forget_old(now)
+            return
         found = await asyncio.to_thread(self._map, leases)
         uses = {lease.id: self._use_of(lease, found) for lease in leases.values() if not lease.state.ended}
         self.uses = {k: v for k, v in uses.items() if v.pids or v.memory_bytes is not None}

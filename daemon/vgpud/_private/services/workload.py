@@ -204,14 +204,15 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         socket = validation.identity_socket(usage.identity_socket)
         lease = await self._s.allocator.owned(lease_id, token)
         left = await self._s.allocator.refresh(lease.value)
+        busy_milli = min(usage.utilization_milli, 1000)
         if usage.reported and lease.value.state is LeaseState.GRANTED:
-            await self._s.idle.observe(lease.value, min(usage.utilization_milli, 1000))
+            await self._s.idle.observe(lease.value, busy_milli)
         if self._s.watchdog is not None and (usage.reported or socket):
             self._s.watchdog.observe(
                 lease.value,
                 reported=usage.reported,
                 memory=usage.memory_bytes,
-                utilization_milli=min(usage.utilization_milli, 1000),
+                utilization_milli=busy_milli,
                 socket=socket,
             )
         answer = workload_pb2.HeartbeatResponse(
