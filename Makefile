@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-enforce clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,10 @@ bench-mig: $(STAMP)
 # Preemption protocol latency against a real daemon (decision -> slices freed -> resumed), with a floor (~10 s).
 bench-preempt: $(STAMP)
 	$(BIN)/python bench/preempt.py
+
+# Compute-share accuracy, overhead at full share, memory-limit exactness (CuPy on a GPU, else NumPy).
+bench-enforce: $(STAMP)
+	$(BIN)/python bench/enforce.py
 
 # Scheduler quality on the openb trace (FGD protocol, 10 seeds, every pod list): one JSON line per policy and trace,
 # BestFit on the same samples and FGD's published figure beside ours. TRACES points at the trace folder.

@@ -1,7 +1,8 @@
-"""Fixtures shared by every test: a private etcd per test, and a store connected to it."""
+"""Fixtures shared by every test: a private etcd per test, a store connected to it, a fake MPS control binary."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -34,3 +35,16 @@ async def etcd_store(etcd: EmbeddedEtcd) -> AsyncIterator[EtcdStore]:
         yield store
     finally:
         await store.close()
+
+
+FAKE_MPS_CONTROL = Path(__file__).resolve().parent / "fixtures" / "fake_mps_control.py"
+
+
+@pytest.fixture
+def mps_binary(tmp_path: Path) -> Path:
+    """A stand-in nvidia-cuda-mps-control (tests/fixtures/fake_mps_control.py), run by this test's interpreter."""
+    wrapper = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    wrapper.parent.mkdir()
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{FAKE_MPS_CONTROL}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper

@@ -36,14 +36,22 @@ from vgpu._private.lease import Lease
 from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, PreemptNotice, QueueInfo, Slice
 from vgpu._private.pool import Pool, acquire, attach
 from vgpu._private.runtime.compute_throttle import ThrottlePolicy
+from vgpu._private.runtime.preemptible_kernel import (
+    CudaPreemptibleKernel,
+    HostPreemptibleKernel,
+    PreemptibleKernel,
+    Progress,
+)
 from vgpu._private.runtime.runtime import Runtime, RuntimeOptions
 
 __all__ = [
     "AsyncLease",
     "AsyncPool",
     "ConflictError",
+    "CudaPreemptibleKernel",
     "DaemonUnavailableError",
     "GpuBusyError",
+    "HostPreemptibleKernel",
     "InternalError",
     "InvalidRequestError",
     "Lease",
@@ -63,6 +71,8 @@ __all__ = [
     "Owner",
     "Pool",
     "PreemptNotice",
+    "PreemptibleKernel",
+    "Progress",
     "QueueInfo",
     "QueueTimeoutError",
     "QuotaExceededError",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -147,3 +149,54 @@ def test_runtime_options_choose_the_throttle_and_where_checkpoints_spill(pool: L
 def test_bad_runtime_options_say_what_to_change(fields: dict[str, object], message: str) -> None:
     with pytest.raises(vgpu.InvalidRequestError, match=message):
         vgpu.RuntimeOptions(**fields)  # type: ignore[arg-type]  # deliberately wrong values
+
+
+def _fake_torch(uuid: str, calls: list[tuple[float, int]]) -> types.ModuleType:
+    """A stand-in `torch` that sees one CUDA device, the lease's GPU, with 80 GiB."""
+    torch = types.ModuleType("torch")
+    props = types.SimpleNamespace(uuid=uuid.removeprefix("GPU-"), total_memory=80 * GiB)
+    torch.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]  # a stand-in module gets its attributes set
+        is_available=lambda: True,
+        device_count=lambda: 1,
+        get_device_properties=lambda _index: props,
+        set_per_process_memory_fraction=lambda fraction, device: calls.append((fraction, device)),
+    )
+    return torch
+
+
+def test_with_pytorch_loaded_the_budget_applies_at_grant(pool: LocalPool, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[float, int]] = []
+    gpu = Admin(pool.endpoint)
+    try:
+        (uuid,) = [g.uuid for g in gpu.gpus()]
+    finally:
+        gpu.close()
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(uuid, calls))
+    with pool.pool() as client, client.acquire(memory="20GiB", compute=0.5, wait=False) as lease:
+        assert calls == [(0.25, 0)]  # before the workload touched lease.runtime: 20 of 80 GiB
+        assert lease.runtime.torch_budgeted
+    monkeypatch.delitem(sys.modules, "torch")
+    with pool.pool() as client, client.acquire(memory="20GiB", compute=0.5, wait=False) as lease:
+        assert not lease.runtime.torch_budgeted
+    assert calls == [(0.25, 0)]
+
+
+def test_a_preemptible_kernel_stops_at_the_notice_and_resumes_where_it_stopped(pool: LocalPool) -> None:
+    done = np.zeros(10_000, dtype=np.int64)
+
+    def work(start: int, end: int, lease: vgpu.Lease) -> None:
+        done[start:end] += 1
+        if start == 3_000:  # the pool asks for the GPU back in the middle of the kernel
+            preempt(pool, lease.id)
+            assert lease.wait_preempt(timeout=20) is not None
+
+    kernel = vgpu.HostPreemptibleKernel(work, total=done.size, chunk=1_000)
+    with pool.pool() as client, client.acquire(memory="1GiB", compute=0.5, wait=False) as lease:
+        assert not lease.checkpoint()  # cooperative: the workload yields at its checkpoints
+        first = lease.runtime.run_preemptible(kernel, (lease,))
+        assert (first.done_items, first.stopped) == (4_000, True)  # it stopped after the chunk that saw the flag
+        assert lease.checkpoint()  # yields, resumes
+        rest = lease.runtime.run_preemptible(kernel, (lease,), start=first.done_items)
+        assert rest.complete
+        assert not rest.stopped
+    np.testing.assert_array_equal(done, np.ones_like(done))  # every item exactly once

@@ -261,6 +261,11 @@ def test_bad_cluster_name() -> None:
         ("watchdog.interval_s", 0.0, r"watchdog.interval_s: 0.0 must be from 0.1 to 600 seconds"),
         ("watchdog.over_budget_grace_s", -1.0, r"watchdog.over_budget_grace_s: -1.0 must be from 0 to 86400"),
         ("watchdog.kill_grace_s", 1e9, r"watchdog.kill_grace_s: 1000000000.0 must be from 0 to 86400"),
+        ("accounting.sample_interval_s", 0.0, r"accounting.sample_interval_s: 0.0 must be from 0.1 to 600"),
+        ("accounting.flush_interval_s", 1.0, r"accounting.flush_interval_s: 1.0 must be at least sample_interval_s"),
+        ("accounting.retention_days", 0, r"accounting.retention_days: 0 must be from 1 to 3660 days"),
+        ("mps.pipe_root", "run/mps", r"mps.pipe_root: .*absolute"),
+        ("mps.start_timeout_s", 0.0, r"mps.start_timeout_s: "),
     ],
 )
 def test_bad_values(key: str, value: object, expected: str) -> None:

@@ -1,11 +1,22 @@
 import dataclasses
+import json
 from typing import Any
 
 import pytest
 
 from vgpud._private.core.environment import lease_environment
 from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
-from vgpud._private.core.model import Claim, GpuMode, GpuState, Isolation, LeaseState, NodeConfig, Owner, ShapeRequest
+from vgpud._private.core.model import (
+    Claim,
+    GpuMode,
+    GpuRecord,
+    GpuState,
+    Isolation,
+    LeaseState,
+    NodeConfig,
+    Owner,
+    ShapeRequest,
+)
 
 GiB = 1024**3
 
@@ -70,3 +81,11 @@ def test_environment_is_per_node_and_token_only_when_given() -> None:
     with_token = lease_environment(record, "n2", "", token="lease-0123456789ab.s3cret")
     assert with_token["CUDA_VISIBLE_DEVICES"] == "GPU-b"
     assert with_token["VGPU_LEASE"] == "lease-0123456789ab.s3cret"
+
+
+def test_gpu_records_carry_the_mps_pipe_and_read_records_written_before_it() -> None:
+    record = GpuRecord("GPU-a", "n1", 0, "h100-80gb", "H100", 80 * GiB, 132, True, False, "nvml", "/run/vgpu/mps/GPU-a")
+    assert GpuRecord.from_json(record.to_json()) == record
+    old = json.loads(record.to_json())
+    del old["mps_pipe_dir"]
+    assert GpuRecord.from_json(json.dumps(old).encode()).mps_pipe_dir == ""

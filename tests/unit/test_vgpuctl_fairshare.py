@@ -230,7 +230,7 @@ def daemon(monkeypatch: pytest.MonkeyPatch) -> Iterator[FairDaemon]:
     with tempfile.TemporaryDirectory(prefix="vgpuctl-") as directory:
         endpoint = f"unix://{directory}/vgpud.sock"
         server = grpc.server(ThreadPoolExecutor(max_workers=4))
-        admin = FairAdmin()
+        admin = FairAdmin()  # type: ignore[abstract]  # the usage RPCs are faked in test_vgpuctl_usage
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
         server.add_insecure_port(endpoint)
         server.start()

@@ -78,6 +78,7 @@ class Lease(LeaseBase):
         self._thread.start()
         if self._follower.wanted:
             self._follower.start()
+        self._start_runtime_for_gpu_libraries()
 
     # -- ending -----------------------------------------------------------------------------------
     def release(self) -> None:

@@ -1,24 +1,28 @@
 """The in-process runtime side of a held lease: `lease.runtime`, `lease.register`, `lease.state`.
 
-A mixin of `LeaseBase`: the runtime is made on first use from the lease's slice on this node, told about
+A mixin of `LeaseBase`: the runtime is made on first use from the lease's slice on this node (at grant when
+CuPy or PyTorch is already loaded in a synchronous lease), told about
 preemption notices and resizes by the follower, suspended before an acknowledgement, resumed after the
 lease is, and closed when the lease is let go.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 from vgpu._private import errors
-from vgpu._private.errors import LeaseEndedError, LeaseStateError
+from vgpu._private.errors import LeaseEndedError, LeaseStateError, VgpuError
 from vgpu._private.lease_records import Slice
 from vgpu._private.runtime.runtime import Runtime, RuntimeOptions, RuntimeTarget, make_backend
 from vgpu._private.units import MILLI_PER_GPU
 
 log = logging.getLogger("vgpu")
+_GPU_LIBRARIES = ("cupy", "torch")
 
 
 class LeaseRuntime:
@@ -55,6 +59,16 @@ class LeaseRuntime:
             with self._lock:
                 self._runtime = runtime
             return runtime
+
+    def _start_runtime_for_gpu_libraries(self) -> None:
+        """With CuPy or PyTorch already loaded, start the runtime now: their allocations are budgeted from the first.
+
+        Otherwise it starts when the workload first touches `lease.runtime`.
+        """
+        if not any(name in sys.modules for name in _GPU_LIBRARIES):
+            return
+        with contextlib.suppress(VgpuError):  # no slice here yet (queued, suspended): it starts on first use
+            _ = self.runtime
 
     def register(self, name: str, value: Any) -> Any:
         """Keep `value` (an array, or a dict/list/tuple tree of arrays) across preemptions; returns it.

@@ -34,6 +34,8 @@ from vgpuctl._private.verbs import (
     quota_get,
     quota_list,
     quota_set,
+    report,
+    top,
 )
 
 PROG: Final = "vgpuctl"
@@ -129,6 +131,8 @@ def build() -> typer.Typer:
     app.add_typer(quota_app)
     app.command("queue", epilog=exit_codes.EPILOG)(queue.queue)
     app.command("preempt", epilog=exit_codes.EPILOG)(preempt.preempt)
+    app.command("top", epilog=exit_codes.EPILOG)(top.top)
+    app.command("report", epilog=exit_codes.EPILOG)(report.report)
     return app
 
 

@@ -26,10 +26,10 @@ NO_LIMIT_WORDS: Final = frozenset({"none", "unlimited"})
 _CAPACITY_RE: Final = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)\s*(gpus?|m)?$", re.IGNORECASE)
 _ZERO_RE: Final = re.compile(r"^0+(?:\.0*)?$")
 _CAPACITY_FORMS: Final = "use GPUs such as 4gpu, 0.5gpu or a bare 4, or milli-GPU such as 2500m"
-_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)", re.IGNORECASE)
+_DURATION_PART_RE: Final = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)", re.IGNORECASE)
 _DURATION_NUMBER_RE: Final = re.compile(r"^(\d+(?:\.\d*)?|\.\d+)$")
-_DURATION_FORMS: Final = "use e.g. 30s, 2m, 1m30s, 1h or a bare number of seconds"
-_NANOS_PER_UNIT: Final = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_DURATION_FORMS: Final = "use e.g. 30s, 2m, 1m30s, 1h, 7d or a bare number of seconds"
+_NANOS_PER_UNIT: Final = {"ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9}
 
 
 def parse_gpus(text: str) -> int:
@@ -93,7 +93,7 @@ def parse_weight(text: str) -> float:
 
 
 def parse_duration(text: str) -> Duration:
-    """A Duration from '30s', '2m', '1m30s', '500ms', '1h' or a bare number of seconds; it must be above 0."""
+    """A Duration from '30s', '2m', '1m30s', '500ms', '1h', '7d' or a bare number of seconds; it must be above 0."""
     value = text.strip()
     if value.startswith("-"):
         raise typer.BadParameter(f"{text!r} is negative: {_DURATION_FORMS}")

@@ -20,6 +20,8 @@ from typing import Any, Literal
 
 from vgpud._private.backend.base import BackendError
 from vgpud._private.backend.sim import parse_spec
+from vgpud._private.config_accounting import AccountingConfig, validate_accounting
+from vgpud._private.config_mps import MpsConfig, validate_mps
 from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
 from vgpud._private.config_watchdog import WatchdogConfig, validate_watchdog
 from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
@@ -160,6 +162,10 @@ class DaemonConfig:
     """[scheduling] table."""
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     """[watchdog] table."""
+    accounting: AccountingConfig = field(default_factory=AccountingConfig)
+    """[accounting] table."""
+    mps: MpsConfig = field(default_factory=MpsConfig)
+    """[mps] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
     """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
 
@@ -172,6 +178,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "log": LogConfig,
     "scheduling": SchedulingConfig,
     "watchdog": WatchdogConfig,
+    "accounting": AccountingConfig,
+    "mps": MpsConfig,
 }
 _CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -365,6 +373,8 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     _validate_serving(cfg, fail)
     _validate_scheduling(cfg, fail)
     validate_watchdog(cfg.watchdog, fail)
+    validate_accounting(cfg.accounting, fail)
+    validate_mps(cfg.mps, fail)
     if cfg.sim_spec is not None:
         try:
             parse_spec(cfg.sim_spec)

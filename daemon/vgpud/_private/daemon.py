@@ -39,6 +39,7 @@ from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
 from vgpud._private.mig_realiser import MigRealiser
+from vgpud._private.mps_control import MpsDaemons, MpsError
 from vgpud._private.node_watchdog import NodeWatchdog
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
@@ -50,6 +51,7 @@ from vgpud._private.services.workload import WorkloadService
 from vgpud._private.store.base import Put, Store, StoreError
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd
 from vgpud._private.store.etcd_store import EtcdStore
+from vgpud._private.usage_ledger import UsageLedger
 
 log = structlog.get_logger("vgpud")
 
@@ -158,6 +160,7 @@ class Daemon:
         self._health_by_gpu: dict[str, bool] = {g.uuid: True for g in gpus}
         self._stop = asyncio.Event()
         self._expiring: asyncio.Queue[str] = asyncio.Queue()
+        self._mps: MpsDaemons | None = None
 
     @property
     def endpoint(self) -> str:
@@ -183,9 +186,28 @@ class Daemon:
             await store.close()
 
     async def _serve_with(self, store: Store) -> int:
-        cfg = self._config
         await self._check_pool(store)
-        records = [self._gpu_record(g) for g in self._gpus]
+        pipes = await self._start_mps()
+        try:
+            return await self._serve_registered(store, pipes)
+        finally:
+            if self._mps is not None:
+                await asyncio.to_thread(self._mps.stop)
+
+    async def _start_mps(self) -> dict[str, str]:
+        """With [mps] enabled: one MPS control daemon per GPU not in MIG mode; GPU UUID -> its pipe directory."""
+        if not self._config.mps.enabled:
+            return {}
+        self._mps = MpsDaemons(self._config.mps)
+        try:
+            return await asyncio.to_thread(self._mps.start, [g.uuid for g in self._gpus if not g.mig_enabled])
+        except MpsError as exc:
+            self._mps = None
+            raise StartupError(str(exc)) from None
+
+    async def _serve_registered(self, store: Store, pipes: dict[str, str]) -> int:
+        cfg = self._config
+        records = [self._gpu_record(g, pipes.get(g.uuid, "")) for g in self._gpus]
         await register_gpus(store, self._keys, self._config.node_name, records, timeout=_STORE_TIMEOUT)
         await self._register_node(store)
         view = PoolView(store, self._keys, timeout=_STORE_TIMEOUT)
@@ -225,6 +247,7 @@ class Daemon:
             on_preempted=self._metrics.observe_preemption,
         )
         watchdog = self._start_watchdog(view, allocator)
+        ledger = await self._start_ledger(store, view, watchdog)
         stopping = asyncio.Event()
         queue = PoolQueue(
             store,
@@ -260,20 +283,13 @@ class Daemon:
             on_acquire=self._metrics.observe_acquire,
             healthy=lambda uuid: self._health_by_gpu.get(uuid, True),
             watchdog=watchdog,
+            ledger=ledger,
+            usage_retention_days=cfg.accounting.retention_days,
         )
         self._tasks.start(leadership.run(), "leadership")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
-        realiser = MigRealiser(
-            self._backend,
-            allocator,
-            view,
-            self._keys,
-            cfg.node_name,
-            keep_warm_s=cfg.mig.keep_warm_s,
-            auto_mode=cfg.mig.auto_mode,
-        )
-        self._tasks.start(realiser.run(), "mig-realiser")
+        self._start_realiser(view, allocator)
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
         self._tasks.start(self._watch_gpu_health(store), "gpu-health")
         self._tasks.start(self._update_metrics(view), "metrics")
@@ -305,6 +321,20 @@ class Daemon:
         await asyncio.to_thread(self._backend.close)
         return EXIT_OK
 
+    def _start_realiser(self, view: PoolView, allocator: Allocator) -> None:
+        """The MIG realiser: creates and destroys this node's MIG instances as leases need them."""
+        cfg = self._config
+        realiser = MigRealiser(
+            self._backend,
+            allocator,
+            view,
+            self._keys,
+            cfg.node_name,
+            keep_warm_s=cfg.mig.keep_warm_s,
+            auto_mode=cfg.mig.auto_mode,
+        )
+        self._tasks.start(realiser.run(), "mig-realiser")
+
     def _start_watchdog(self, view: PoolView, allocator: Allocator) -> NodeWatchdog | None:
         """The node watchdog, running (None when [watchdog] enabled is false)."""
         if not self._config.watchdog.enabled:
@@ -324,7 +354,24 @@ class Daemon:
         self._tasks.start(watchdog.run(), "node-watchdog")
         return watchdog
 
-    def _gpu_record(self, gpu: DiscoveredGpu) -> GpuRecord:
+    async def _start_ledger(self, store: Store, view: PoolView, watchdog: NodeWatchdog | None) -> UsageLedger | None:
+        """The allocation vs. use ledger, carried on from etcd and running (None when [accounting] is off)."""
+        if not self._config.accounting.enabled:
+            return None
+        ledger = UsageLedger(
+            config=self._config.accounting,
+            store=store,
+            keys=self._keys,
+            view=view,
+            node=self._config.node_name,
+            uses=(lambda: watchdog.uses) if watchdog is not None else dict,
+            timeout=_STORE_TIMEOUT,
+        )
+        await ledger.load()
+        self._tasks.start(ledger.run(), "usage-ledger")
+        return ledger
+
+    def _gpu_record(self, gpu: DiscoveredGpu, mps_pipe_dir: str) -> GpuRecord:
         return GpuRecord(
             uuid=gpu.uuid,
             node=self._config.node_name,
@@ -336,6 +383,7 @@ class Daemon:
             mig_capable=gpu.mig_capable,
             mig_enabled=gpu.mig_enabled,
             backend=self._backend.name,
+            mps_pipe_dir=mps_pipe_dir,
         )
 
     async def _check_pool(self, store: Store) -> None:

@@ -61,6 +61,8 @@ class LeaseUse:
     memory_bytes: int | None
     """None when neither NVML nor the runtime said."""
     utilization: float | None
+    """Busy share of the lease's devices here (0 to 1: NVML's SM use summed over its processes, averaged over
+    its GPUs or MIG instances), None when neither NVML nor the runtime said."""
     budget_bytes: int
 
 
@@ -197,7 +199,7 @@ class NodeWatchdog:
             seen = [u for pid in pids for u in found.gpu_use.get(pid, []) if (u.mig_uuid or u.gpu_uuid) in devices]
             memory = sum(u.memory_bytes or 0 for u in seen)
             percents = [u.sm_percent for u in seen if u.sm_percent is not None]
-            busy = min(1.0, sum(percents) / 100) if percents else None
+            busy = min(1.0, sum(percents) / 100 / len(devices)) if percents else None
         report = self._reports.get(lease.id)
         if report is not None:
             if memory is None:

@@ -60,6 +60,19 @@ class Keys:
         """The election key: the leader's node name, bound to its election lease."""
         return f"{self.root}leader/pool"
 
+    @property
+    def usage_root(self) -> str:
+        """Prefix of the usage buckets: outside `root`, so that the pool view's watch does not carry them."""
+        return f"/vgpu-usage/{self.cluster}/"
+
+    def usage(self, hour: int, node: str) -> str:
+        """One node's usage bucket of the hour starting at `hour` (zero-padded: keys sort by time)."""
+        return f"{self.usage_root}{hour:012d}/{node}"
+
+    def usage_hour(self, hour: int) -> str:
+        """The first key of the hour starting at `hour` (range reads and deletes go from one to another)."""
+        return f"{self.usage_root}{hour:012d}/"
+
     def split(self, key: str) -> tuple[str, str] | None:
         """('gpustate', uuid) for a key of this cluster, None for anything else."""
         if not key.startswith(self.root):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ from vgpu._private.runtime.compute_throttle import ComputeThrottle, ThrottlePoli
 from vgpu._private.runtime.memory_budget import MemoryUsage
 from vgpu._private.runtime.numpy_backend import NumpyBackend
 from vgpu._private.runtime.preempt_flag import PreemptFlag, preempt_flag_for
+from vgpu._private.runtime.preemptible_kernel import PreemptibleKernel, Progress
 from vgpu._private.runtime.state_store import OffloadReport, RestoreReport, StateStore
+from vgpu._private.runtime.torch_budget import budget_torch_for
 
 _BACKENDS = frozenset({"auto", "cupy", "numpy"})
 
@@ -107,6 +109,8 @@ class Runtime:
         self._store = StateStore(backend, spill_dir=spill, host_limit_bytes=options.host_limit_bytes)
         self._flag = preempt_flag_for(backend)
         self._closed = False
+        self.torch_budgeted = budget_torch_for(target.gpu_uuid, target.memory_bytes)
+        """Whether PyTorch's allocator was capped to the budget (torch already loaded and seeing the GPU)."""
 
     # -- what the workload uses ---------------------------------------------------------------------
     @property
@@ -150,6 +154,16 @@ class Runtime:
         """Charge the GPU time of the work inside to the compute share (e.g. a long kernel outside steps)."""
         with self._throttle.measure():
             yield
+
+    def run_preemptible(self, kernel: PreemptibleKernel, args: Sequence[Any] = (), *, start: int = 0) -> Progress:
+        """Run `kernel` from item `start` until done or the pool asks for the GPU back; its GPU time is charged.
+
+        On a stop, call `lease.checkpoint()` (it yields and comes back), then run again from
+        `progress.done_items`: each item is done exactly once.
+        """
+        self._check_open()
+        with self.measure():
+            return kernel.run(args, flag=self._flag, start=start)
 
     @property
     def preempt_flag(self) -> PreemptFlag:
@@ -217,6 +231,7 @@ class Runtime:
         self._backend.set_memory_limit(target.memory_bytes)
         self._throttle.set_share(target.compute_share)
         self._target = target
+        self.torch_budgeted = budget_torch_for(target.gpu_uuid, target.memory_bytes)
 
     def _check_open(self) -> None:
         if self._closed:

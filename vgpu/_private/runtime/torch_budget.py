@@ -33,3 +33,29 @@ def apply_torch_budget(limit_bytes: int, device_index: int, total_bytes: int) ->
         return False
     torch.cuda.set_per_process_memory_fraction(fraction, device_index)
     return True
+
+
+def torch_device_of(gpu_uuid: str) -> tuple[int, int] | None:
+    """(PyTorch device index, total bytes) of the GPU or MIG device `gpu_uuid`, when torch is loaded and sees it.
+
+    Matched by the UUID PyTorch reports for each device (torch >= 2.1); None without torch, CUDA or a match.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    wanted = gpu_uuid.removeprefix("GPU-").removeprefix("MIG-").lower()
+    for index in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(index)
+        seen = str(getattr(props, "uuid", "")).removeprefix("GPU-").removeprefix("MIG-").lower()
+        if seen and seen == wanted:
+            return index, int(props.total_memory)
+    return None
+
+
+def budget_torch_for(gpu_uuid: str, limit_bytes: int) -> bool:
+    """Cap PyTorch's allocator on the lease's GPU to its budget; whether it was (torch loaded, GPU seen)."""
+    found = torch_device_of(gpu_uuid)
+    if found is None:
+        return False
+    index, total = found
+    return apply_torch_budget(limit_bytes, index, total)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from vgpu.api.v1 import types_pb2 as _types_pb2
@@ -625,3 +626,227 @@ class PreemptLeaseResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreemptLeaseResponse: _TypeAlias = PreemptLeaseResponse  # noqa: Y015
+
+@_typing.final
+class ListLeaseUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Only this project's leases (empty: all)."""
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaseUsageRequest: _TypeAlias = ListLeaseUsageRequest  # noqa: Y015
+
+@_typing.final
+class ListLeaseUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseUsage]: ...
+    def __init__(
+        self,
+        *,
+        leases: _abc.Iterable[Global___LeaseUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leases", b"leases"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaseUsageResponse: _TypeAlias = ListLeaseUsageResponse  # noqa: Y015
+
+@_typing.final
+class LeaseUsage(_message.Message):
+    """One lease on one node: what it holds there and what its processes were last seen using."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_ID_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    COMPUTE_MILLI_FIELD_NUMBER: _builtins.int
+    MEMORY_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
+    MEMORY_MEASURED_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_BYTES_FIELD_NUMBER: _builtins.int
+    UTILIZATION_MEASURED_FIELD_NUMBER: _builtins.int
+    USED_MILLI_FIELD_NUMBER: _builtins.int
+    PROCESSES_FIELD_NUMBER: _builtins.int
+    IDLE_SINCE_FIELD_NUMBER: _builtins.int
+    SAMPLED_AT_FIELD_NUMBER: _builtins.int
+    lease_id: _builtins.str
+    project: _builtins.str
+    user: _builtins.str
+    node: _builtins.str
+    state: _types_pb2.LeaseState.ValueType
+    compute_milli: _builtins.int
+    """Compute held on the node, in milli-GPU."""
+    memory_budget_bytes: _builtins.int
+    memory_measured: _builtins.bool
+    """False when nothing measured the lease's memory (no process of it seen, no runtime report)."""
+    memory_used_bytes: _builtins.int
+    utilization_measured: _builtins.bool
+    """False when nothing measured its GPU use."""
+    used_milli: _builtins.int
+    """GPU use in milli-GPU (a time-sliced lease may use more than it holds while the GPU is otherwise idle)."""
+    processes: _builtins.int
+    """Processes of the lease the node watchdog found."""
+    @_builtins.property
+    def idle_since(self) -> _timestamp_pb2.Timestamp:
+        """Set when the lease's use stayed under the idle threshold for the idle time."""
+
+    @_builtins.property
+    def sampled_at(self) -> _timestamp_pb2.Timestamp:
+        """When the node sampled it (zero: not sampled yet)."""
+
+    def __init__(
+        self,
+        *,
+        lease_id: _builtins.str = ...,
+        project: _builtins.str = ...,
+        user: _builtins.str = ...,
+        node: _builtins.str = ...,
+        state: _types_pb2.LeaseState.ValueType = ...,
+        compute_milli: _builtins.int = ...,
+        memory_budget_bytes: _builtins.int = ...,
+        memory_measured: _builtins.bool = ...,
+        memory_used_bytes: _builtins.int = ...,
+        utilization_measured: _builtins.bool = ...,
+        used_milli: _builtins.int = ...,
+        processes: _builtins.int = ...,
+        idle_since: _timestamp_pb2.Timestamp | None = ...,
+        sampled_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["idle_since", b"idle_since", "sampled_at", b"sampled_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compute_milli", b"compute_milli", "idle_since", b"idle_since", "lease_id", b"lease_id", "memory_budget_bytes", b"memory_budget_bytes", "memory_measured", b"memory_measured", "memory_used_bytes", b"memory_used_bytes", "node", b"node", "processes", b"processes", "project", b"project", "sampled_at", b"sampled_at", "state", b"state", "used_milli", b"used_milli", "user", b"user", "utilization_measured", b"utilization_measured"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaseUsage: _TypeAlias = LeaseUsage  # noqa: Y015
+
+@_typing.final
+class GetUsageReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    PROJECT_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    """Only this project (empty: all)."""
+    @_builtins.property
+    def since(self) -> _duration_pb2.Duration:
+        """How far back (1 hour to the retention; whole hours: the current hour counts so far)."""
+
+    def __init__(
+        self,
+        *,
+        since: _duration_pb2.Duration | None = ...,
+        project: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project", b"project", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportRequest: _TypeAlias = GetUsageReportRequest  # noqa: Y015
+
+@_typing.final
+class GetUsageReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    WINDOW_START_FIELD_NUMBER: _builtins.int
+    WINDOW_END_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
+    nodes: _builtins.int
+    """Nodes that reported usage in the window."""
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProjectUsage]: ...
+    @_builtins.property
+    def window_start(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def window_end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        projects: _abc.Iterable[Global___ProjectUsage] | None = ...,
+        window_start: _timestamp_pb2.Timestamp | None = ...,
+        window_end: _timestamp_pb2.Timestamp | None = ...,
+        nodes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "projects", b"projects", "window_end", b"window_end", "window_start", b"window_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageReportResponse: _TypeAlias = GetUsageReportResponse  # noqa: Y015
+
+@_typing.final
+class ProjectUsage(_message.Message):
+    """One project's allocation and use over the window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_FIELD_NUMBER: _builtins.int
+    LEASES_FIELD_NUMBER: _builtins.int
+    ALLOCATED_GPU_HOURS_FIELD_NUMBER: _builtins.int
+    USED_GPU_HOURS_FIELD_NUMBER: _builtins.int
+    MEASURED_ALLOCATED_GPU_HOURS_FIELD_NUMBER: _builtins.int
+    LEASE_HOURS_FIELD_NUMBER: _builtins.int
+    MEASURED_LEASE_HOURS_FIELD_NUMBER: _builtins.int
+    MEMORY_BUDGET_GIB_HOURS_FIELD_NUMBER: _builtins.int
+    MEMORY_USED_GIB_HOURS_FIELD_NUMBER: _builtins.int
+    IDLE_LEASES_FIELD_NUMBER: _builtins.int
+    project: _builtins.str
+    leases: _builtins.int
+    allocated_gpu_hours: _builtins.float
+    used_gpu_hours: _builtins.float
+    """GPU-hours used, over the measured time only."""
+    measured_allocated_gpu_hours: _builtins.float
+    """GPU-hours allocated during the measured time: the base `used_gpu_hours` compares with."""
+    lease_hours: _builtins.float
+    """Lease-hours held, and of them those with a use measurement."""
+    measured_lease_hours: _builtins.float
+    memory_budget_gib_hours: _builtins.float
+    """Memory budget and measured memory use, in GiB-hours."""
+    memory_used_gib_hours: _builtins.float
+    @_builtins.property
+    def idle_leases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Leases measured for at least half their time whose use stayed under the idle threshold."""
+
+    def __init__(
+        self,
+        *,
+        project: _builtins.str = ...,
+        leases: _builtins.int = ...,
+        allocated_gpu_hours: _builtins.float = ...,
+        used_gpu_hours: _builtins.float = ...,
+        measured_allocated_gpu_hours: _builtins.float = ...,
+        lease_hours: _builtins.float = ...,
+        measured_lease_hours: _builtins.float = ...,
+        memory_budget_gib_hours: _builtins.float = ...,
+        memory_used_gib_hours: _builtins.float = ...,
+        idle_leases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocated_gpu_hours", b"allocated_gpu_hours", "idle_leases", b"idle_leases", "lease_hours", b"lease_hours", "leases", b"leases", "measured_allocated_gpu_hours", b"measured_allocated_gpu_hours", "measured_lease_hours", b"measured_lease_hours", "memory_budget_gib_hours", b"memory_budget_gib_hours", "memory_used_gib_hours", b"memory_used_gib_hours", "project", b"project", "used_gpu_hours", b"used_gpu_hours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProjectUsage: _TypeAlias = ProjectUsage  # noqa: Y015

@@ -100,6 +100,16 @@ class AdminServiceStub:
                 request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.SerializeToString,
                 response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.FromString,
                 _registered_method=True)
+        self.ListLeaseUsage = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/ListLeaseUsage',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageResponse.FromString,
+                _registered_method=True)
+        self.GetUsageReport = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/GetUsageReport',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -193,6 +203,20 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListLeaseUsage(self, request, context):
+        """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsageReport(self, request, context):
+        """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -260,6 +284,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.PreemptLease,
                     request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.FromString,
                     response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.SerializeToString,
+            ),
+            'ListLeaseUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeaseUsage,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageResponse.SerializeToString,
+            ),
+            'GetUsageReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsageReport,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -614,6 +648,60 @@ class AdminService:
             '/vgpu.api.v1.AdminService/PreemptLease',
             vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseRequest.SerializeToString,
             vgpu_dot_api_dot_v1_dot_admin__pb2.PreemptLeaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeaseUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/ListLeaseUsage',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListLeaseUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsageReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/GetUsageReport',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class AdminServiceStub:
     """The pool-wide queue in the order the leader will serve it."""
     PreemptLease: _grpc.UnaryUnaryMultiCallable[_admin_pb2.PreemptLeaseRequest, _admin_pb2.PreemptLeaseResponse]
     """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
+    ListLeaseUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListLeaseUsageRequest, _admin_pb2.ListLeaseUsageResponse]
+    """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample."""
+    GetUsageReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageReportRequest, _admin_pb2.GetUsageReportResponse]
+    """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -83,6 +87,10 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """The pool-wide queue in the order the leader will serve it."""
     PreemptLease: _aio.UnaryUnaryMultiCallable[_admin_pb2.PreemptLeaseRequest, _admin_pb2.PreemptLeaseResponse]  # type: ignore[assignment]
     """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
+    ListLeaseUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListLeaseUsageRequest, _admin_pb2.ListLeaseUsageResponse]  # type: ignore[assignment]
+    """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample."""
+    GetUsageReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageReportRequest, _admin_pb2.GetUsageReportResponse]  # type: ignore[assignment]
+    """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """The door for platform admins (vgpuctl): the whole pool, from any daemon."""
@@ -186,5 +194,21 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.PreemptLeaseResponse, _abc.Awaitable[_admin_pb2.PreemptLeaseResponse]]:
         """Ask a lease to checkpoint and yield (PREEMPT); refused for non-preemptible classes."""
+
+    @_abc_1.abstractmethod
+    def ListLeaseUsage(
+        self,
+        request: _admin_pb2.ListLeaseUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListLeaseUsageResponse, _abc.Awaitable[_admin_pb2.ListLeaseUsageResponse]]:
+        """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample."""
+
+    @_abc_1.abstractmethod
+    def GetUsageReport(
+        self,
+        request: _admin_pb2.GetUsageReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetUsageReportResponse, _abc.Awaitable[_admin_pb2.GetUsageReportResponse]]:
+        """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

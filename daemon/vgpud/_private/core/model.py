@@ -78,6 +78,8 @@ class GpuRecord:
     mig_capable: bool
     mig_enabled: bool
     backend: str
+    mps_pipe_dir: str = ""
+    """The pipe directory of the MPS control daemon its node runs for it ([mps] enabled); empty: no MPS."""
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
@@ -85,9 +87,9 @@ class GpuRecord:
 
     @classmethod
     def from_json(cls, raw: bytes) -> Self:
-        """Parse what to_json wrote."""
+        """Parse what to_json wrote (records from before a field existed take its default)."""
         data = loads_record(raw)
-        return cls(**{f: data[f] for f in cls.__dataclass_fields__})
+        return cls(**{f: data[f] for f in cls.__dataclass_fields__ if f in data or f != "mps_pipe_dir"})
 
 
 @dataclass(frozen=True, slots=True)

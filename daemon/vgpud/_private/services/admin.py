@@ -11,7 +11,7 @@ from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuRecord, LeaseState
 from vgpud._private.refusal import Refusal
-from vgpud._private.services import convert, fair_admin, mig_plan, validation
+from vgpud._private.services import convert, fair_admin, mig_plan, usage_admin, validation
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.status import guarded_unary
 
@@ -94,8 +94,12 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         ]
         chosen.sort(key=lambda r: r.created_at)
         endpoints = self._endpoints()
+        pipes = self._s.mps_pipes()
         return admin_pb2.ListAllLeasesResponse(
-            leases=[convert.lease(r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints) for r in chosen]
+            leases=[
+                convert.lease(r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints, mps_pipes=pipes)
+                for r in chosen
+            ]
         )
 
     @guarded_unary("EvictLease")
@@ -107,7 +111,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         reason = validation.bounded_text("reason", request.reason) or "evicted by an admin"
         ended = await self._s.allocator.end(lease_id, LeaseState.REVOKED, reasons.END_EVICTED, reason)
         return admin_pb2.EvictLeaseResponse(
-            lease=convert.lease(ended, node=self._s.node, endpoint=self._s.endpoint, endpoints=self._endpoints())
+            lease=convert.lease(
+                ended,
+                node=self._s.node,
+                endpoint=self._s.endpoint,
+                endpoints=self._endpoints(),
+                mps_pipes=self._s.mps_pipes(),
+            )
         )
 
     @guarded_unary("SetGpuMode")
@@ -185,3 +195,17 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.PreemptLeaseResponse:
         """Ask a lease to checkpoint and yield."""
         return await fair_admin.preempt(self._s, request)
+
+    @guarded_unary("ListLeaseUsage")
+    async def ListLeaseUsage(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListLeaseUsageRequest, context: Ctx
+    ) -> admin_pb2.ListLeaseUsageResponse:
+        """Budget vs. use of every lease holding slices, from each node's latest sample."""
+        return await usage_admin.list_lease_usage(self._s, request)
+
+    @guarded_unary("GetUsageReport")
+    async def GetUsageReport(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.GetUsageReportRequest, context: Ctx
+    ) -> admin_pb2.GetUsageReportResponse:
+        """Allocated vs. used GPU-hours per project over the asked window."""
+        return await usage_admin.usage_report(self._s, request)

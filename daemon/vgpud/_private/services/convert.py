@@ -51,11 +51,13 @@ def lease(
     endpoint: str,
     token: str = "",
     endpoints: Mapping[str, str] | None = None,
+    mps_pipes: Mapping[str, str] | None = None,
 ) -> types_pb2.Lease:
     """A lease as clients see it; the token only when given (acquire answers), in `env` and every node's env.
 
     `node`/`endpoint`: the answering daemon's; `endpoints`: what clients on the other nodes dial (live
-    node records), for VGPU_ENDPOINT in those nodes' environments ("" where unknown: the default socket).
+    node records), for VGPU_ENDPOINT in those nodes' environments ("" where unknown: the default socket);
+    `mps_pipes`: GPU UUID -> MPS pipe directory of the GPUs whose nodes run MPS.
     """
     msg = types_pb2.Lease(
         id=record.id,
@@ -118,7 +120,9 @@ def lease(
         msg.warning = record.warning
         msg.warning_deadline.CopyFrom(timestamp(record.warning_deadline))
     if not record.state.ended:
-        _environments(msg, record, node=node, endpoint=endpoint, token=token, endpoints=endpoints or {})
+        _environments(
+            msg, record, node=node, endpoint=endpoint, token=token, endpoints=endpoints or {}, mps_pipes=mps_pipes or {}
+        )
     else:
         msg.ended_at.CopyFrom(timestamp(record.ended_at))
     return msg
@@ -132,11 +136,12 @@ def _environments(
     endpoint: str,
     token: str,
     endpoints: Mapping[str, str],
+    mps_pipes: Mapping[str, str],
 ) -> None:
     """One environment per node the slices span; `env` is the answering node's, else the first node's."""
     spanned = sorted({s.node for s in record.slices})
     by_node = {
-        name: lease_environment(record, name, endpoint if name == node else endpoints.get(name, ""), token)
+        name: lease_environment(record, name, endpoint if name == node else endpoints.get(name, ""), token, mps_pipes)
         for name in spanned
     }
     for name in spanned:

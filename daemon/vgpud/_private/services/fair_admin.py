@@ -194,7 +194,7 @@ def list_queue(s: Serving, request: admin_pb2.ListQueueRequest, now: float) -> a
             lease = live.value
         else:
             continue  # left the queue while listing
-        msg = convert.lease(lease, node=s.node, endpoint=s.endpoint)
+        msg = convert.lease(lease, node=s.node, endpoint=s.endpoint)  # queued: no slices, so no MPS variables
         item = out.entries.add(
             lease_id=entry.lease_id,
             project=entry.project,
@@ -244,4 +244,6 @@ async def preempt(s: Serving, request: admin_pb2.PreemptLeaseRequest) -> admin_p
             raise Refusal(reasons.INVALID_REQUEST, f"grace {grace:g}s is outside {_MIN_GRACE_S}..{_MAX_GRACE_S}s")
     reason = validation.bounded_text("reason", request.reason) or "preempted by an admin"
     record = await s.transitions.preempt(lease_id, reason=reason, grace_s=grace)
-    return admin_pb2.PreemptLeaseResponse(lease=convert.lease(record, node=s.node, endpoint=s.endpoint))
+    return admin_pb2.PreemptLeaseResponse(
+        lease=convert.lease(record, node=s.node, endpoint=s.endpoint, mps_pipes=s.mps_pipes())
+    )

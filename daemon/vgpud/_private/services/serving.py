@@ -16,6 +16,7 @@ from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Store
+from vgpud._private.usage_ledger import UsageLedger
 
 
 @dataclass(slots=True)
@@ -55,6 +56,14 @@ class Serving:
     healthy: Callable[[str], bool] = lambda _uuid: True
     watchdog: NodeWatchdog | None = None
     """Takes the heartbeats' usage reports and identity sockets; None when [watchdog] is off."""
+    ledger: UsageLedger | None = None
+    """This node's allocation vs. use ledger; None when [accounting] is off."""
+    usage_retention_days: int = 35
+    """How far back `vgpuctl report` may ask ([accounting] retention_days)."""
+
+    def mps_pipes(self) -> dict[str, str]:
+        """GPU UUID -> MPS pipe directory of every GPU whose node runs MPS for it (for lease environments)."""
+        return {uuid: gpu.mps_pipe_dir for uuid, gpu in self.view.gpus().items() if gpu.mps_pipe_dir}
 
     def __post_init__(self) -> None:
         self.transitions = LeaseTransitions(self.allocator)

@@ -63,7 +63,9 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             live = s.view.node(name)
             if live is not None:
                 endpoints[name] = live.endpoint
-        return convert.lease(record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints)
+        return convert.lease(
+            record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints, mps_pipes=s.mps_pipes()
+        )
 
     # -- acquire -----------------------------------------------------------------------------------
     @guarded_stream("Acquire")

@@ -70,10 +70,12 @@ class Put:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
-    """Delete `key`, or every key under it when `prefix` is set."""
+    """Delete `key`, every key under it when `prefix` is set, or the keys from `key` up to `range_end`."""
 
     key: str
     prefix: bool = False
+    range_end: str = ""
+    """When set: delete every key >= `key` and < `range_end` (etcd's range delete)."""
 
 
 Op = Put | Delete
@@ -119,6 +121,10 @@ class Store(Protocol):
 
     async def get_prefix(self, prefix: str, *, timeout: float) -> Snapshot:
         """Every key under `prefix`, sorted by key, with the revision they were read at."""
+        ...
+
+    async def get_range(self, start: str, end: str, *, timeout: float) -> Snapshot:
+        """Every key >= `start` and < `end`, sorted by key, with the revision they were read at."""
         ...
 
     async def txn(

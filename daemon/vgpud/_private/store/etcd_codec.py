@@ -49,7 +49,10 @@ def request_op(op: Op) -> Any:
     """The protobuf RequestOp for one of our transaction operations."""
     if isinstance(op, Put):
         return RequestOp(request_put=PutRequest(key=key_bytes(op.key), value=op.value, lease=op.lease))
-    key, end = prefix_range(op.key) if op.prefix else (key_bytes(op.key), b"")
+    if op.range_end:
+        key, end = key_bytes(op.key), key_bytes(op.range_end)
+    else:
+        key, end = prefix_range(op.key) if op.prefix else (key_bytes(op.key), b"")
     return RequestOp(request_delete_range=DeleteRangeRequest(key=key, range_end=end))
 
 

@@ -99,6 +99,17 @@ class EtcdStore:
         )
         return Snapshot(kvs=[key_value(kv) for kv in response.kvs], revision=response.header.revision)
 
+    async def get_range(self, start: str, end: str, *, timeout: float) -> Snapshot:
+        """Every key >= `start` and < `end`, sorted by key, with the revision of the read."""
+        request = RangeRequest(key=key_bytes(start), range_end=key_bytes(end))
+        response = await self._members.unary(
+            "get_range",
+            lambda m, t: m.kv.Range(request, timeout=t, metadata=REQUIRE_LEADER),
+            timeout=timeout,
+            idempotent=True,
+        )
+        return Snapshot(kvs=[key_value(kv) for kv in response.kvs], revision=response.header.revision)
+
     async def txn(
         self,
         compares: Sequence[Compare],
