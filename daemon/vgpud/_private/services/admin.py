@@ -94,10 +94,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         ]
         chosen.sort(key=lambda r: r.created_at)
         endpoints = self._endpoints()
-        pipes = self._s.mps_pipes()
         return admin_pb2.ListAllLeasesResponse(
             leases=[
-                convert.lease(r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints, mps_pipes=pipes)
+                convert.lease(
+                    r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints, mps_pipes=self._s.mps_pipes(r)
+                )
                 for r in chosen
             ]
         )
@@ -116,7 +117,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 node=self._s.node,
                 endpoint=self._s.endpoint,
                 endpoints=self._endpoints(),
-                mps_pipes=self._s.mps_pipes(),
+                mps_pipes=self._s.mps_pipes(ended),
             )
         )
 

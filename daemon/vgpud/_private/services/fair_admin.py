@@ -245,5 +245,5 @@ async def preempt(s: Serving, request: admin_pb2.PreemptLeaseRequest) -> admin_p
     reason = validation.bounded_text("reason", request.reason) or "preempted by an admin"
     record = await s.transitions.preempt(lease_id, reason=reason, grace_s=grace)
     return admin_pb2.PreemptLeaseResponse(
-        lease=convert.lease(record, node=s.node, endpoint=s.endpoint, mps_pipes=s.mps_pipes())
+        lease=convert.lease(record, node=s.node, endpoint=s.endpoint, mps_pipes=s.mps_pipes(record))
     )

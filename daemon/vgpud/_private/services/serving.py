@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from vgpud._private.allocator import Allocator
 from vgpud._private.config import SchedulingConfig
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.idle_leases import IdleLeases
 from vgpud._private.lease_transitions import LeaseTransitions
@@ -61,9 +62,14 @@ class Serving:
     usage_retention_days: int = 35
     """How far back `vgpuctl report` may ask ([accounting] retention_days)."""
 
-    def mps_pipes(self) -> dict[str, str]:
-        """GPU UUID -> MPS pipe directory of every GPU whose node runs MPS for it (for lease environments)."""
-        return {uuid: gpu.mps_pipe_dir for uuid, gpu in self.view.gpus().items() if gpu.mps_pipe_dir}
+    def mps_pipes(self, lease: LeaseRecord) -> dict[str, str]:
+        """GPU UUID -> MPS pipe directory of the lease's GPUs whose nodes run MPS for them (lease environments)."""
+        pipes: dict[str, str] = {}
+        for piece in lease.slices:
+            gpu = self.view.gpu(piece.gpu_uuid)
+            if gpu is not None and gpu.mps_pipe_dir:
+                pipes[piece.gpu_uuid] = gpu.mps_pipe_dir
+        return pipes
 
     def __post_init__(self) -> None:
         self.transitions = LeaseTransitions(self.allocator)

@@ -64,7 +64,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             if live is not None:
                 endpoints[name] = live.endpoint
         return convert.lease(
-            record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints, mps_pipes=s.mps_pipes()
+            record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints, mps_pipes=s.mps_pipes(record)
         )
 
     # -- acquire -----------------------------------------------------------------------------------
