@@ -6,7 +6,7 @@ import datetime as dt
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 import typer
@@ -129,7 +129,7 @@ class ProjectRow:
     """One project's sums over its leases (only measured leases count towards the used columns)."""
 
     project: str
-    leases: int = 0
+    lease_ids: set[str] = field(default_factory=set)
     budget_bytes: int = 0
     used_bytes: int | None = None
     share_milli: int = 0
@@ -141,7 +141,7 @@ class ProjectRow:
         """The table cells."""
         return [
             self.project or cells.NONE,
-            str(self.leases),
+            str(len(self.lease_ids)),
             f"{_memory(self.used_bytes)}/{cells.memory(self.budget_bytes)}",
             f"{_gpus(self.used_milli)}/{_gpus(self.share_milli)}",
             _percent(self.used_milli, self.measured_share_milli),
@@ -152,13 +152,10 @@ class ProjectRow:
 def project_rows(leases: Sequence[admin_pb2.LeaseUsage]) -> list[ProjectRow]:
     """Per project, sorted by name: budgets and shares of every lease, use of the measured ones."""
     rows: dict[str, ProjectRow] = {}
-    seen: dict[str, set[str]] = {}
     for u in leases:
         row = rows.setdefault(u.project, ProjectRow(u.project))
-        ids = seen.setdefault(u.project, set())
-        if u.lease_id not in ids:
-            ids.add(u.lease_id)
-            row.leases += 1
+        if u.lease_id not in row.lease_ids:  # a lease on several nodes has a row per node: count it once
+            row.lease_ids.add(u.lease_id)
             row.idle += 1 if u.HasField("idle_since") else 0
         row.budget_bytes += u.memory_budget_bytes
         row.share_milli += u.compute_milli

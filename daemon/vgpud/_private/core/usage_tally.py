@@ -8,10 +8,12 @@ a time-sliced share counts for its compute fraction.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from vgpud._private.core.model import dumps_record, loads_record
 
 HOUR_S = 3600
 MAX_SAMPLE_GAP_S = 60.0
@@ -67,49 +69,13 @@ class LeaseTally:
     processes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (short keys would save little; names keep etcdctl output readable)."""
-        return {
-            "project": self.project,
-            "user": self.user,
-            "held_s": round(self.held_s, 3),
-            "allocated_gpu_s": round(self.allocated_gpu_s, 3),
-            "measured_s": round(self.measured_s, 3),
-            "used_gpu_s": round(self.used_gpu_s, 3),
-            "allocated_measured_gpu_s": round(self.allocated_measured_gpu_s, 3),
-            "budget_byte_s": self.budget_byte_s,
-            "used_byte_s": self.used_byte_s,
-            "memory_measured_s": round(self.memory_measured_s, 3),
-            "last_at": self.last_at,
-            "held_gpus": self.held_gpus,
-            "memory_budget_bytes": self.memory_budget_bytes,
-            "memory_used_bytes": self.memory_used_bytes,
-            "utilization_gpus": self.utilization_gpus,
-            "processes": self.processes,
-        }
+        """JSON-ready form (field names kept: etcdctl output stays readable)."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> LeaseTally:
-        """Inverse of `to_dict`; missing fields take their defaults."""
-        used = d.get("memory_used_bytes")
-        busy = d.get("utilization_gpus")
-        return cls(
-            project=str(d.get("project", "")),
-            user=str(d.get("user", "")),
-            held_s=float(d.get("held_s", 0.0)),
-            allocated_gpu_s=float(d.get("allocated_gpu_s", 0.0)),
-            measured_s=float(d.get("measured_s", 0.0)),
-            used_gpu_s=float(d.get("used_gpu_s", 0.0)),
-            allocated_measured_gpu_s=float(d.get("allocated_measured_gpu_s", 0.0)),
-            budget_byte_s=float(d.get("budget_byte_s", 0.0)),
-            used_byte_s=float(d.get("used_byte_s", 0.0)),
-            memory_measured_s=float(d.get("memory_measured_s", 0.0)),
-            last_at=float(d.get("last_at", 0.0)),
-            held_gpus=float(d.get("held_gpus", 0.0)),
-            memory_budget_bytes=int(d.get("memory_budget_bytes", 0)),
-            memory_used_bytes=None if used is None else int(used),
-            utilization_gpus=None if busy is None else float(busy),
-            processes=int(d.get("processes", 0)),
-        )
+        """Inverse of `to_dict`; missing fields take their defaults, unknown ones are ignored."""
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 @dataclass(slots=True)
@@ -123,14 +89,15 @@ class HourBucket:
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
-        data = {"node": self.node, "hour": self.hour, "leases": {k: v.to_dict() for k, v in self.leases.items()}}
-        return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
+        return dumps_record(
+            {"node": self.node, "hour": self.hour, "leases": {k: v.to_dict() for k, v in self.leases.items()}}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> HourBucket:
         """Inverse of `to_json`; ValueError for something that is not a bucket."""
-        data = json.loads(raw)
-        if not isinstance(data, dict) or not isinstance(data.get("leases"), dict):
+        data = loads_record(raw)
+        if not isinstance(data.get("leases"), dict):
             raise ValueError("not a usage bucket")  # noqa: TRY004 -- callers catch ValueError for bad records
         return cls(
             node=str(data.get("node", "")),
