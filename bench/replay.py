@@ -1,7 +1,7 @@
 """Trace-driven scheduler quality on the openb trace (shared/traces/openb), through the project's scheduling core.
 
     python bench/replay.py --nodes NODES.csv --pods PODS.csv [PODS.csv ...] [--seeds 10]
-                           [--policy bestfit fgd fgd-host fgd-host-typical] [--mode fgd|time] [--jobs 1]
+                           [--policy bestfit fgd fgd-host fgd-lean daemon] [--mode fgd|time] [--jobs 1]
 
 --mode fgd (default), the FGD paper's protocol: per seed, pods sampled with replacement from the pod list are
 placed one by one with no departures until arrived GPU demand reaches 130 % of the cluster's GPUs; a pod
@@ -17,7 +17,9 @@ decide(); one JSON line per policy with the time-weighted allocation, queueing d
 
 Policies (bench/replay_policies.py): bestfit (the core's default), fgd (the paper's FGD), fgd-gpu (FGD
 over GPU shapes only), fgd-host (FGD whose fragment also counts idle GPU the node's free CPU cannot feed),
-fgd-host-typical (fgd-host over the FGD simulator's typical pods only).
+fgd-host-typical (fgd-host over the FGD simulator's typical pods only), fgd-lean (fgd-host over one class
+per GPU shape at the least CPU its pods ask), daemon (what vgpud runs: FGD over the
+GPU shapes of the last 1000 requests seen, learned online, blind to host CPU and memory).
 A bad CSV prints one line and exits 2. Ratios are percent.
 """
 
@@ -176,7 +178,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--policy",
         nargs="+",
         choices=NAMES,
-        default=["bestfit", "fgd", "fgd-host", "fgd-host-typical"],
+        default=["bestfit", "fgd", "fgd-host", "fgd-lean", "daemon"],
         help="policies to report",
     )
     parser.add_argument("--mode", choices=("fgd", "time"), default="fgd", help="FGD protocol or time-driven replay")

@@ -56,6 +56,9 @@ class Policy:
     """The core policy for a pod taking this host use, given every node's host room now."""
     host_key: Callable[[int, int], Hashable] = _ignores_host
     """What of a node's free host CPU and memory its scores depend on (default: nothing)."""
+    observe: Callable[[ShapeRequest], bool] | None = None
+    """Told of every GPU request once it is placed or failed (a policy that learns its mix online, as the
+    daemon's does); True means the policy changed and scores remembered so far are stale."""
 
 
 class SimNode:
@@ -150,16 +153,22 @@ class SimCluster:
         request = shape_request(pod)
         offered = self._best_nodes(pod, request or NO_GPU, use)
         if not offered:
+            if request is not None:
+                self._observe(request)
             return False
         if request is None:
             self._take(lease_id, offered[0], use, Placement(()))
             return True
         policy = self.policy.make(use, self.rooms)
         result = place_on_nodes(request, {n: self.nodes[n].views for n in offered}, lease_id, policy=policy)
-        if not isinstance(result, Placement):
-            return False
-        self._take(lease_id, result.assignments[0][0].record.node, use, result)
-        return True
+        if isinstance(result, Placement):
+            self._take(lease_id, result.assignments[0][0].record.node, use, result)
+        self._observe(request)
+        return isinstance(result, Placement)
+
+    def _observe(self, request: ShapeRequest) -> None:
+        if self.policy.observe is not None and self.policy.observe(request):
+            self._scores.clear()
 
     def offered(self, pod: PodSpec, use: HostUse) -> dict[str, list[GpuView]]:
         """One node per group of identical nodes whose GPU model the pod accepts, for the queue's decide.

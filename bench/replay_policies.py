@@ -10,22 +10,35 @@ fgd-host   ours: FGD whose fragment also counts the idle GPU that a node's free 
            the same classes as fgd.
 fgd-host-typical   fgd-host over the FGD simulator's "typical pods" only: the most popular shapes, 10 at a
            time, until they cover 60 % of the pods (its DefaultTypicalPodPopularityThreshold and step).
+fgd-lean   fgd-host over one class per GPU shape (num_gpu, gpu_milli, gpu_spec), weighted by how often the
+           shape comes, whose CPU is the least any pod of that shape asks: idle GPU counts as stranded only
+           where even the leanest pod of a shape could not be fed, and rare CPU variants do not split a
+           shape into classes of their own.
+daemon     what vgpud runs ([scheduling] placement = "fgd"): FGD over the GPU shapes of the last 1000
+           requests seen (not the pod list), rebuilt every 100; best fit until the first rebuild. It sees no
+           host CPU or memory, as the daemon does not.
 All FGD policies break ties by best fit, then by the idle GPU left on the node.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 
-from replay_cluster import Policy
+from replay_cluster import GIB, GPU_MEMORY_GIB, Policy
 from replay_trace import PodSpec
 
 from vgpud._private.core.fragmentation import FragmentationGradient, TaskClass, TaskMix
 from vgpud._private.core.host_fit import HostRoom, HostUse
+from vgpud._private.core.model import ShapeRequest
+from vgpud._private.core.placement_mix import placement_policy, request_mix
 from vgpud._private.core.placement_policy import BestFit, PlacementPolicy
 
-NAMES = ("bestfit", "fgd", "fgd-gpu", "fgd-host", "fgd-host-typical")
+NAMES = ("bestfit", "fgd", "fgd-gpu", "fgd-host", "fgd-host-typical", "fgd-lean", "daemon")
+DAEMON_WINDOW = 1000
+"""[scheduling] placement_window's default."""
+DAEMON_REBUILD = 100
+"""Requests between rebuilds of the daemon policy's mix (the daemon rebuilds on time, at most every 5 s)."""
 TYPICAL_SHARE = 0.6
 TYPICAL_STEP = 10
 """The FGD simulator's defaults for its typical pods (DefaultTypicalPodPopularityThreshold, ...IncreaseStep)."""
@@ -58,6 +71,17 @@ def task_mix(pods: Sequence[PodSpec], *, cpu: bool = False, memory: bool = False
     return mix_of(shapes(pods, cpu=cpu, memory=memory))
 
 
+def lean(counts: Counter[Shape]) -> Counter[Shape]:
+    """One shape per GPU shape, with the least CPU any of its pods asks and all of their counts."""
+    least: dict[tuple[int, int, tuple[str, ...]], int] = {}
+    weight: Counter[tuple[int, int, tuple[str, ...]]] = Counter()
+    for (gpus, milli, spec, cpu, _memory), n in counts.items():
+        key = (gpus, milli, spec)
+        least[key] = min(cpu, least.get(key, cpu))
+        weight[key] += n
+    return Counter({(g, m, spec, least[g, m, spec], 0): n for (g, m, spec), n in weight.items()})
+
+
 def mix_of(counts: Counter[Shape]) -> TaskMix:
     """The task mix of these shapes, weighted by their counts."""
     return TaskMix.of(TaskClass(g, m, spec, float(n), c, mem) for (g, m, spec, c, mem), n in counts.items())
@@ -78,15 +102,35 @@ def build(name: str, pods: Sequence[PodSpec]) -> Policy:
             return FragmentationGradient(mix, rooms, use)
 
         return Policy(name, fgd, lambda cpu, memory: mix.host_level(HostRoom(cpu, memory)))
-    if name in ("fgd-host", "fgd-host-typical"):
+    if name in ("fgd-host", "fgd-host-typical", "fgd-lean"):
         counts = shapes(pods, cpu=True)
-        host_mix = mix_of(typical(counts) if name == "fgd-host-typical" else counts)
+        kept = {"fgd-host": counts, "fgd-host-typical": typical(counts), "fgd-lean": lean(counts)}[name]
+        host_mix = mix_of(kept)
 
         def fgd_host(use: HostUse, rooms: Mapping[str, HostRoom]) -> PlacementPolicy:
             return FragmentationGradient(host_mix, rooms, use, host_bound=True)
 
         return Policy(name, fgd_host, _exact_cpu)
+    if name == "daemon":
+        return _daemon(max(GPU_MEMORY_GIB.values()) * GIB)
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(NAMES)})")
+
+
+def _daemon(gpu_memory_bytes: int) -> Policy:
+    """The daemon's placement: FGD over the mix of the requests seen so far, as PlacementSource builds it."""
+    recent: deque[ShapeRequest] = deque(maxlen=DAEMON_WINDOW)
+    seen = [0]
+    current: list[PlacementPolicy] = [BestFit()]
+
+    def observe(request: ShapeRequest) -> bool:
+        recent.append(request)
+        seen[0] += 1
+        if seen[0] % DAEMON_REBUILD:
+            return False
+        current[0] = placement_policy("fgd", request_mix(recent, gpu_memory_bytes)) or BestFit()
+        return True
+
+    return Policy("daemon", lambda _use, _rooms: current[0], observe=observe)
 
 
 def _exact_cpu(cpu: int, _memory: int) -> int:

@@ -175,6 +175,7 @@ def test_table_given_as_value(tmp_path: Path) -> None:
         ('backend = "cuda"', r"backend: expected one of 'nvml', 'sim', got str 'cuda'"),
         ('[log]\nformat = "xml"', r"log.format: expected one of 'auto', 'json', 'console'"),
         ('[log]\nlevel = "verbose"', r"log.level: expected one of 'debug'"),
+        ('[scheduling]\nplacement = "random"', r"scheduling.placement: expected one of 'best-fit', 'fgd'"),
     ],
 )
 def test_wrong_types_name_key_and_type(tmp_path: Path, toml: str, expected: str) -> None:
@@ -266,6 +267,11 @@ def test_bad_cluster_name() -> None:
         ("accounting.retention_days", 0, r"accounting.retention_days: 0 must be from 1 to 3660 days"),
         ("mps.pipe_root", "run/mps", r"mps.pipe_root: .*absolute"),
         ("mps.start_timeout_s", 0.0, r"mps.start_timeout_s: "),
+        ("scheduling.default_priority", "urgent", r"scheduling.default_priority: 'urgent' is not a priority class"),
+        ("scheduling.backfill_bound_s", -1.0, r"scheduling.backfill_bound_s: -1.0 must not be negative"),
+        ("scheduling.idle_utilization", 1.5, r"scheduling.idle_utilization: 1.5 must be a share from 0 to 1"),
+        ("scheduling.placement_window", 0, r"scheduling.placement_window: 0 must be from 1 to 100000 requests"),
+        ("scheduling.placement_refresh_s", -1.0, r"scheduling.placement_refresh_s: -1.0 must not be negative"),
     ],
 )
 def test_bad_values(key: str, value: object, expected: str) -> None:
@@ -321,3 +327,11 @@ def test_daemon_config_fields() -> None:
         "shutdown_grace_s",
         "max_queue_length",
     ]
+
+
+def test_placement_defaults_to_fgd_and_a_file_can_choose_best_fit(tmp_path: Path) -> None:
+    sched = load_config(None, {}).scheduling
+    assert (sched.placement, sched.placement_window, sched.placement_refresh_s) == ("fgd", 1000, 5.0)
+    path = write(tmp_path, '[scheduling]\nplacement = "Best-Fit"\nplacement_window = 50\n')
+    chosen = load_config(path, {}).scheduling
+    assert (chosen.placement, chosen.placement_window) == ("best-fit", 50)

@@ -162,3 +162,30 @@ def test_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "cannot read it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("name", "expected_gpu"), [("daemon", 2), ("bestfit", 1)])
+def test_the_daemon_policy_learns_its_mix_from_the_requests_it_sees(
+    monkeypatch: pytest.MonkeyPatch, name: str, expected_gpu: int
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from replay_cluster import SimCluster, shape_request
+    from replay_policies import DAEMON_REBUILD, build
+    from replay_trace import NodeSpec, PodSpec
+
+    def pod(milli: int) -> PodSpec:
+        return PodSpec(f"p{milli}", 100, 100, 1, milli)
+
+    policy = build(name, [pod(500)])
+    if policy.observe is not None:  # the daemon's mix: 500-milli requests seen; the third pod below rebuilds it
+        changed = [policy.observe(shape_request(pod(500))) for _ in range(DAEMON_REBUILD - 3)]  # type: ignore[arg-type]  # a GPU pod
+        assert not any(changed)
+    cluster = SimCluster([NodeSpec("n1", 64_000, 1 << 20, 3, "T4")], policy)
+    for i, milli in enumerate((500, 500, 400)):
+        assert cluster.place(pod(milli), f"l{i}")
+    # Until the rebuild the daemon's policy is best fit, and FGD would tie-break the same way anyway.
+    assert [cluster.held[f"l{i}"].gpus for i in range(3)] == [(0,), (0,), (1,)]
+    assert cluster.place(pod(300), "l3")
+    # Now the daemon keeps GPU 1's 600 for a 500 and puts the 300 on the empty GPU 2; best fit squeezes it
+    # into GPU 1.
+    assert cluster.held["l3"].gpus == (expected_gpu,)

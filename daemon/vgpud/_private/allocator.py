@@ -21,6 +21,7 @@ from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.mig_records import MigState
 from vgpud._private.core.model import Claim, GpuMode, GpuState, LeaseState, NodeConfig, Owner, ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.queue_order import place_local, place_request
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
 from vgpud._private.liveness_leases import LivenessLeases
@@ -75,6 +76,7 @@ class Allocator:
         local_node: str = "",
         node_alive_until: Callable[[], float] = lambda: float("inf"),
         auto_mode: bool = False,
+        placement: Callable[[], PlacementPolicy | None] = lambda: None,
     ) -> None:
         self._store = store
         self._keys = keys
@@ -95,6 +97,8 @@ class Allocator:
         self.liveness = LivenessLeases(store, ttl=default_ttl, timeout=timeout)
         self._auto_mode = auto_mode
         """Idle MIG-capable GPUs count as switchable, so requests for the other mode wait instead of failing."""
+        self.placement_policy = placement
+        """The policy that ranks where a grant goes now (None: best fit); see placement_source.py."""
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -131,11 +135,11 @@ class Allocator:
 
     def try_place_in_pool(self, request: ShapeRequest, target: str = "") -> Placement | Unplaceable:
         """Whether `request` could be placed now on `target` (or any node), without writing anything."""
-        return place_on_nodes(request, self.candidates_by_node(target), "")
+        return place_on_nodes(request, self.candidates_by_node(target), "", policy=self.placement_policy())
 
     def try_place(self, spec: AcquireSpec) -> Placement | Unplaceable:
         """Placement against the current view, without writing anything."""
-        return place(spec.shape, self.candidates(spec.node), "")
+        return place(spec.shape, self.candidates(spec.node), "", policy=self.placement_policy())
 
     async def acquire(self, spec: AcquireSpec) -> tuple[LeaseRecord, str]:
         """Grant now or raise Refusal (NO_CAPACITY, NEVER_FITS, NODE_DRAINING, CONFLICT...).
@@ -153,7 +157,8 @@ class Allocator:
         token = lease_token(lease_id, spec.request_id)
         if self._view.node_config(spec.node).value.draining:
             raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
-        first = place_local(spec.shape, self.candidates(spec.node), lease_id)
+        policy = self.placement_policy()
+        first = place_local(spec.shape, self.candidates(spec.node), lease_id, policy)
         if isinstance(first, Unplaceable):
             # A retry whose first attempt was granted (answer lost) may find no room left: look it up.
             existing = await self._existing_grant(lease_id, spec.request_id) if spec.request_id else None
@@ -168,7 +173,7 @@ class Allocator:
                 return granted
             if overlay.node_config(spec.node, guard=True).draining:
                 raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
-            result = place_local(spec.shape, self.candidates(spec.node, overlay), lease_id)
+            result = place_local(spec.shape, self.candidates(spec.node, overlay), lease_id, policy)
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
@@ -193,6 +198,7 @@ class Allocator:
         waiting = entry.request
         lease_id = waiting.lease_id
         liveness = await self.liveness.take(waiting.lease.ttl_seconds)
+        policy = self.placement_policy()
 
         def build(overlay: Overlay) -> LeaseRecord:
             granted = overlay.lease(lease_id)
@@ -202,7 +208,7 @@ class Allocator:
             for name in [waiting.target_node] if waiting.target_node else sorted(self._view.nodes()):
                 overlay.node_config(name, guard=True)
             nodes = self.candidates_by_node(waiting.target_node, overlay)
-            result = place_request(waiting.lease.request, nodes, lease_id, span=waiting.span)
+            result = place_request(waiting.lease.request, nodes, lease_id, span=waiting.span, policy=policy)
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:

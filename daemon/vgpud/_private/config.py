@@ -23,6 +23,7 @@ from vgpud._private.backend.sim import parse_spec
 from vgpud._private.config_accounting import AccountingConfig, validate_accounting
 from vgpud._private.config_mps import MpsConfig, validate_mps
 from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
+from vgpud._private.config_scheduling import SchedulingConfig, validate_scheduling
 from vgpud._private.config_watchdog import WatchdogConfig, validate_watchdog
 from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
 
@@ -88,24 +89,6 @@ class MigConfig:
     """How long an ended lease's instance stays created for the next request of its profile (0: destroy at once)."""
     auto_mode: bool = False
     """Let the leader switch an idle MIG-capable GPU to the mode waiting requests need (shared or MIG)."""
-
-
-@dataclass(frozen=True, slots=True)
-class SchedulingConfig:
-    """Fair sharing and preemption ([scheduling] table; classes in [priority_classes.NAME] tables)."""
-
-    default_priority: str = "train"
-    """The priority class of a request that names none."""
-    backfill_bound_s: float = 60.0
-    """Smaller requests may pass a waiting one for this long; after it, it reserves the nodes it could use."""
-    reclaim: bool = True
-    """Let the leader preempt borrowed capacity (and shrink elastic leases) for projects below their quota."""
-    idle_utilization: float = 0.05
-    """A lease reporting use under this share of its grant counts as idle."""
-    idle_after_s: float = 600.0
-    """How long a lease must report idle use before it is flagged idle (and reclaimed first)."""
-    grow_interval_s: float = 10.0
-    """Elastic leases grow toward their maximum at most this often, when nothing waits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -371,7 +354,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     _validate_etcd(cfg.etcd, fail)
     _validate_leases(cfg.lease, fail)
     _validate_serving(cfg, fail)
-    _validate_scheduling(cfg, fail)
+    validate_scheduling(cfg.scheduling, [c.name for c in cfg.priority_classes], fail)
     validate_watchdog(cfg.watchdog, fail)
     validate_accounting(cfg.accounting, fail)
     validate_mps(cfg.mps, fail)
@@ -433,18 +416,6 @@ def _validate_serving(cfg: DaemonConfig, fail: _Fail) -> None:
         fail("max_queue_length", f"{cfg.max_queue_length} must be at least 1")
     if not str(cfg.socket_path).strip():
         fail("socket_path", "must not be empty")
-
-
-def _validate_scheduling(cfg: DaemonConfig, fail: _Fail) -> None:
-    sched = cfg.scheduling
-    names = [c.name for c in cfg.priority_classes]
-    if sched.default_priority not in names:
-        fail("scheduling.default_priority", f"{sched.default_priority!r} is not a priority class: {', '.join(names)}")
-    for key in ("backfill_bound_s", "idle_after_s", "grow_interval_s"):
-        if getattr(sched, key) < 0:
-            fail(f"scheduling.{key}", f"{getattr(sched, key)} must not be negative")
-    if not 0 <= sched.idle_utilization <= 1:
-        fail("scheduling.idle_utilization", f"{sched.idle_utilization} must be a share from 0 to 1")
 
 
 def _endpoint_problem(text: str, schemes: tuple[str, ...]) -> str:

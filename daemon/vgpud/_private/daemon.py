@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import sys
@@ -20,11 +19,9 @@ from pathlib import Path
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health
 
 from vgpu._private import reasons
-from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, workload_pb2, workload_pb2_grpc
 from vgpud._private import sdnotify
 from vgpud._private.allocator import Allocator
 from vgpud._private.backend import make_backend
@@ -35,23 +32,21 @@ from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.core.projects import usage_by_project
 from vgpud._private.fair_pass import QueueRanking
+from vgpud._private.grpc_server import prepare_socket, start_grpc_server
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.metrics import DaemonMetrics
-from vgpud._private.mig_realiser import MigRealiser
-from vgpud._private.mps_control import MpsDaemons, MpsError
-from vgpud._private.node_watchdog import NodeWatchdog
+from vgpud._private.mps_control import MpsDaemons
+from vgpud._private.node_parts import NodeParts, StartupError
+from vgpud._private.placement_source import PlacementSource
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys, register_gpus
-from vgpud._private.services.admin import AdminService
 from vgpud._private.services.serving import Serving
-from vgpud._private.services.workload import WorkloadService
 from vgpud._private.store.base import Put, Store, StoreError
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd
 from vgpud._private.store.etcd_store import EtcdStore
-from vgpud._private.usage_ledger import UsageLedger
 
 log = structlog.get_logger("vgpud")
 
@@ -63,17 +58,13 @@ _ELECTION_TTL = 5
 _STORE_TIMEOUT = 5.0
 
 
-class StartupError(Exception):
-    """vgpud cannot start; the message says what to change."""
-
-
 def run(config: DaemonConfig) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit code."""
     configure_logging(config.log.format, config.log.level)
     embedded: EmbeddedEtcd | None = None
     try:
         _prepare_state_dir(config.state_dir)
-        _prepare_socket(config.socket_path)
+        prepare_socket(config.socket_path)
         backend = make_backend(config.backend, config.sim_spec, config.node_name, config.state_dir)
         gpus = backend.discover()
         endpoints = list(config.etcd.endpoints)
@@ -103,28 +94,6 @@ def _prepare_state_dir(path: Path) -> None:
         raise StartupError(
             f"state dir {path} is not writable ({exc.strerror or exc}); choose another with --state-dir"
         ) from None
-
-
-def _prepare_socket(path: Path) -> None:
-    """Refuse when another daemon answers on the socket; clear a stale socket file left by a crash."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StartupError(f"cannot create the socket directory {path.parent}: {exc.strerror or exc}") from None
-    if len(str(path)) > 100:  # noqa: PLR2004 -- sun_path holds 108 bytes including the terminator
-        raise StartupError(f"socket path {path} is too long for a Unix socket; use a shorter --socket")
-    if not path.exists():
-        return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(1.0)
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)
-        return
-    finally:
-        probe.close()
-    raise StartupError(f"another process is already listening on {path}; stop it or choose another --socket")
 
 
 @dataclass(slots=True)
@@ -161,6 +130,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._expiring: asyncio.Queue[str] = asyncio.Queue()
         self._mps: MpsDaemons | None = None
+        self._parts = NodeParts(config, backend, self._keys, self._metrics, self._tasks.start, _STORE_TIMEOUT)
 
     @property
     def endpoint(self) -> str:
@@ -187,23 +157,12 @@ class Daemon:
 
     async def _serve_with(self, store: Store) -> int:
         await self._check_pool(store)
-        pipes = await self._start_mps()
+        self._mps, pipes = await self._parts.start_mps(self._gpus)
         try:
             return await self._serve_registered(store, pipes)
         finally:
             if self._mps is not None:
                 await asyncio.to_thread(self._mps.stop)
-
-    async def _start_mps(self) -> dict[str, str]:
-        """With [mps] enabled: one MPS control daemon per GPU not in MIG mode; GPU UUID -> its pipe directory."""
-        if not self._config.mps.enabled:
-            return {}
-        self._mps = MpsDaemons(self._config.mps)
-        try:
-            return await asyncio.to_thread(self._mps.start, [g.uuid for g in self._gpus if not g.mig_enabled])
-        except MpsError as exc:
-            self._mps = None
-            raise StartupError(str(exc)) from None
 
     async def _serve_registered(self, store: Store, pipes: dict[str, str]) -> int:
         cfg = self._config
@@ -215,6 +174,11 @@ class Daemon:
         self._tasks.start(view.run(), "pool-view")
         async with asyncio.timeout(cfg.etcd.connect_timeout_s):
             await view.wait_ready()
+
+        sched = cfg.scheduling
+        placement = PlacementSource(
+            view, sched.placement, window=sched.placement_window, refresh_s=sched.placement_refresh_s
+        )
 
         def make_allocator(fence: Leadership | None = None) -> Allocator:
             return Allocator(
@@ -229,6 +193,7 @@ class Daemon:
                 local_node=cfg.node_name,
                 node_alive_until=lambda: self._node_alive_until,
                 auto_mode=cfg.mig.auto_mode,
+                placement=placement,
             )
 
         allocator = make_allocator()
@@ -246,8 +211,8 @@ class Daemon:
             scheduling=cfg.scheduling,
             on_preempted=self._metrics.observe_preemption,
         )
-        watchdog = self._start_watchdog(view, allocator)
-        ledger = await self._start_ledger(store, view, watchdog)
+        watchdog = self._parts.start_watchdog(view, allocator)
+        ledger = await self._parts.start_ledger(store, view, watchdog)
         stopping = asyncio.Event()
         queue = PoolQueue(
             store,
@@ -289,13 +254,13 @@ class Daemon:
         self._tasks.start(leadership.run(), "leadership")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
-        self._start_realiser(view, allocator)
+        self._parts.start_realiser(view, allocator)
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
         self._tasks.start(self._watch_gpu_health(store), "gpu-health")
         self._tasks.start(self._update_metrics(view), "metrics")
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
-        server, health_servicer = await self._start_grpc(serving)
+        server, health_servicer = await start_grpc_server(serving, self._config)
         self._install_signals()
         sdnotify.ready()
         sdnotify.status(f"serving {len(self._gpus)} GPU(s) on {self.endpoint}")
@@ -304,12 +269,23 @@ class Daemon:
             self._tasks.start(self._watchdog(interval / 2), "watchdog")
         log.info("vgpud ready", node=cfg.node_name, endpoint=self.endpoint, gpus=len(self._gpus))
         await self._stop.wait()
+        await self._shut_down(server, health_servicer, serving, queue, leadership)
+        return EXIT_OK
 
+    async def _shut_down(
+        self,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        serving: Serving,
+        queue: PoolQueue,
+        leadership: Leadership,
+    ) -> None:
+        """Stop taking RPCs, let in-flight ones finish within the grace, then stop the background tasks."""
         log.info("vgpud stopping; leases stay in etcd")
         sdnotify.stopping()
         await health_servicer.enter_graceful_shutdown()
         serving.stopping.set()
-        await server.stop(cfg.shutdown_grace_s)
+        await server.stop(self._config.shutdown_grace_s)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STORE_TIMEOUT):
                 await queue.settled()  # waiters the stop turned away leave the queue now, not at lease lapse
@@ -319,57 +295,6 @@ class Daemon:
         # again, so its leases are not revoked as NODE_LOST by the leader meanwhile.
         self._config.socket_path.unlink(missing_ok=True)
         await asyncio.to_thread(self._backend.close)
-        return EXIT_OK
-
-    def _start_realiser(self, view: PoolView, allocator: Allocator) -> None:
-        """The MIG realiser: creates and destroys this node's MIG instances as leases need them."""
-        cfg = self._config
-        realiser = MigRealiser(
-            self._backend,
-            allocator,
-            view,
-            self._keys,
-            cfg.node_name,
-            keep_warm_s=cfg.mig.keep_warm_s,
-            auto_mode=cfg.mig.auto_mode,
-        )
-        self._tasks.start(realiser.run(), "mig-realiser")
-
-    def _start_watchdog(self, view: PoolView, allocator: Allocator) -> NodeWatchdog | None:
-        """The node watchdog, running (None when [watchdog] enabled is false)."""
-        if not self._config.watchdog.enabled:
-            return None
-        metrics = self._metrics
-        watchdog = NodeWatchdog(
-            config=self._config.watchdog,
-            node=self._config.node_name,
-            view=view,
-            allocator=allocator,
-            backend=self._backend,
-            on_use=lambda uses: metrics.set_lease_use(
-                (u.lease_id, u.project, u.memory_bytes, u.utilization) for u in uses
-            ),
-            on_action=metrics.count_watchdog_action,
-        )
-        self._tasks.start(watchdog.run(), "node-watchdog")
-        return watchdog
-
-    async def _start_ledger(self, store: Store, view: PoolView, watchdog: NodeWatchdog | None) -> UsageLedger | None:
-        """The allocation vs. use ledger, carried on from etcd and running (None when [accounting] is off)."""
-        if not self._config.accounting.enabled:
-            return None
-        ledger = UsageLedger(
-            config=self._config.accounting,
-            store=store,
-            keys=self._keys,
-            view=view,
-            node=self._config.node_name,
-            uses=(lambda: watchdog.uses) if watchdog is not None else dict,
-            timeout=_STORE_TIMEOUT,
-        )
-        await ledger.load()
-        self._tasks.start(ledger.run(), "usage-ledger")
-        return ledger
 
     def _gpu_record(self, gpu: DiscoveredGpu, mps_pipe_dir: str) -> GpuRecord:
         return GpuRecord(
@@ -519,41 +444,3 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-
-    async def _start_grpc(self, serving: Serving) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-        cfg = self._config
-        server = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
-        )
-        workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(serving), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(serving), server)
-        health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        names = (
-            workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"].full_name,
-            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        )
-        reflection.enable_server_reflection(names, server)
-        try:
-            server.add_insecure_port(f"unix:{cfg.socket_path}")
-        except RuntimeError as exc:
-            raise StartupError(f"cannot listen on {cfg.socket_path}: {exc}") from None
-        # Any local user may ask for a slice; per-uid projects arrive with authentication.
-        if cfg.tcp_listen:
-            log.warning(
-                "TCP listener is on without authentication; anyone who can reach it can use the pool",
-                listen=cfg.tcp_listen,
-            )
-            try:
-                port = server.add_insecure_port(cfg.tcp_listen)
-            except RuntimeError as exc:
-                raise StartupError(f"cannot listen on {cfg.tcp_listen}: {exc}") from None
-            if port == 0:
-                raise StartupError(f"cannot listen on {cfg.tcp_listen}: the address is in use or invalid")
-        await server.start()
-        os.chmod(cfg.socket_path, 0o666)  # noqa: S103, PTH101 -- the socket is the local door for every user
-        for name in ("", *names[:2]):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return server, health_servicer

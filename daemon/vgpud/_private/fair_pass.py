@@ -16,6 +16,7 @@ from vgpud._private.core.fair_share import Capacity
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuRecord, Isolation, LeaseState
 from vgpud._private.core.placement import GpuView
+from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.priorities import PriorityClass, PriorityClasses
 from vgpud._private.core.projects import lease_usage, project_of, usage_by_project
 from vgpud._private.core.queue_order import Admit, Decision, Fairness, Hold, Waiting, decide, serving_order, take
@@ -153,11 +154,12 @@ def decide_pass(
     now: float,
     backfill_bound_s: float,
     reclaim: bool,
+    policy: PlacementPolicy | None = None,
 ) -> PassResult:
-    """Decide the queue, then plan reclaim for what capacity holds back."""
+    """Decide the queue (placing with `policy`, default best fit), then plan reclaim for what capacity holds back."""
     entries = waiting_entries(view, classes)
     fair = fairness(view, now=now, backfill_bound_s=backfill_bound_s)
-    decisions = decide(entries, nodes, down, fair)
+    decisions = decide(entries, nodes, down, fair, policy)
     actions: list[Action] = []
     if reclaim:
         by_id = {e.lease_id: e for e in entries}

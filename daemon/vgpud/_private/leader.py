@@ -18,7 +18,7 @@ import structlog
 
 from vgpu._private import reasons
 from vgpud._private.allocator import Allocator
-from vgpud._private.config import SchedulingConfig
+from vgpud._private.config_scheduling import SchedulingConfig
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.core.queue_order import Admit, Hold, Reject
@@ -189,6 +189,7 @@ class Leadership:
             now=now,
             backfill_bound_s=sched.backfill_bound_s,
             reclaim=sched.reclaim,
+            policy=allocator.placement_policy(),
         )
         self.holds = {d.lease_id: d.message for d in result.decisions if isinstance(d, Hold)}
         writes += [self._apply(allocator, transitions, d) for d in result.decisions if not isinstance(d, Hold)]

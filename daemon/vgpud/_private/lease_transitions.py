@@ -109,7 +109,7 @@ class LeaseTransitions:
                 overlay.node_config(name, guard=True)
             nodes = allocator.candidates_by_node(target, overlay)
             span = lease.gang and lease.any_node
-            result = place_request(lease.request, nodes, lease_id, span=span)
+            result = place_request(lease.request, nodes, lease_id, span=span, policy=allocator.placement_policy())
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
@@ -198,7 +198,7 @@ def _more_slices(
     one = replace(lease.request, count=1, count_max=0)
     out: list[tuple[GpuView, Claim]] = []
     while len(out) < wanted:
-        result = place_local(one, views, lease.id)
+        result = place_local(one, views, lease.id, allocator.placement_policy())
         if isinstance(result, Unplaceable):
             break
         ((view, claim),) = result.assignments

@@ -20,6 +20,7 @@ from vgpud._private.core.cluster_placement import place_on_nodes
 from vgpud._private.core.fair_share import Capacity, project_rank
 from vgpud._private.core.model import GpuState, Isolation, ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.projects import DEFAULT_PROJECT, Quota, Usage, default_quota
 
 
@@ -133,8 +134,9 @@ def decide(
     nodes: Mapping[str, Sequence[GpuView]],
     known_nodes: frozenset[str] = frozenset(),
     fairness: Fairness | None = None,
+    policy: PlacementPolicy | None = None,
 ) -> list[Decision]:
-    """One decision per queued request, in serving order.
+    """One decision per queued request, in serving order (placed with `policy`, default best fit).
 
     `nodes` are the live nodes with their GPUs (draining ones included, their GPUs unschedulable);
     `known_nodes` are nodes with GPUs registered but not up, so a request naming one is told it is down.
@@ -157,7 +159,7 @@ def decide(
             out.append(Hold(entry.lease_id, f"waiting behind {ahead[0]}"))
             _block(blocked, candidates, ahead[0], entry, fairness)
             continue
-        result = place_elastic(entry, {n: working[n] for n in candidates})
+        result = place_elastic(entry, {n: working[n] for n in candidates}, policy)
         if isinstance(result, Unplaceable):
             if result.never:
                 out.append(Reject(entry.lease_id, reasons.NEVER_FITS, result.message))
@@ -170,7 +172,7 @@ def decide(
         quota_problem = _quota_problem(entry, placed_use(result), fairness, gained)
         if quota_problem is not None and entry.request.elastic:  # growth is optional: try the minimum
             where = {n: working[n] for n in candidates}
-            minimum = place_on_nodes(entry.request, where, entry.lease_id, span=entry.span)
+            minimum = place_on_nodes(entry.request, where, entry.lease_id, span=entry.span, policy=policy)
             if isinstance(minimum, Placement):
                 result = minimum
                 quota_problem = _quota_problem(entry, placed_use(result), fairness, gained)
@@ -193,9 +195,11 @@ def _block(
         blocked.setdefault(name, by)
 
 
-def place_elastic(entry: Waiting, nodes: Mapping[str, Sequence[GpuView]]) -> Placement | Unplaceable:
+def place_elastic(
+    entry: Waiting, nodes: Mapping[str, Sequence[GpuView]], policy: PlacementPolicy | None = None
+) -> Placement | Unplaceable:
     """A queued entry placed as place_request places it."""
-    return place_request(entry.request, nodes, entry.lease_id, span=entry.span)
+    return place_request(entry.request, nodes, entry.lease_id, span=entry.span, policy=policy)
 
 
 def _grown(request: ShapeRequest) -> ShapeRequest | None:
@@ -210,25 +214,32 @@ def _grown(request: ShapeRequest) -> ShapeRequest | None:
 
 
 def place_request(
-    request: ShapeRequest, nodes: Mapping[str, Sequence[GpuView]], lease_id: str, *, span: bool = False
+    request: ShapeRequest,
+    nodes: Mapping[str, Sequence[GpuView]],
+    lease_id: str,
+    *,
+    span: bool = False,
+    policy: PlacementPolicy | None = None,
 ) -> Placement | Unplaceable:
-    """Across nodes: at the elastic maximum when that fits now, else at the minimum."""
+    """Across nodes: at the elastic maximum when that fits now, else at the minimum (ranked by `policy`)."""
     grown = _grown(request)
     if grown is not None:
-        result = place_on_nodes(grown, nodes, lease_id, span=span)
+        result = place_on_nodes(grown, nodes, lease_id, span=span, policy=policy)
         if isinstance(result, Placement):
             return result
-    return place_on_nodes(request, nodes, lease_id, span=span)
+    return place_on_nodes(request, nodes, lease_id, span=span, policy=policy)
 
 
-def place_local(request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str) -> Placement | Unplaceable:
-    """On one node's GPUs: at the elastic maximum when that fits now, else at the minimum."""
+def place_local(
+    request: ShapeRequest, gpus: Sequence[GpuView], lease_id: str, policy: PlacementPolicy | None = None
+) -> Placement | Unplaceable:
+    """On one node's GPUs: at the elastic maximum when that fits now, else at the minimum (ranked by `policy`)."""
     grown = _grown(request)
     if grown is not None:
-        result = place(grown, gpus, lease_id)
+        result = place(grown, gpus, lease_id, policy=policy)
         if isinstance(result, Placement):
             return result
-    return place(request, gpus, lease_id)
+    return place(request, gpus, lease_id, policy=policy)
 
 
 def _quota_problem(entry: Waiting, use: Usage, fairness: Fairness | None, gained: dict[str, Usage]) -> Decision | None:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from vgpud._private.allocator import Allocator
-from vgpud._private.config import SchedulingConfig
+from vgpud._private.config_scheduling import SchedulingConfig
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.idle_leases import IdleLeases
