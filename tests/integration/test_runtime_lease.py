@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import vgpu
-from tests.integration.conftest import Admin, GiB
+from tests.integration.conftest import Admin, GiB, wait_until
 from vgpu._private.runtime.state_store import OffloadReport
 from vgpu.testing import LocalPool
 
@@ -200,3 +200,18 @@ def test_a_preemptible_kernel_stops_at_the_notice_and_resumes_where_it_stopped(p
         assert rest.complete
         assert not rest.stopped
     np.testing.assert_array_equal(done, np.ones_like(done))  # every item exactly once
+
+
+def test_burst_uses_the_whole_gpu_only_while_no_other_lease_uses_it(pool: LocalPool) -> None:
+    options = vgpu.RuntimeOptions(throttle="burst")
+    with pool.pool() as client, client.acquire(memory="1GiB", compute=0.25, wait=False, runtime=options) as lease:
+        stats = lease.runtime.throttle_stats
+        wait_until(lambda: stats().bursting, what="a heartbeat saying the GPU is otherwise idle")
+        with client.acquire(memory="1GiB", compute=0.25, wait=False) as neighbour:
+            # Nothing has measured the neighbour yet: it may be using its share, so the share holds.
+            wait_until(lambda: not stats().bursting, what="the share back beside an unmeasured neighbour")
+            neighbour.report_usage(utilization=0.0)
+            wait_until(lambda: stats().bursting, what="burst again beside a neighbour measured idle")
+            neighbour.report_usage(utilization=0.6)
+            wait_until(lambda: not stats().bursting, what="the share back beside a busy neighbour")
+        wait_until(lambda: stats().bursting, what="burst again once the neighbour is gone")

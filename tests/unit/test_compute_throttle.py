@@ -126,12 +126,15 @@ def test_off_measures_but_never_waits(clock: FakeClock, wait: FakeWait) -> None:
 def test_burst_runs_at_full_speed_while_the_gpu_is_otherwise_idle(clock: FakeClock, wait: FakeWait) -> None:
     throttle = make(clock, wait, 0.25, "Burst")
     assert throttle.policy is ThrottlePolicy.BURST
+    assert not throttle.stats().bursting
     throttle.set_gpu_idle(True)
+    assert throttle.stats().bursting
     throttle.step()
     wall = run_steps(throttle, clock, 1000)
     assert throttle.stats().gpu_seconds / wall == pytest.approx(1.0, rel=0.01)
 
     throttle.set_gpu_idle(False)  # another tenant wants the GPU: back to the share
+    assert not throttle.stats().bursting
     wall = run_steps(throttle, clock, 2000)
     assert throttle.utilization() == pytest.approx(0.25, rel=0.02)
     assert wall == pytest.approx(20.0 / 0.25, rel=0.01)
@@ -140,6 +143,7 @@ def test_burst_runs_at_full_speed_while_the_gpu_is_otherwise_idle(clock: FakeClo
 def test_hard_ignores_an_idle_gpu(clock: FakeClock, wait: FakeWait) -> None:
     throttle = make(clock, wait, 0.25, ThrottlePolicy.HARD)
     throttle.set_gpu_idle(True)
+    assert not throttle.stats().bursting
     throttle.step()
     wall = run_steps(throttle, clock, 1000)
     assert throttle.stats().gpu_seconds / wall == pytest.approx(0.25, rel=0.01)

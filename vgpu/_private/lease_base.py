@@ -359,6 +359,7 @@ class LeaseBase(LeaseRuntime):
             )
             if self._preempt.observe_notice(notice_of_heartbeat(answer, self._preempt_reason)):
                 self._notify()
+        self._runtime_gpu_idle(answer.gpu_otherwise_idle)
 
     def _apply_event(self, event: workload_pb2.WatchLeaseResponse) -> None:
         if not (event.HasField("lease") and event.lease.id):

@@ -106,6 +106,11 @@ class LeaseRuntime:
         if self._runtime is not None:
             self._runtime.preempt_asked()
 
+    def _runtime_gpu_idle(self, idle: bool) -> None:
+        """A heartbeat said whether the lease's GPU is otherwise idle (the runtime's burst policy follows it)."""
+        if self._runtime is not None:
+            self._runtime.set_gpu_idle(idle)
+
     def _runtime_resized(self) -> None:
         """A RESIZED arrived: the runtime takes the new slice's budget and share."""
         runtime = self._runtime

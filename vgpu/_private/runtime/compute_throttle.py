@@ -64,6 +64,8 @@ class ThrottleStats:
     """Wall time the host thread spent waiting for the bucket."""
     utilization: float
     """GPU seconds per wall second over the recent window, 0..1."""
+    bursting: bool = False
+    """Whether the "burst" policy runs at the whole GPU now (the daemon said the GPU is otherwise idle)."""
 
 
 class _UsageWindow:
@@ -216,6 +218,7 @@ class ComputeThrottle:
                 wall_seconds=now - self._created,
                 throttled_seconds=self._throttled_seconds,
                 utilization=self._usage.utilization(now),
+                bursting=self._policy is ThrottlePolicy.BURST and self._gpu_idle,
             )
 
     def _apply_rate(self) -> None:

@@ -49,8 +49,8 @@ class RuntimeOptions:
     backend: str = "auto"
     """"auto" (CuPy when it is installed and sees the lease's GPU, else NumPy), "cupy" or "numpy"."""
     throttle: ThrottlePolicy | str = ThrottlePolicy.HARD
-    """"hard": never above the share; "burst": up to the whole GPU while it is otherwise idle (the daemon does
-    not say so yet, so it acts as hard); "off": measure only."""
+    """"hard": never above the share; "burst": up to the whole GPU while the daemon's heartbeat answers say it
+    is otherwise idle (no other lease on it measured busy or unmeasured); "off": measure only."""
     spill_dir: Path | str | None = None
     """Where checkpoints spill state that does not fit in `host_limit_bytes` (None: the system temp dir)."""
     host_limit_bytes: int | None = None
@@ -179,6 +179,10 @@ class Runtime:
         """A checkpoint boundary: charge the GPU time since the last one and wait for the share if due."""
         if not self._closed:
             self._throttle.step()
+
+    def set_gpu_idle(self, idle: bool) -> None:
+        """The daemon's word on whether the lease's GPU is otherwise idle: the "burst" policy then uses all of it."""
+        self._throttle.set_gpu_idle(idle)
 
     def preempt_asked(self) -> None:
         """The pool wants the GPU back: stop preemptible kernels and any wait for the share."""

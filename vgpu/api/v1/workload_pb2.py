@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from vgpu.api.v1 import types_pb2 as vgpu_dot_api_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avgpu/api/v1/workload.proto\x12\x0bvgpu.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17vgpu/api/v1/types.proto\"\xb9\x02\n\x0e\x41\x63quireRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\tresources\x18\x02 \x01(\x0b\x32\x1c.vgpu.api.v1.ResourceRequest\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\t\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12!\n\x05owner\x18\x06 \x01(\x0b\x32\x12.vgpu.api.v1.Owner\x12&\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x06labels\x18\x08 \x03(\x0b\x32\'.vgpu.api.v1.AcquireRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0f\x41\x63quireResponse\x12*\n\x06queued\x18\x01 \x01(\x0b\x32\x18.vgpu.api.v1.QueueStatusH\x00\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x12.vgpu.api.v1.LeaseH\x00\x42\x08\n\x06update\"1\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"4\n\x0fReleaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"V\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.vgpu.api.v1.Usage\"c\n\x05Usage\x12\x10\n\x08reported\x18\x01 \x01(\x08\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11utilization_milli\x18\x03 \x01(\r\x12\x17\n\x0fidentity_socket\x18\x04 \x01(\t\"4\n\x11\x41\x63kPreemptRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"7\n\x12\x41\x63kPreemptResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"\x99\x01\n\x11HeartbeatResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.vgpu.api.v1.LeaseState\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10preempt_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x0fGetLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"5\n\x10GetLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"8\n\x11ListLeasesRequest\x12\x12\n\nowner_user\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\"8\n\x12ListLeasesResponse\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Lease\"L\n\x11WatchLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\"M\n\rPreemptNotice\x12,\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x0cResizeNotice\x12\"\n\x06slices\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Slice\"\x84\x02\n\x12WatchLeaseResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.vgpu.api.v1.LeaseEventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05lease\x18\x04 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\x12-\n\x07preempt\x18\x05 \x01(\x0b\x32\x1a.vgpu.api.v1.PreemptNoticeH\x00\x12+\n\x06resize\x18\x06 \x01(\x0b\x32\x19.vgpu.api.v1.ResizeNoticeH\x00\x42\x08\n\x06\x64\x65tail*\x82\x03\n\x0eLeaseEventType\x12 \n\x1cLEASE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LEASE_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n\x18LEASE_EVENT_TYPE_GRANTED\x10\x02\x12\x1c\n\x18LEASE_EVENT_TYPE_RESIZED\x10\x03\x12\x1c\n\x18LEASE_EVENT_TYPE_PREEMPT\x10\x04\x12\x1e\n\x1aLEASE_EVENT_TYPE_SUSPENDED\x10\x05\x12\x1c\n\x18LEASE_EVENT_TYPE_RESUMED\x10\x06\x12\x1d\n\x19LEASE_EVENT_TYPE_RELEASED\x10\x07\x12\x1c\n\x18LEASE_EVENT_TYPE_REVOKED\x10\x08\x12\x1c\n\x18LEASE_EVENT_TYPE_EXPIRED\x10\t\x12\x1e\n\x1aLEASE_EVENT_TYPE_KEEPALIVE\x10\n\x12\x1c\n\x18LEASE_EVENT_TYPE_WARNING\x10\x0b\x32\xa3\x04\n\x0fWorkloadService\x12\x46\n\x07\x41\x63quire\x12\x1b.vgpu.api.v1.AcquireRequest\x1a\x1c.vgpu.api.v1.AcquireResponse0\x01\x12\x44\n\x07Release\x12\x1b.vgpu.api.v1.ReleaseRequest\x1a\x1c.vgpu.api.v1.ReleaseResponse\x12J\n\tHeartbeat\x12\x1d.vgpu.api.v1.HeartbeatRequest\x1a\x1e.vgpu.api.v1.HeartbeatResponse\x12G\n\x08GetLease\x12\x1c.vgpu.api.v1.GetLeaseRequest\x1a\x1d.vgpu.api.v1.GetLeaseResponse\x12M\n\nListLeases\x12\x1e.vgpu.api.v1.ListLeasesRequest\x1a\x1f.vgpu.api.v1.ListLeasesResponse\x12O\n\nWatchLease\x12\x1e.vgpu.api.v1.WatchLeaseRequest\x1a\x1f.vgpu.api.v1.WatchLeaseResponse0\x01\x12M\n\nAckPreempt\x12\x1e.vgpu.api.v1.AckPreemptRequest\x1a\x1f.vgpu.api.v1.AckPreemptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1avgpu/api/v1/workload.proto\x12\x0bvgpu.api.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17vgpu/api/v1/types.proto\"\xb9\x02\n\x0e\x41\x63quireRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\tresources\x18\x02 \x01(\x0b\x32\x1c.vgpu.api.v1.ResourceRequest\x12\x0f\n\x07project\x18\x03 \x01(\t\x12\x10\n\x08priority\x18\x04 \x01(\t\x12\x0c\n\x04wait\x18\x05 \x01(\x08\x12!\n\x05owner\x18\x06 \x01(\x0b\x32\x12.vgpu.api.v1.Owner\x12&\n\x03ttl\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x37\n\x06labels\x18\x08 \x03(\x0b\x32\'.vgpu.api.v1.AcquireRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x0f\x41\x63quireResponse\x12*\n\x06queued\x18\x01 \x01(\x0b\x32\x18.vgpu.api.v1.QueueStatusH\x00\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x12.vgpu.api.v1.LeaseH\x00\x42\x08\n\x06update\"1\n\x0eReleaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"4\n\x0fReleaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"V\n\x10HeartbeatRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.vgpu.api.v1.Usage\"c\n\x05Usage\x12\x10\n\x08reported\x18\x01 \x01(\x08\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x19\n\x11utilization_milli\x18\x03 \x01(\r\x12\x17\n\x0fidentity_socket\x18\x04 \x01(\t\"4\n\x11\x41\x63kPreemptRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"7\n\x12\x41\x63kPreemptResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"\xb5\x01\n\x11HeartbeatResponse\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.vgpu.api.v1.LeaseState\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x34\n\x10preempt_deadline\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12gpu_otherwise_idle\x18\x04 \x01(\x08\"2\n\x0fGetLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"5\n\x10GetLeaseResponse\x12!\n\x05lease\x18\x01 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\"8\n\x11ListLeasesRequest\x12\x12\n\nowner_user\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\"8\n\x12ListLeasesResponse\x12\"\n\x06leases\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Lease\"L\n\x11WatchLeaseRequest\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\"M\n\rPreemptNotice\x12,\n\x08\x64\x65\x61\x64line\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x02 \x01(\t\"2\n\x0cResizeNotice\x12\"\n\x06slices\x18\x01 \x03(\x0b\x32\x12.vgpu.api.v1.Slice\"\x84\x02\n\x12WatchLeaseResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12)\n\x04type\x18\x02 \x01(\x0e\x32\x1b.vgpu.api.v1.LeaseEventType\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x05lease\x18\x04 \x01(\x0b\x32\x12.vgpu.api.v1.Lease\x12-\n\x07preempt\x18\x05 \x01(\x0b\x32\x1a.vgpu.api.v1.PreemptNoticeH\x00\x12+\n\x06resize\x18\x06 \x01(\x0b\x32\x19.vgpu.api.v1.ResizeNoticeH\x00\x42\x08\n\x06\x64\x65tail*\x82\x03\n\x0eLeaseEventType\x12 \n\x1cLEASE_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1d\n\x19LEASE_EVENT_TYPE_SNAPSHOT\x10\x01\x12\x1c\n\x18LEASE_EVENT_TYPE_GRANTED\x10\x02\x12\x1c\n\x18LEASE_EVENT_TYPE_RESIZED\x10\x03\x12\x1c\n\x18LEASE_EVENT_TYPE_PREEMPT\x10\x04\x12\x1e\n\x1aLEASE_EVENT_TYPE_SUSPENDED\x10\x05\x12\x1c\n\x18LEASE_EVENT_TYPE_RESUMED\x10\x06\x12\x1d\n\x19LEASE_EVENT_TYPE_RELEASED\x10\x07\x12\x1c\n\x18LEASE_EVENT_TYPE_REVOKED\x10\x08\x12\x1c\n\x18LEASE_EVENT_TYPE_EXPIRED\x10\t\x12\x1e\n\x1aLEASE_EVENT_TYPE_KEEPALIVE\x10\n\x12\x1c\n\x18LEASE_EVENT_TYPE_WARNING\x10\x0b\x32\xa3\x04\n\x0fWorkloadService\x12\x46\n\x07\x41\x63quire\x12\x1b.vgpu.api.v1.AcquireRequest\x1a\x1c.vgpu.api.v1.AcquireResponse0\x01\x12\x44\n\x07Release\x12\x1b.vgpu.api.v1.ReleaseRequest\x1a\x1c.vgpu.api.v1.ReleaseResponse\x12J\n\tHeartbeat\x12\x1d.vgpu.api.v1.HeartbeatRequest\x1a\x1e.vgpu.api.v1.HeartbeatResponse\x12G\n\x08GetLease\x12\x1c.vgpu.api.v1.GetLeaseRequest\x1a\x1d.vgpu.api.v1.GetLeaseResponse\x12M\n\nListLeases\x12\x1e.vgpu.api.v1.ListLeasesRequest\x1a\x1f.vgpu.api.v1.ListLeasesResponse\x12O\n\nWatchLease\x12\x1e.vgpu.api.v1.WatchLeaseRequest\x1a\x1f.vgpu.api.v1.WatchLeaseResponse0\x01\x12M\n\nAckPreempt\x12\x1e.vgpu.api.v1.AckPreemptRequest\x1a\x1f.vgpu.api.v1.AckPreemptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACQUIREREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_ACQUIREREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_LEASEEVENTTYPE']._serialized_start=1816
-  _globals['_LEASEEVENTTYPE']._serialized_end=2202
+  _globals['_LEASEEVENTTYPE']._serialized_start=1844
+  _globals['_LEASEEVENTTYPE']._serialized_end=2230
   _globals['_ACQUIREREQUEST']._serialized_start=134
   _globals['_ACQUIREREQUEST']._serialized_end=447
   _globals['_ACQUIREREQUEST_LABELSENTRY']._serialized_start=402
@@ -57,23 +57,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACKPREEMPTRESPONSE']._serialized_start=907
   _globals['_ACKPREEMPTRESPONSE']._serialized_end=962
   _globals['_HEARTBEATRESPONSE']._serialized_start=965
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1118
-  _globals['_GETLEASEREQUEST']._serialized_start=1120
-  _globals['_GETLEASEREQUEST']._serialized_end=1170
-  _globals['_GETLEASERESPONSE']._serialized_start=1172
-  _globals['_GETLEASERESPONSE']._serialized_end=1225
-  _globals['_LISTLEASESREQUEST']._serialized_start=1227
-  _globals['_LISTLEASESREQUEST']._serialized_end=1283
-  _globals['_LISTLEASESRESPONSE']._serialized_start=1285
-  _globals['_LISTLEASESRESPONSE']._serialized_end=1341
-  _globals['_WATCHLEASEREQUEST']._serialized_start=1343
-  _globals['_WATCHLEASEREQUEST']._serialized_end=1419
-  _globals['_PREEMPTNOTICE']._serialized_start=1421
-  _globals['_PREEMPTNOTICE']._serialized_end=1498
-  _globals['_RESIZENOTICE']._serialized_start=1500
-  _globals['_RESIZENOTICE']._serialized_end=1550
-  _globals['_WATCHLEASERESPONSE']._serialized_start=1553
-  _globals['_WATCHLEASERESPONSE']._serialized_end=1813
-  _globals['_WORKLOADSERVICE']._serialized_start=2205
-  _globals['_WORKLOADSERVICE']._serialized_end=2752
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1146
+  _globals['_GETLEASEREQUEST']._serialized_start=1148
+  _globals['_GETLEASEREQUEST']._serialized_end=1198
+  _globals['_GETLEASERESPONSE']._serialized_start=1200
+  _globals['_GETLEASERESPONSE']._serialized_end=1253
+  _globals['_LISTLEASESREQUEST']._serialized_start=1255
+  _globals['_LISTLEASESREQUEST']._serialized_end=1311
+  _globals['_LISTLEASESRESPONSE']._serialized_start=1313
+  _globals['_LISTLEASESRESPONSE']._serialized_end=1369
+  _globals['_WATCHLEASEREQUEST']._serialized_start=1371
+  _globals['_WATCHLEASEREQUEST']._serialized_end=1447
+  _globals['_PREEMPTNOTICE']._serialized_start=1449
+  _globals['_PREEMPTNOTICE']._serialized_end=1526
+  _globals['_RESIZENOTICE']._serialized_start=1528
+  _globals['_RESIZENOTICE']._serialized_end=1578
+  _globals['_WATCHLEASERESPONSE']._serialized_start=1581
+  _globals['_WATCHLEASERESPONSE']._serialized_end=1841
+  _globals['_WORKLOADSERVICE']._serialized_start=2233
+  _globals['_WORKLOADSERVICE']._serialized_end=2780
 # @@protoc_insertion_point(module_scope)

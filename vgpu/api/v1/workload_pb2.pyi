@@ -316,7 +316,13 @@ class HeartbeatResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     PREEMPT_DEADLINE_FIELD_NUMBER: _builtins.int
+    GPU_OTHERWISE_IDLE_FIELD_NUMBER: _builtins.int
     state: _types_pb2.LeaseState.ValueType
+    gpu_otherwise_idle: _builtins.bool
+    """True when no other lease uses the lease's GPUs now: none holds a slice there, or each that does is
+    flagged idle or measured under the idle threshold (one nothing measured counts as busy). Only shared
+    slices: a runtime with the "burst" compute policy may then use the whole GPU.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -329,10 +335,11 @@ class HeartbeatResponse(_message.Message):
         state: _types_pb2.LeaseState.ValueType = ...,
         ttl: _duration_pb2.Duration | None = ...,
         preempt_deadline: _timestamp_pb2.Timestamp | None = ...,
+        gpu_otherwise_idle: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["preempt_deadline", b"preempt_deadline", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["preempt_deadline", b"preempt_deadline", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gpu_otherwise_idle", b"gpu_otherwise_idle", "preempt_deadline", b"preempt_deadline", "state", b"state", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from vgpud._private.allocator import Allocator
 from vgpud._private.config_scheduling import SchedulingConfig
+from vgpud._private.core.burst import gpu_otherwise_idle
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.idle_leases import IdleLeases
@@ -70,6 +71,24 @@ class Serving:
             if gpu is not None and gpu.mps_pipe_dir:
                 pipes[piece.gpu_uuid] = gpu.mps_pipe_dir
         return pipes
+
+    def gpu_otherwise_idle(self, lease: LeaseRecord) -> bool:
+        """Whether no other lease uses this lease's GPUs now (heartbeat answers: "burst" may use all of it)."""
+        view = self.view
+        uses = self.watchdog.uses if self.watchdog is not None else {}
+
+        def holders(uuid: str) -> list[str]:
+            return [claim.lease_id for claim in view.gpu_state(uuid).value.claims]
+
+        def lease_of(lease_id: str) -> LeaseRecord | None:
+            found = view.lease(lease_id)
+            return found.value if found is not None and not found.value.state.ended else None
+
+        def utilization(lease_id: str) -> float | None:
+            use = uses.get(lease_id)
+            return use.utilization if use is not None else None
+
+        return gpu_otherwise_idle(lease, holders, lease_of, utilization, self.scheduling.idle_utilization)
 
     def __post_init__(self) -> None:
         self.transitions = LeaseTransitions(self.allocator)

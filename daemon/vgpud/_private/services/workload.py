@@ -222,6 +222,8 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         )
         if lease.value.state is LeaseState.PREEMPTING:
             answer.preempt_deadline.CopyFrom(convert.timestamp(lease.value.preempt_deadline))
+        elif lease.value.state is LeaseState.GRANTED:
+            answer.gpu_otherwise_idle = self._s.gpu_otherwise_idle(lease.value)
         return answer
 
     @guarded_unary("AckPreempt")
