@@ -116,21 +116,29 @@ def build(name: str, pods: Sequence[PodSpec]) -> Policy:
     raise ValueError(f"unknown policy {name!r} (known: {', '.join(NAMES)})")
 
 
-def _daemon(gpu_memory_bytes: int) -> Policy:
+class _OnlineMix:
     """The daemon's placement: FGD over the mix of the requests seen so far, as PlacementSource builds it."""
-    recent: deque[ShapeRequest] = deque(maxlen=DAEMON_WINDOW)
-    seen = [0]
-    current: list[PlacementPolicy] = [BestFit()]
 
-    def observe(request: ShapeRequest) -> bool:
-        recent.append(request)
-        seen[0] += 1
-        if seen[0] % DAEMON_REBUILD:
+    def __init__(self, gpu_memory_bytes: int) -> None:
+        self._memory = gpu_memory_bytes
+        self._recent: deque[ShapeRequest] = deque(maxlen=DAEMON_WINDOW)
+        self._seen = 0
+        self.policy: PlacementPolicy = BestFit()
+
+    def observe(self, request: ShapeRequest) -> bool:
+        """Count a request in; every DAEMON_REBUILD of them, rebuild the policy (True: it changed)."""
+        self._recent.append(request)
+        self._seen += 1
+        if self._seen % DAEMON_REBUILD:
             return False
-        current[0] = placement_policy("fgd", request_mix(recent, gpu_memory_bytes)) or BestFit()
+        self.policy = placement_policy("fgd", request_mix(self._recent, self._memory)) or BestFit()
         return True
 
-    return Policy("daemon", lambda _use, _rooms: current[0], observe=observe)
+
+def _daemon(gpu_memory_bytes: int) -> Policy:
+    """The daemon's online FGD as a replay policy."""
+    online = _OnlineMix(gpu_memory_bytes)
+    return Policy("daemon", lambda _use, _rooms: online.policy, observe=online.observe)
 
 
 def _exact_cpu(cpu: int, _memory: int) -> int:
