@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -33,6 +34,13 @@ def wait_until(probe: Callable[[], T | None], timeout: float = 20.0, what: str =
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.25)
+
+
+def config_args(directory: Path, toml: str) -> list[str]:
+    """vgpud flags that make it read `toml` as its config file (written under `directory`)."""
+    config = directory / "vgpud.toml"
+    config.write_text(toml)
+    return ["--config", str(config)]
 
 
 @pytest.fixture

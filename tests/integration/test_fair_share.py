@@ -12,7 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 import vgpu
-from tests.integration.conftest import Admin, GiB, vgpuctl, wait_until
+from tests.integration.conftest import Admin, GiB, config_args, vgpuctl, wait_until
 from vgpu._private import reasons
 from vgpu._private.rpc_errors import failure_of_sync_call
 from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
@@ -76,9 +76,7 @@ def reason_of(exc: grpc.RpcError) -> str:
 @pytest.fixture
 def fair(tmp_path: Path) -> Iterator[LocalPool]:
     """Two H100s, short grace and no minimum runtime (so reclaim acts at once), a 4 s lease TTL."""
-    config = tmp_path / "vgpud.toml"
-    config.write_text(FAST_CLASSES)
-    with local_pool("h100-80gb:2", extra_args=["--config", str(config)], ttl=4) as pool:
+    with local_pool("h100-80gb:2", extra_args=config_args(tmp_path, FAST_CLASSES), ttl=4) as pool:
         yield pool
 
 
@@ -225,9 +223,7 @@ def test_reclaim_takes_borrowed_gpus_back_for_a_project_below_its_quota(fair: Lo
 
 
 def test_elastic_lease_shrinks_before_anything_is_preempted_and_grows_back(tmp_path: Path) -> None:
-    config = tmp_path / "vgpud.toml"
-    config.write_text(FAST_CLASSES)
-    with local_pool("h100-80gb:1", extra_args=["--config", str(config)]) as pool:
+    with local_pool("h100-80gb:1", extra_args=config_args(tmp_path, FAST_CLASSES)) as pool:
         raw = Raw(pool.endpoint)
         elastic = raw.acquire(
             types_pb2.ResourceRequest(memory_bytes=10 * GiB, compute_milli=250, compute_milli_max=1000)
@@ -308,9 +304,7 @@ def test_sdk_checkpoint_at_iteration_boundaries(fair: LocalPool, raw: Raw) -> No
 
 
 def test_reclaim_across_daemons_with_a_cooperative_sdk_client(shared_etcd: str, tmp_path: Path) -> None:
-    config = tmp_path / "vgpud.toml"
-    config.write_text(FAST_CLASSES)
-    args = ("--etcd", shared_etcd, "--config", str(config))
+    args = ("--etcd", shared_etcd, *config_args(tmp_path, FAST_CLASSES))
     with local_pool("h100-80gb:1", extra_args=args, ttl=5) as a, local_pool("h100-80gb:1", extra_args=args, ttl=5) as b:
         a.set_quota("vision", deserved=1)
         a.set_quota("nlp", deserved=0)

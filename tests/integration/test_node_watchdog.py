@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.conftest import Admin, GiB, wait_until
+from tests.integration.conftest import Admin, GiB, config_args, wait_until
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpu.testing import LocalPool
@@ -38,9 +38,7 @@ SLEEPER = "import signal, sys; {ignore}print('ready', flush=True); signal.pause(
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[LocalPool]:
-    config = tmp_path / "vgpud.toml"
-    config.write_text(CONFIG)
-    with LocalPool("h100-80gb:1", ttl=3, extra_args=["--config", str(config)]) as local:
+    with LocalPool("h100-80gb:1", ttl=3, extra_args=config_args(tmp_path, CONFIG)) as local:
         yield local
 
 

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.conftest import config_args
 from vgpu.testing import local_pool
 
 
 @pytest.mark.parametrize(("placement", "expected_gpu"), [("fgd", 2), ("best-fit", 1)])
 def test_fgd_keeps_room_for_what_the_pool_is_asked_for(tmp_path: Path, placement: str, expected_gpu: int) -> None:
-    config = tmp_path / "vgpud.toml"
-    config.write_text(f'[scheduling]\nplacement = "{placement}"\nplacement_refresh_s = 0\n')
-    with local_pool("h100-80gb:3", extra_args=["--config", str(config)]) as daemon, daemon.pool() as pool:
+    toml = f'[scheduling]\nplacement = "{placement}"\nplacement_refresh_s = 0\n'
+    with local_pool("h100-80gb:3", extra_args=config_args(tmp_path, toml)) as daemon, daemon.pool() as pool:
         # Two halves fill GPU 0 (equal fragments: ties go to best fit), 0.4 goes to GPU 1, leaving 0.6 there.
         halves = [pool.acquire(memory="40GB", compute=0.5, wait=False) for _ in range(2)]
         assert [h.slices[0].gpu_index for h in halves] == [0, 0]

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from google.protobuf import duration_pb2
 
-from tests.integration.conftest import Admin, GiB, vgpuctl, wait_until
+from tests.integration.conftest import Admin, GiB, config_args, vgpuctl, wait_until
 from vgpu.api.v1 import admin_pb2, workload_pb2, workload_pb2_grpc
 from vgpu.testing import LocalPool
 from vgpud._private.config_accounting import AccountingConfig
@@ -154,9 +154,7 @@ flush_interval_s = 0.2
 
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[LocalPool]:
-    config = tmp_path / "vgpud.toml"
-    config.write_text(CONFIG)
-    with LocalPool("h100-80gb:2", ttl=30, extra_args=["--config", str(config)]) as local:
+    with LocalPool("h100-80gb:2", ttl=30, extra_args=config_args(tmp_path, CONFIG)) as local:
         yield local
 
 

@@ -197,8 +197,9 @@ def _more_slices(
     views = [v for n in names for v in allocator.candidates(n, overlay) if v.record.uuid not in used]
     one = replace(lease.request, count=1, count_max=0)
     out: list[tuple[GpuView, Claim]] = []
+    policy = allocator.placement_policy()
     while len(out) < wanted:
-        result = place_local(one, views, lease.id, allocator.placement_policy())
+        result = place_local(one, views, lease.id, policy)
         if isinstance(result, Unplaceable):
             break
         ((view, claim),) = result.assignments

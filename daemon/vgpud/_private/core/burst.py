@@ -26,10 +26,9 @@ def gpu_otherwise_idle(
     `holders(gpu_uuid)` gives the lease ids with claims on a GPU, `lease_of` their records, `utilization(lease_id)`
     what the node watchdog last measured for a lease (busy share, 0 to 1; None: nothing measured).
     """
-    gpus = {s.gpu_uuid for s in lease.slices if s.isolation is Isolation.SHARED}
-    if not gpus or len(gpus) != len(lease.slices):
+    if not lease.slices or any(s.isolation is not Isolation.SHARED for s in lease.slices):
         return False
-    for gpu in gpus:
+    for gpu in {s.gpu_uuid for s in lease.slices}:
         for other_id in holders(gpu):
             if other_id == lease.id:
                 continue

@@ -41,12 +41,10 @@ class Sample:
     processes: int = 0
 
 
-@dataclass(slots=True)
-class LeaseTally:
-    """One lease's sums within one hour on one node, and its latest sample."""
+@dataclass(slots=True, kw_only=True)
+class UsageSums:
+    """Seconds held and measured, GPU-seconds allocated and used, memory x seconds: what reports add up."""
 
-    project: str
-    user: str
     held_s: float = 0.0
     """Wall seconds the lease held capacity here."""
     allocated_gpu_s: float = 0.0
@@ -60,6 +58,19 @@ class LeaseTally:
     used_byte_s: float = 0.0
     """Memory used x seconds, over the seconds with a memory measurement."""
     memory_measured_s: float = 0.0
+
+    def add(self, other: UsageSums) -> None:
+        """Add another lease's (or hour's) sums into these."""
+        for f in dataclasses.fields(UsageSums):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass(slots=True)
+class LeaseTally(UsageSums):
+    """One lease's sums within one hour on one node, and its latest sample."""
+
+    project: str
+    user: str
     last_at: float = 0.0
     held_gpus: float = 0.0
     memory_budget_bytes: int = 0
@@ -138,19 +149,11 @@ def add_sample(bucket: HourBucket, sample: Sample, *, at: float, seconds: float)
 
 
 @dataclass(slots=True)
-class ProjectTotals:
+class ProjectTotals(UsageSums):
     """One project's allocation and use over a report's window."""
 
     project: str
     leases: set[str] = field(default_factory=set)
-    held_s: float = 0.0
-    allocated_gpu_s: float = 0.0
-    measured_s: float = 0.0
-    used_gpu_s: float = 0.0
-    allocated_measured_gpu_s: float = 0.0
-    budget_byte_s: float = 0.0
-    used_byte_s: float = 0.0
-    memory_measured_s: float = 0.0
     idle_leases: list[str] = field(default_factory=list)
     """Leases measured for at least half their time whose use stayed under the idle threshold."""
 
@@ -174,34 +177,17 @@ def project_totals(
             total = per_lease.get(lease_id)
             if total is None:
                 per_lease[lease_id] = total = LeaseTally(tally.project, tally.user)
-            _accumulate(total, tally)
+            total.add(tally)
     totals: dict[str, ProjectTotals] = {}
     for lease_id, tally in sorted(per_lease.items()):
         row = totals.get(tally.project)
         if row is None:
             row = totals[tally.project] = ProjectTotals(tally.project)
         row.leases.add(lease_id)
-        _accumulate(row, tally)
+        row.add(tally)
         if _idle(tally, idle_utilization):
             row.idle_leases.append(lease_id)
     return totals
-
-
-_SUMMED = (
-    "held_s",
-    "allocated_gpu_s",
-    "measured_s",
-    "used_gpu_s",
-    "allocated_measured_gpu_s",
-    "budget_byte_s",
-    "used_byte_s",
-    "memory_measured_s",
-)
-
-
-def _accumulate(into: LeaseTally | ProjectTotals, tally: LeaseTally) -> None:
-    for name in _SUMMED:
-        setattr(into, name, getattr(into, name) + getattr(tally, name))
 
 
 def _idle(tally: LeaseTally, threshold: float) -> bool:
