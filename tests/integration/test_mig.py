@@ -11,7 +11,7 @@ import pytest
 
 import vgpu
 from tests.integration.conftest import Admin, vgpuctl, wait_until
-from vgpu.api.v1 import admin_pb2, types_pb2
+from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
 from vgpu.testing import LocalPool, local_pool
 from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import MigInstance
@@ -261,3 +261,52 @@ def test_auto_mode_switches_an_idle_gpu_to_what_the_queue_needs(tmp_path_factory
                 assert (gpu.mode, gpu.mig_enabled) == (types_pb2.GPU_MODE_SHARED, False)
         finally:
             admin.close()
+
+
+def test_a_preempted_mig_lease_hears_resumed_only_once_its_new_instance_exists(daemon: LocalPool, stubs: Admin) -> None:
+    """The resumed lease's MIG instance is created after the resume is written: the event must wait for it."""
+    switch(stubs, 0, types_pb2.GPU_MODE_MIG)
+    answers = stubs.workload.Acquire(
+        workload_pb2.AcquireRequest(resources=types_pb2.ResourceRequest(mig_profile="3g.40gb")), timeout=30
+    )
+    lease = list(answers)[-1].lease
+    (first,) = lease.slices
+    stream = stubs.workload.WatchLease(workload_pb2.WatchLeaseRequest(lease_id=lease.id, token=lease.token), timeout=30)
+    resumed: list[types_pb2.Lease] = []
+    try:
+        for event in stream:
+            if event.type == workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT:
+                stubs.preempt(lease.id)
+            elif event.type == workload_pb2.LEASE_EVENT_TYPE_PREEMPT:
+                ack = workload_pb2.AckPreemptRequest(lease_id=lease.id, token=lease.token)
+                stubs.workload.AckPreempt(ack, timeout=10)
+            elif event.type == workload_pb2.LEASE_EVENT_TYPE_RESUMED:
+                resumed.append(event.lease)
+                break
+    finally:
+        stream.cancel()
+    (slice_,) = resumed[0].slices
+    assert slice_.mig_uuid.startswith("MIG-"), "RESUMED went out before the lease's instance existed"
+    assert slice_.mig_uuid != first.mig_uuid, "the old instance was destroyed at the checkpoint; this is a new one"
+    assert [i.uuid for i in instances(stubs)] == [slice_.mig_uuid]
+    stubs.workload.Release(workload_pb2.ReleaseRequest(lease_id=lease.id, token=lease.token), timeout=10)
+
+
+def test_an_sdk_client_resumes_on_its_new_mig_instance(daemon: LocalPool, stubs: Admin) -> None:
+    switch(stubs, 0, types_pb2.GPU_MODE_MIG)
+    seen: list[str] = []
+    restored = threading.Event()
+
+    def on_resume(lease: vgpu.Lease) -> None:
+        seen.append(lease.env["CUDA_VISIBLE_DEVICES"])
+        restored.set()
+
+    with daemon.pool() as pool:
+        lease = pool.acquire(mig="2g.20gb", wait=False, on_preempt=lambda _lease, _notice: None, on_resume=on_resume)
+        before = lease.slices[0].mig_uuid
+        stubs.preempt(lease.id)
+        assert restored.wait(20), "the lease resumed and the SDK ran on_resume"
+        assert seen[0].startswith("MIG-"), f"on_resume ran before the new instance existed: {seen[0]!r}"
+        assert seen[0] != before
+        assert lease.slices[0].mig_uuid == seen[0]
+        lease.release()

@@ -56,6 +56,21 @@ def test_lease_record_round_trips() -> None:
     assert LeaseRecord.from_json(named.to_json()) == named
 
 
+def test_a_resume_still_waiting_for_its_mig_instance_is_delivered_as_suspended() -> None:
+    waiting = SliceRecord(
+        "n1", "GPU-a", 0, "h100-80gb", Isolation.MIG, 40 * GiB, 455, mig_profile="3g.40gb", mig_size=4
+    )
+    resumed = lease(slices=(waiting,), event="resumed")
+    shown = resumed.delivered
+    assert (shown.state, shown.slices, shown.event) == (LeaseState.SUSPENDED, (), "")
+    made = dataclasses.replace(waiting, mig_uuid="MIG-1")
+    assert lease(slices=(made,), event="resumed").delivered.state is LeaseState.GRANTED
+    fresh = lease(slices=(waiting,))
+    assert fresh.delivered is fresh, "a first grant waiting for its instance is held back by Acquire, not hidden"
+    shared = lease(event="resumed")
+    assert shared.delivered is shared
+
+
 def test_gpu_state_round_trips_and_sums() -> None:
     state = GpuState(GpuMode.EXCLUSIVE, (Claim("a", GiB, 100), Claim("b", 2 * GiB, 200, Isolation.WHOLE)))
     assert GpuState.from_json(state.to_json()) == state

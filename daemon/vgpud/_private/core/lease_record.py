@@ -95,6 +95,17 @@ class LeaseRecord:
         """Granted, but a MIG instance of it is not created yet (not deliverable)."""
         return any(s.waiting_for_mig for s in self.slices)
 
+    @property
+    def delivered(self) -> LeaseRecord:
+        """The lease as its client may see it: a resume whose MIG instances are not created yet is still SUSPENDED.
+
+        The leader writes a resume's slices before the node daemon creates their instances; a client told
+        GRANTED then would restore onto a device that does not exist yet.
+        """
+        if self.state is LeaseState.GRANTED and self.event == "resumed" and self.waiting_for_mig:
+            return replace(self, state=LeaseState.SUSPENDED, slices=(), event="")
+        return self
+
     def ended_as(self, state: LeaseState, reason: str, message: str, at: float) -> LeaseRecord:
         """A copy in terminal `state` with its end reason."""
         return replace(self, state=state, end_reason=reason, end_message=message, ended_at=at)

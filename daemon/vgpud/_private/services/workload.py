@@ -64,7 +64,12 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             if live is not None:
                 endpoints[name] = live.endpoint
         return convert.lease(
-            record, node=s.node, endpoint=s.endpoint, token=token, endpoints=endpoints, mps_pipes=s.mps_pipes(record)
+            record.delivered,
+            node=s.node,
+            endpoint=s.endpoint,
+            token=token,
+            endpoints=endpoints,
+            mps_pipes=s.mps_pipes(record),
         )
 
     # -- acquire -----------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         try:
             last = request.after_sequence
             current = s.view.lease(lease_id) or current
-            if last == 0 or current.revision > last:
+            if last == 0 or (current.revision > last and not _unrealised(current.value)):
                 kind = workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT if last == 0 else event_kind(current.value)
                 yield self._event(current, kind)
                 last = current.revision
@@ -288,7 +293,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             while True:
                 record = await _next_change(updates, stopping, keepalive_at)
                 if record is not None:
-                    if record.revision <= last:
+                    if record.revision <= last or _unrealised(record.value):
                         continue
                     last = record.revision
                     yield self._event(record, event_kind(record.value))
@@ -341,6 +346,11 @@ async def _next_change(
         got: Versioned[LeaseRecord] = getter.result()
         return got
     return None
+
+
+def _unrealised(lease: LeaseRecord) -> bool:
+    """A resume or growth whose MIG instances are not created yet: its event waits for the version that has them."""
+    return lease.state is LeaseState.GRANTED and lease.waiting_for_mig
 
 
 def event_kind(lease: LeaseRecord) -> int:
