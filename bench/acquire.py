@@ -7,7 +7,8 @@ Starts a throwaway vgpud (simulated GPUs, embedded etcd), then measures, in this
            (compare a mod revision, put a key: the shape of an acquire's claim) against the same etcd;
   latency  one client doing acquire -> release in a loop: p50/p99 of the acquire of an immediately
            grantable shared slice;
-  load     N concurrent clients doing acquire -> release for S seconds: cycles/s and p50/p99.
+  load     N concurrent clients doing acquire -> release for S seconds: cycles/s and p50/p99, and the
+           daemon's own CPU time per cycle (what bounds a daemon's rate when it has a core to itself).
   idle     the daemon's RSS and CPU use while idle after the run.
 Targets (DESIGN.md): acquire p50 within 3x of the floor; >= 500 acquire+release cycles/s per daemon;
 daemon < 150 MB RSS and < 2 % of a core when idle.
@@ -29,17 +30,17 @@ import vgpu
 from vgpu.testing import LocalPool, local_pool
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def daemon_usage(pid: int, seconds: float) -> tuple[float, float]:
     """The daemon's CPU use (% of one core) over `seconds` of idling, and its RSS in MB, from /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-
-    def cpu_seconds() -> float:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    before = cpu_seconds()
+    before = cpu_seconds(pid)
     time.sleep(seconds)
-    used = cpu_seconds() - before
+    used = cpu_seconds(pid) - before
     rss_kb = next(
         int(line.split()[1])
         for line in Path(f"/proc/{pid}/status").read_text().splitlines()
@@ -66,6 +67,7 @@ async def cycle_loop(apool: vgpu.AsyncPool, stop_at: float, latencies: list[floa
 
 
 async def measure(pool: LocalPool, clients: int, seconds: float, samples: int) -> dict[str, float]:
+    assert pool.pid is not None
     grpc_ms, txn_ms = await measure_floor(pool.endpoint, etcd_endpoint(pool), samples)
     single: list[float] = []
     async with vgpu.AsyncPool(pool.endpoint) as apool:
@@ -79,8 +81,10 @@ async def measure(pool: LocalPool, clients: int, seconds: float, samples: int) -
     try:
         stop_at = time.perf_counter() + seconds
         started = time.perf_counter()
+        cpu_before = cpu_seconds(pool.pid)
         counts = await asyncio.gather(*(cycle_loop(p, stop_at, loaded) for p in pools))
         elapsed = time.perf_counter() - started
+        daemon_cpu = cpu_seconds(pool.pid) - cpu_before
     finally:
         for p in pools:
             await p.close()
@@ -90,6 +94,8 @@ async def measure(pool: LocalPool, clients: int, seconds: float, samples: int) -
         "p50_ms": round(p50, 3),
         "p99_ms": round(percentile(single, 0.99) * 1e3, 3),
         "cycles_per_s": round(sum(counts) / elapsed, 1),
+        "daemon_cpu_ms_per_cycle": round(daemon_cpu / sum(counts) * 1e3, 3),
+        "daemon_cores_busy": round(daemon_cpu / elapsed, 2),
         "floor_ms": round(floor_ms, 3),
         "floor_grpc_ms": round(grpc_ms, 3),
         "floor_etcd_txn_ms": round(txn_ms, 3),
@@ -131,6 +137,10 @@ def main() -> int:
     print(
         f"acquire+release, {args.clients} clients for {args.seconds:.0f}s: {result['cycles_per_s']:.0f} cycles/s"
         f" (target >= 500), acquire p50 {result['loaded_p50_ms']:.3f} ms, p99 {result['loaded_p99_ms']:.3f} ms"
+    )
+    print(
+        f"daemon CPU under that load: {result['daemon_cpu_ms_per_cycle']:.2f} ms per cycle,"
+        f" {result['daemon_cores_busy']:.2f} cores busy (on {os.cpu_count()} cores shared with etcd and the clients)"
     )
     print(
         f"daemon after the run: {result['rss_mb']:.0f} MB RSS (target < 150), idle CPU"

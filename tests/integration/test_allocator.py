@@ -104,3 +104,33 @@ async def test_gpus_another_node_reports_unhealthy_take_no_new_work(etcd_store: 
     with pytest.raises(Refusal) as refused:
         await leader.acquire(spec(75 * GiB))
     assert "unhealthy" in refused.value.message
+
+
+async def test_a_released_lease_hands_its_liveness_lease_to_the_next_grant(
+    etcd_store: EtcdStore, view: PoolView, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    allocator = Allocator(etcd_store, KEYS, view, timeout=5, history_ttl=60, default_ttl=30)
+    liveness_grants: list[int] = []
+    grant = etcd_store.grant
+
+    async def counted(ttl: int, *, timeout: float) -> int:
+        lease = await grant(ttl, timeout=timeout)
+        if ttl == 30:
+            liveness_grants.append(lease)
+        return lease
+
+    monkeypatch.setattr(etcd_store, "grant", counted)
+    with pytest.raises(Refusal) as refused:
+        await allocator.acquire(spec(100 * GiB))
+    assert refused.value.reason == reasons.NEVER_FITS
+    first, _ = await allocator.acquire(spec())
+    assert liveness_grants == [first.liveness_lease], "the refused request's unused lease bound this grant"
+    await allocator.end(first.id, LeaseState.RELEASED, reasons.END_RELEASED, "done")
+    second, _ = await allocator.acquire(spec())
+    assert second.liveness_lease == first.liveness_lease
+    assert liveness_grants == [first.liveness_lease]
+    assert await allocator.refresh(second) > 0, "the reused etcd lease is alive and now keeps the new grant"
+    await allocator.end(second.id, LeaseState.EXPIRED, reasons.END_EXPIRED, "heartbeat came too late")
+    third, _ = await allocator.acquire(spec())
+    assert third.liveness_lease != second.liveness_lease, "only a client's release hands its lease on"
+    assert liveness_grants == [first.liveness_lease, third.liveness_lease]

@@ -10,19 +10,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import structlog
 
 from vgpu._private import reasons
 from vgpud._private.core.cluster_placement import place_on_nodes
-from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
+from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.lease_state import check_transition
-from vgpud._private.core.mig_records import MigState
-from vgpud._private.core.model import Claim, GpuMode, GpuState, LeaseState, NodeConfig, Owner, ShapeRequest
+from vgpud._private.core.model import GpuMode, GpuState, LeaseState, NodeConfig, Owner, ShapeRequest
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
 from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.queue_order import place_local, place_request
+from vgpud._private.gpu_modes import mode_change, switchable_now
+from vgpud._private.granted_slices import slices_of
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
 from vgpud._private.liveness_leases import LivenessLeases
 from vgpud._private.pool_view import PoolView, Queued, Versioned
@@ -35,6 +36,9 @@ log = structlog.get_logger("vgpud.allocator")
 T = TypeVar("T")
 
 _ALIVE_TRACKED = 10_000
+_NO_ROOM = frozenset({reasons.NO_CAPACITY, reasons.NEVER_FITS})
+_BUILD_REFUSALS = _NO_ROOM | {reasons.NODE_DRAINING}
+"""Refusals only a grant's build raises: the transaction did not run for it, so its liveness lease is unused."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,13 +162,6 @@ class Allocator:
         if self._view.node_config(spec.node).value.draining:
             raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
         policy = self.placement_policy()
-        first = place_local(spec.shape, self.candidates(spec.node), lease_id, policy)
-        if isinstance(first, Unplaceable):
-            # A retry whose first attempt was granted (answer lost) may find no room left: look it up.
-            existing = await self._existing_grant(lease_id, spec.request_id) if spec.request_id else None
-            if existing is not None:
-                return existing
-            raise Refusal(reasons.NEVER_FITS if first.never else reasons.NO_CAPACITY, first.message)
         liveness = await self.liveness.take(spec.ttl_seconds)
 
         def build(overlay: Overlay) -> LeaseRecord:
@@ -183,7 +180,18 @@ class Allocator:
             overlay.stage(Put(self._keys.alive(lease_id), b"", lease=liveness))
             return record
 
-        record = await self._writes.submit(build)
+        try:
+            record = await self._writes.submit(build)
+        except Refusal as refusal:
+            if refusal.reason not in _BUILD_REFUSALS:
+                raise
+            self.liveness.give_back(liveness, spec.ttl_seconds)  # nothing was written with it
+            # A retry whose first attempt was granted (answer lost) may find no room left: look it up.
+            retried = spec.request_id and refusal.reason in _NO_ROOM
+            existing = await self._existing_grant(lease_id, spec.request_id) if retried else None
+            if existing is not None:
+                return existing
+            raise
         if record.state.ended:
             raise _reused(record)
         log.debug("lease granted", lease=lease_id, slices=len(record.slices))
@@ -227,7 +235,12 @@ class Allocator:
             overlay.stage(Delete(self._keys.queue(lease_id)))
             return record
 
-        return await self._writes.submit(build)
+        try:
+            return await self._writes.submit(build)
+        except Refusal as refusal:
+            if refusal.reason in _BUILD_REFUSALS:
+                self.liveness.give_back(liveness, waiting.lease.ttl_seconds)  # still waiting: the next try takes it
+            raise
 
     async def refuse_queued(self, entry: Queued, reason: str, message: str) -> None:
         """Write the leader's refusal into a waiting request for its asking daemon to deliver."""
@@ -359,8 +372,11 @@ class Allocator:
         if current.value.state.ended:
             return current.value
         history = await self._history_lease()
+        ended_here = False
 
         def build(overlay: Overlay) -> LeaseRecord:
+            nonlocal ended_here
+            ended_here = False
             lease = overlay.lease(lease_id)
             if lease is None:
                 raise Refusal(reasons.LEASE_NOT_FOUND, f"no lease {lease_id!r}")
@@ -372,11 +388,16 @@ class Allocator:
                 overlay.put_gpu_state(uuid, overlay.gpu_state(uuid).without_lease(lease_id))
             overlay.put_lease(ended, store_lease=history)
             overlay.stage(Delete(self._keys.alive(lease_id)))
+            ended_here = True
             return ended
 
         ended = await self._writes.submit(build, fallback=current)
-        # The liveness lease has no keys left; etcd expires it within its TTL, which costs this daemon
-        # nothing, where a revoke would cost one more round trip per release.
+        alive_until = self._alive_until.pop(lease_id, 0.0)
+        if ended_here and state is LeaseState.RELEASED and ended.liveness_lease:
+            # The liveness lease has no keys left: a young one binds the next grant, an old one expires by
+            # itself (a revoke would cost one more round trip per release).
+            refreshed = alive_until - ended.ttl_seconds if alive_until else 0.0
+            self.liveness.give_back(ended.liveness_lease, ended.ttl_seconds, refreshed)
         log.debug("lease ended", lease=lease_id, state=ended.state.value, reason=ended.end_reason)
         return ended
 
@@ -411,30 +432,7 @@ class Allocator:
         Only the books change here: the GPU's node daemon then switches the hardware (MIG on or off) and
         the GPU takes work in its new mode once it has (`mode_pending` until then).
         """
-        record = self._view.gpu(uuid)
-        if record is None:
-            raise Refusal(reasons.GPU_NOT_FOUND, f"no GPU {uuid!r} is registered (see vgpuctl gpus)")
-        if mode is GpuMode.MIG and not record.mig_capable:
-            raise Refusal(
-                reasons.INVALID_REQUEST, f"{record.model} GPUs cannot run MIG; modes for {uuid}: shared, exclusive"
-            )
-
-        def build(overlay: Overlay) -> GpuState:
-            current = overlay.gpu_state(uuid)
-            if current.mode is mode:
-                return current
-            busy_with = _busy_with(current)
-            if busy_with:
-                raise Refusal(
-                    reasons.GPU_BUSY,
-                    f"GPU {uuid} is in use ({busy_with}); release or evict them first (vgpuctl leases --node "
-                    f"{record.node}), then switch it",
-                )
-            new_state = replace(current, mode=mode)
-            overlay.put_gpu_state(uuid, new_state)
-            return new_state
-
-        return await self._writes.submit(build)
+        return await self._writes.submit(mode_change(self._view.gpu(uuid), uuid, mode))
 
     async def set_draining(self, node: str, draining: bool) -> NodeConfig:
         """Mark a node draining (no new work) or back in service."""
@@ -448,55 +446,6 @@ class Allocator:
             return new_config
 
         return await self._writes.submit(build)
-
-
-def slices_of(placement: Placement, overlay: Overlay | None = None) -> tuple[SliceRecord, ...]:
-    return tuple(
-        SliceRecord(
-            node=view.record.node,
-            gpu_uuid=view.record.uuid,
-            gpu_index=view.record.index,
-            gpu_model=view.record.model,
-            isolation=claim.isolation,
-            memory_bytes=claim.memory_bytes,
-            compute_milli=claim.compute_milli,
-            **_mig_fields(view.record.uuid, claim, overlay),
-        )
-        for view, claim in placement.assignments
-    )
-
-
-def _mig_fields(uuid: str, claim: Claim, overlay: Overlay | None) -> dict[str, Any]:
-    """The MIG part of a slice: its slot, and the instance's UUID when a warm one was bound."""
-    if claim.mig is None:
-        return {}
-    bound = overlay.gpu_state(uuid).mig_at(claim.mig.start) if overlay is not None else None
-    return {
-        "mig_profile": claim.mig.profile,
-        "mig_start": claim.mig.start,
-        "mig_size": claim.mig.size,
-        "mig_uuid": bound.uuid if bound is not None and bound.lease_id == claim.lease_id else "",
-    }
-
-
-def switchable_now(state: GpuState) -> bool:
-    """Idle and in shared or MIG mode: what auto mode may switch."""
-    return not state.claims and not state.mig and state.mode in (GpuMode.SHARED, GpuMode.MIG)
-
-
-def _busy_with(state: GpuState) -> str:
-    """What keeps a GPU from switching modes, in words; empty when nothing does (warm instances go)."""
-    holders = sorted({c.lease_id for c in state.claims})
-    parts = [f"{len(holders)} lease(s): {', '.join(holders[:5])}"] if holders else []
-    foreign = [m for m in state.mig if m.state is MigState.FOREIGN]
-    if foreign:
-        parts.append(f"{len(foreign)} MIG instance(s) vgpu did not create: destroy them with nvidia-smi mig")
-    releasing = [
-        m for m in state.mig if m.state in (MigState.RELEASING, MigState.CREATING) and m.lease_id not in holders
-    ]
-    if releasing:
-        parts.append(f"{len(releasing)} MIG instance(s) still being destroyed: retry in a moment")
-    return "; ".join(parts)
 
 
 def _reused(lease: LeaseRecord) -> Refusal:

@@ -36,6 +36,8 @@ log = structlog.get_logger("vgpud.leader")
 _MARGIN_S = 1.0
 """Stop deciding this long before etcd could expire the election lease."""
 _IDLE_PASS_S = 2.0
+_PASS_GAP_S = 0.01
+"""Least time between two passes: under churn the changes of several grants and releases share one pass."""
 """Decide again at least this often even when the view is quiet (e.g. after a refused write)."""
 
 
@@ -161,6 +163,7 @@ class Leadership:
                 await self.decide_once(allocator)
             except (StoreError, Refusal) as exc:
                 log.warning("leader pass failed; retrying", error=str(exc))
+            await asyncio.sleep(_PASS_GAP_S)  # what changes meanwhile is seen by the wait below
             await self._view.wait_changed(generation, timeout=_IDLE_PASS_S)
 
     async def decide_once(self, allocator: Allocator) -> None:

@@ -14,12 +14,13 @@ from dataclasses import replace
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.allocator import Allocator, slices_of
+from vgpud._private.allocator import Allocator
 from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.model import Claim, Isolation, LeaseState
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable
 from vgpud._private.core.queue_order import place_local, place_request
+from vgpud._private.granted_slices import slices_of
 from vgpud._private.refusal import Refusal
 from vgpud._private.write_batch import Overlay
 

@@ -3,7 +3,8 @@
 Granting an etcd lease is a raft write of its own; taking one from a small pool granted in the
 background leaves an acquire with a single etcd round trip (its transaction) on the critical path.
 A pooled lease is handed out only while young, so a grant still gets nearly its full TTL before
-the client's first heartbeat.
+the client's first heartbeat. A released lease's etcd lease comes back to the pool while it is as young
+(its liveness key is gone with the release), so short leases cost etcd no lease grant at all.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import structlog
 from vgpud._private.store.base import Store, StoreError
 
 log = structlog.get_logger("vgpud.liveness")
+
+_ISSUED_TRACKED = 4096
+"""Handed-out leases remembered for give_back; past this the ones too old to pool again are forgotten."""
 
 
 class LivenessLeases:
@@ -34,6 +38,8 @@ class LivenessLeases:
         self._taken = 0
         """Leases handed out since the last top-up: the pool sizes itself to recent demand."""
         self._want = 1
+        self._issued: dict[int, float] = {}
+        """Leases handed out, with when they were granted: what give_back needs to know a lease's age."""
 
     @property
     def max_age(self) -> float:
@@ -50,9 +56,37 @@ class LivenessLeases:
                     self._taken += 1
                     if len(self._ready) < self._want / 2:
                         self._low.set()  # refill in a burst, which etcd commits together
-                    return lease
+                    return self._issue(lease, granted_at)
         self._low.set()
-        return await self._store.grant(ttl, timeout=self._timeout)
+        asked = time.monotonic()
+        lease = await self._store.grant(ttl, timeout=self._timeout)
+        return self._issue(lease, asked) if ttl == self._ttl else lease
+
+    def give_back(self, lease: int, ttl: int, refreshed: float = 0.0) -> bool:
+        """Pool the etcd lease of a lease that was released (its liveness key deleted) while it is young.
+
+        `refreshed` is when a heartbeat last reset the etcd lease's TTL (monotonic, 0: unknown). A lease
+        neither handed out here nor refreshed here is of unknown age and is left to expire. Returns
+        whether the lease was pooled; call it once per ended lease, after the write that deleted its key.
+        """
+        granted = self._issued.pop(lease, None)
+        if ttl != self._ttl or (granted is None and not refreshed):
+            return False
+        born = max(granted or 0.0, refreshed)
+        if time.monotonic() - born > self.max_age or len(self._ready) >= 2 * self._target:
+            return False
+        position = len(self._ready)
+        while position and self._ready[position - 1][1] > born:
+            position -= 1  # oldest first, as take() and the top-up expect
+        self._ready.insert(position, (lease, born))
+        return True
+
+    def _issue(self, lease: int, granted_at: float) -> int:
+        if len(self._issued) >= _ISSUED_TRACKED:
+            oldest = time.monotonic() - self.max_age
+            self._issued = {k: at for k, at in self._issued.items() if at >= oldest}
+        self._issued[lease] = granted_at
+        return lease
 
     async def run(self) -> None:
         """Keep the pool topped up with young leases. Runs until cancelled."""
