@@ -88,6 +88,19 @@ def test_mapped_flag_is_shared_between_host_and_device() -> None:
     flag.close()
 
 
+def test_a_flag_is_made_on_the_device_asked_for() -> None:
+    """The runtime makes the flag on the lease's GPU, which need not be the current device."""
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    current = cp.cuda.runtime.getDevice()
+    other = 1 if current == 0 else 0
+    with MappedPreemptFlag(other) as flag:
+        assert flag.device_array.device.id == other
+        assert cp.cuda.runtime.getDevice() == current
+        flag.set()
+        assert int(flag.device_array.get()[0]) == 1
+
+
 def test_stops_when_a_host_thread_sets_the_flag_and_resumes_bit_exact(
     kernel: CudaPreemptibleKernel, total: int
 ) -> None:

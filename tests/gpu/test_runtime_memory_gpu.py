@@ -113,6 +113,26 @@ def test_close_puts_the_previous_allocator_back(cp: Any) -> None:
     assert cp.cuda.get_allocator() == previous
 
 
+def test_closing_an_older_backend_keeps_the_newer_budget(cp: Any) -> None:
+    """A resume on another GPU makes the new backend before it closes the old one: the new budget must stay."""
+    _, total = cp.cuda.Device(0).mem_info
+    old = CupyBackend(0, int(total))
+    new = CupyBackend(0, int(total))
+    try:
+        new.set_memory_limit(new.outside_pool_bytes + ROOM)
+        old.close()
+        assert cp.cuda.get_allocator() == new._malloc
+        with cp.cuda.Device(0), pytest.raises(MemoryBudgetError):
+            cp.empty(ROOM + 8 * MIB, dtype=cp.uint8)
+    finally:
+        new.close()
+    with cp.cuda.Device(0):
+        block = cp.empty(MIB, dtype=cp.uint8)  # both closed: the request goes past both pools
+    assert old.memory_usage().used_bytes == old.outside_pool_bytes
+    assert new.memory_usage().used_bytes == new.outside_pool_bytes
+    del block
+
+
 def test_device_zero_is_found_by_its_own_uuid(cp: Any) -> None:
     raw = bytes(cp.cuda.runtime.getDeviceProperties(0)["uuid"])
     if len(raw) == 16:

@@ -179,6 +179,21 @@ def test_host_copies_are_pinned(backend: RecordingCupyBackend) -> None:
     store.restore(backend)
 
 
+def test_host_copies_are_unpinned_after_restore(backend: RecordingCupyBackend) -> None:
+    """The pinned buffers are not CuPy's pooled ones, which would stay pinned until the process exits."""
+    pinned_pool = cp.get_default_pinned_memory_pool()
+    free_blocks = pinned_pool.n_free_blocks()
+    store = StateStore(backend)
+    weights = store.register("weights", cp.arange(MIB, dtype=cp.float32))
+    store.offload()
+    pointer = backend.host_buffers[0].ctypes.data
+    assert store.restore(backend).in_place == 1  # in place: ndarray.set, no pinned staging buffer of CuPy's
+    del backend.host_buffers[:]
+    assert pinned_pool.n_free_blocks() == free_blocks
+    assert cp.cuda.runtime.pointerGetAttributes(pointer).type != cp.cuda.runtime.memoryTypeHost
+    assert bool((weights == cp.arange(MIB, dtype=cp.float32)).all())
+
+
 def test_restore_on_a_new_backend_for_the_same_device_is_in_place(backend: RecordingCupyBackend) -> None:
     store = StateStore(backend)
     weights = store.register("weights", cp.arange(10, dtype=cp.int32))

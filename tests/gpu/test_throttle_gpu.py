@@ -6,6 +6,7 @@ used is known independently of the CUDA events the throttle measures with.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -93,3 +94,18 @@ def test_a_live_resize_changes_the_measured_share(spin: Any) -> None:
     throttle.set_share(0.5)
     gpu, wall = run_fed_workload(spin, throttle)
     assert gpu / wall == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_timer_started_on_one_device_stops_from_a_thread_on_another(spin: Any) -> None:
+    """A suspend stops the segment's timer from the lease's thread, whose current device may not be the lease's."""
+    if cp.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("needs two CUDA devices")
+    with cp.cuda.Device(1):
+        timer = CudaEventTimer()  # the workload's thread, on the lease's GPU
+        spin((1,), (32,), (np.uint64(int(KERNEL_S * 1e9)),))
+    stopped: list[float] = []
+    thread = threading.Thread(target=lambda: stopped.append(timer.stop()))  # a new thread: device 0 is current
+    thread.start()
+    thread.join(timeout=60)
+    assert len(stopped) == 1
+    assert stopped[0] >= KERNEL_S * 0.99

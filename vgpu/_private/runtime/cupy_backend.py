@@ -115,19 +115,27 @@ def restore_default_allocator() -> None:
 
 
 class CudaEventTimer:
-    """A DeviceTimer from a pair of CUDA events on the current stream: device time, not host time."""
+    """A DeviceTimer from a pair of CUDA events on one device's current stream: device time, not host time.
 
-    def __init__(self) -> None:
+    Both events are made and recorded on `device` (the current device when None), whatever device is current
+    when `stop()` runs: a suspend stops the timer from the lease's thread, whose current device may be another,
+    and CUDA refuses to record an event on a stream of a device other than its own.
+    """
+
+    def __init__(self, device: int | None = None) -> None:
         self._cupy = cupy = _cupy()
-        self._start = cupy.cuda.Event()
-        self._start.record()
+        self._device = cupy.cuda.Device(device)
+        with self._device:
+            self._start = cupy.cuda.Event()
+            self._start.record()
 
     def stop(self) -> float:
         """Seconds of device time between start and now on the current stream; waits for that work to finish."""
-        end = self._cupy.cuda.Event()
-        end.record()
-        end.synchronize()
-        return float(self._cupy.cuda.get_elapsed_time(self._start, end)) / 1000.0
+        with self._device:
+            end = self._cupy.cuda.Event()
+            end.record()
+            end.synchronize()
+            return float(self._cupy.cuda.get_elapsed_time(self._start, end)) / 1000.0
 
 
 class CupyBackend(ArrayBackend):
@@ -150,6 +158,7 @@ class CupyBackend(ArrayBackend):
         self._lock = threading.Lock()
         self._refusals = 0
         self._peak = 0
+        self._closed = False
         budget = check_limit(budget_bytes)
         with cupy.cuda.Device(device_index) as device:
             _ = device.mem_info  # makes the CUDA context, so that NVML counts it
@@ -195,17 +204,22 @@ class CupyBackend(ArrayBackend):
             return self._cupy.array(host, copy=True)
 
     def empty_host(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-        """Pinned host memory, so device-to-host copies run at full speed (what cupyx.empty_pinned makes)."""
+        """Pinned host memory, so device-to-host copies run at full speed; unpinned and freed with the array.
+
+        Not from CuPy's pinned pool (what cupyx.empty_pinned draws on): that pool keeps every block it ever
+        handed out pinned until the process exits, so each checkpoint would leave its size in locked RAM.
+        """
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-        return np.ndarray(shape, dtype=dtype, buffer=self._cupy.cuda.alloc_pinned_memory(nbytes))
+        cuda = self._cupy.cuda
+        return np.ndarray(shape, dtype=dtype, buffer=cuda.PinnedMemoryPointer(cuda.PinnedMemory(nbytes), 0))
 
     def synchronize(self) -> None:
         """Wait for all work queued on the lease's GPU."""
         self._cupy.cuda.Device(self._device).synchronize()
 
     def start_timer(self) -> DeviceTimer:
-        """CUDA events on the current stream."""
-        return CudaEventTimer()
+        """CUDA events on the lease's GPU, on the calling thread's current stream there."""
+        return CudaEventTimer(self._device)
 
     def device_memory(self) -> tuple[int, int]:
         """The GPU's (or MIG instance's) own (free, total) bytes."""
@@ -233,8 +247,15 @@ class CupyBackend(ArrayBackend):
         self._limit_pool(check_limit(limit_bytes))
 
     def close(self) -> None:
-        """Put back the allocator that was there before and release the pool's cached blocks."""
-        self._cupy.cuda.set_allocator(self._previous)
+        """Stop budgeting: put the allocator that was there before back, and release the pool's cached blocks.
+
+        A backend made after this one (a resume on another GPU makes the new one before closing the old) has
+        installed its allocator over ours and keeps ours as its previous one: then the newer allocator stays,
+        and ours passes every request on to the one it replaced, so neither order of closing lifts a budget.
+        """
+        self._closed = True
+        if self._cupy.cuda.get_allocator() == self._malloc:
+            self._cupy.cuda.set_allocator(self._previous)
         self.release_cached()
 
     def _limit_pool(self, budget: int) -> None:
@@ -255,8 +276,11 @@ class CupyBackend(ArrayBackend):
             return self._outside + int(self._pool.total_bytes())
 
     def _malloc(self, size: int) -> Any:
-        """The allocator CuPy calls: the budgeted pool on the lease's GPU, the previous allocator elsewhere."""
-        if self._cupy.cuda.runtime.getDevice() != self._device:
+        """The allocator CuPy calls: the budgeted pool on the lease's GPU, the previous allocator elsewhere.
+
+        Once closed, everything goes to the previous allocator (a newer backend may still chain to this one).
+        """
+        if self._closed or self._cupy.cuda.runtime.getDevice() != self._device:
             return self._previous(size)
         out_of_memory = self._cupy.cuda.memory.OutOfMemoryError
         try:

@@ -87,6 +87,9 @@ class HostCopies:
     def _copy_all(self, backend: ArrayBackend, arrays: Sequence[Any], host_limit_bytes: int | None) -> None:
         room = host_limit_bytes
         to_spill: list[int] = []
+        # The copies run on this thread's stream (offload runs on the lease's thread, not the workload's): the
+        # workload's own streams (per-thread default, non-blocking) need not be done writing these arrays yet.
+        backend.synchronize()
         for index, array in enumerate(arrays):
             nbytes = int(array.nbytes)
             if room is not None and nbytes > room:

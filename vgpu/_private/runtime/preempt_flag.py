@@ -80,28 +80,32 @@ class HostPreemptFlag(PreemptFlag):
 
 
 class MappedPreemptFlag(PreemptFlag):
-    """An int32 in mapped pinned host memory (cudaHostAllocMapped), visible to kernels on the current device.
+    """An int32 in mapped pinned host memory (cudaHostAllocMapped), visible to kernels on `device`.
 
     Under unified addressing (every 64-bit CUDA platform) the device pointer is what
     `cudaPointerGetAttributes` reports; CuPy has no `hostGetDevicePointer`, so that is how it is found.
+    The allocation is made on `device` (the current device when None): allocating needs a CUDA context,
+    and one made on another visible GPU would take memory there, outside any budget.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, device: int | None = None) -> None:
         import cupy  # noqa: PLC0415 -- CuPy is imported only on the GPU path, so NumPy-only use never needs it
         from cupy.cuda import runtime  # noqa: PLC0415 -- as above
 
-        device_id = cupy.cuda.Device().id
-        if not runtime.getDeviceProperties(device_id)["canMapHostMemory"]:
-            raise NotSupportedError(
-                f"GPU {device_id} cannot map host memory, so kernels cannot poll a preemption flag; "
-                "use checkpoint-boundary preemption (lease.step) instead"
-            )
-        self._host_ptr: int = runtime.hostAlloc(_FLAG_BYTES, runtime.hostAllocMapped)
-        self._cell = ctypes.c_int32.from_address(self._host_ptr)
-        self._cell.value = 0
-        device_ptr = runtime.pointerGetAttributes(self._host_ptr).devicePointer
-        memory = cupy.cuda.UnownedMemory(device_ptr, _FLAG_BYTES, self, device_id)
-        self._device_array: Any = cupy.ndarray((1,), cupy.int32, cupy.cuda.MemoryPointer(memory, 0))
+        with cupy.cuda.Device(device) as current:
+            device_id = int(current.id)
+            if not runtime.getDeviceProperties(device_id)["canMapHostMemory"]:
+                raise NotSupportedError(
+                    f"GPU {device_id} cannot map host memory, so kernels cannot poll a preemption flag; "
+                    "use checkpoint-boundary preemption (lease.step) instead"
+                )
+            self._host_ptr: int = runtime.hostAlloc(_FLAG_BYTES, runtime.hostAllocMapped)
+            self._cell = ctypes.c_int32.from_address(self._host_ptr)
+            self._cell.value = 0
+            device_ptr = runtime.pointerGetAttributes(self._host_ptr).devicePointer
+            memory = cupy.cuda.UnownedMemory(device_ptr, _FLAG_BYTES, self, device_id)
+            self._device_array: Any = cupy.ndarray((1,), cupy.int32, cupy.cuda.MemoryPointer(memory, 0))
+        self._device_id = device_id
         self._closed = False
 
     def set(self) -> None:
@@ -124,12 +128,14 @@ class MappedPreemptFlag(PreemptFlag):
         """
         if self._closed:
             return
-        from cupy.cuda import runtime  # noqa: PLC0415 -- CuPy path only
+        import cupy  # noqa: PLC0415 -- CuPy path only
+        from cupy.cuda import runtime  # noqa: PLC0415 -- as above
 
         self._closed = True
         self._device_array = None
         self._cell = ctypes.c_int32(self._cell.value)
-        runtime.deviceSynchronize()
+        with cupy.cuda.Device(self._device_id):  # the lease's GPU, where its kernels poll the flag
+            runtime.deviceSynchronize()
         runtime.freeHost(self._host_ptr)
 
     @property
@@ -141,5 +147,8 @@ class MappedPreemptFlag(PreemptFlag):
 
 
 def preempt_flag_for(backend: ArrayBackend) -> PreemptFlag:
-    """The flag that suits `backend`: mapped pinned memory for CuPy, an event for NumPy."""
-    return MappedPreemptFlag() if backend.name == "cupy" else HostPreemptFlag()
+    """The flag that suits `backend`: mapped pinned memory for CuPy (made on its GPU), an event for NumPy."""
+    if backend.name != "cupy":
+        return HostPreemptFlag()
+    device: int | None = getattr(backend, "device_index", None)
+    return MappedPreemptFlag(device)
