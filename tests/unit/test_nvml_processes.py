@@ -124,3 +124,35 @@ def test_other_nvml_failures_propagate() -> None:
 
     with pytest.raises(FakeError):
         gpu_processes(Broken([]), "GPU-1")
+
+
+class MismatchError(Exception):
+    """pynvml's NVMLLibraryMismatchError: not an NVMLError."""
+
+
+def test_a_driver_older_than_pynvmls_default_call_is_read_with_the_v2_calls() -> None:
+    class OldDriver(FakeNvml):
+        NVMLLibraryMismatchError = MismatchError
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Proc]:  # noqa: N802
+            raise MismatchError("Unversioned function called and the pyNVML version does not match")
+
+        def nvmlDeviceGetComputeRunningProcesses_v2(self, handle: Any) -> list[Proc]:  # noqa: N802
+            return self.procs
+
+        def nvmlDeviceGetMPSComputeRunningProcesses(self, handle: Any) -> Sequence[Proc]:  # noqa: N802
+            raise MismatchError("no _v3 either")
+
+    (use,) = gpu_processes(OldDriver([Proc(10, 5)]), "GPU-1")
+    assert (use.pid, use.memory_bytes) == (10, 5)
+
+
+def test_a_mismatch_without_an_older_call_propagates_for_the_backend_to_report() -> None:
+    class NoV2(FakeNvml):
+        NVMLLibraryMismatchError = MismatchError
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Proc]:  # noqa: N802
+            raise MismatchError("no _v3")
+
+    with pytest.raises(MismatchError):
+        gpu_processes(NoV2([]), "GPU-1")

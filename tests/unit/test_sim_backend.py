@@ -180,6 +180,25 @@ def test_old_pynvml_bytes_and_missing_calls() -> None:
     assert not backend.healthy(gpu.uuid)  # GPU_IS_LOST is unhealthy, not an error
 
 
+def test_a_pynvml_version_mismatch_is_a_backend_error_not_a_crash() -> None:
+    class MismatchError(Exception):
+        pass
+
+    class OlderDriver(_OldPynvml):
+        NVMLLibraryMismatchError = MismatchError
+
+        def nvmlDeviceGetHandleByUUID(self, uuid: str) -> int:  # noqa: N802 -- pynvml's names
+            return 0
+
+        def nvmlDeviceGetComputeRunningProcesses(self, handle: Any) -> list[Any]:  # noqa: N802 -- pynvml's names
+            raise MismatchError("Unversioned function called and the pyNVML version does not match the NVML lib")
+
+    backend = NvmlBackend(OlderDriver())  # type: ignore[arg-type]  # deliberately lacks newer calls
+    (gpu,) = backend.discover()
+    with pytest.raises(BackendError, match="cannot list the processes"):
+        backend.processes([gpu.uuid])
+
+
 def test_make_backend() -> None:
     backend = make_backend("sim", "a30-24gb:3", "n")
     assert backend.name == "sim"

@@ -35,7 +35,7 @@ from vgpud._private.backend.nvml_codes import (
     error_code,
 )
 from vgpud._private.backend.nvml_codes import nvml_str as _text
-from vgpud._private.backend.nvml_processes import gpu_processes
+from vgpud._private.backend.nvml_processes import gpu_processes, mismatch_errors
 
 _UNSUPPORTED = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
 
@@ -180,7 +180,7 @@ class NvmlBackend:
         for uuid in gpu_uuids:
             try:
                 found.extend(gpu_processes(self._nvml, uuid))
-            except self._nvml.NVMLError as exc:
+            except (self._nvml.NVMLError, *mismatch_errors(self._nvml)) as exc:
                 raise BackendError(f"cannot list the processes on GPU {uuid}: {exc}") from None
         return found
 

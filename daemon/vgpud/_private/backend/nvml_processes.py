@@ -23,12 +23,11 @@ _NO_INSTANCE = 0xFFFFFFFF
 def gpu_processes(nvml: Any, gpu_uuid: str) -> list[ProcessGpuUse]:
     """Every compute (and MPS client) process on one GPU; raises nvml.NVMLError when NVML cannot say."""
     handle = nvml.nvmlDeviceGetHandleByUUID(gpu_uuid)
-    items = list(nvml.nvmlDeviceGetComputeRunningProcesses(handle))
-    mps = getattr(nvml, "nvmlDeviceGetMPSComputeRunningProcesses", None)
-    if mps is not None:
+    items = _running(nvml, "nvmlDeviceGetComputeRunningProcesses", handle)
+    if hasattr(nvml, "nvmlDeviceGetMPSComputeRunningProcesses"):
         # No MPS server on this GPU (or a driver without the call): the plain list is then complete.
-        with contextlib.suppress(nvml.NVMLError):
-            items.extend(mps(handle))
+        with contextlib.suppress(nvml.NVMLError, *mismatch_errors(nvml)):
+            items.extend(_running(nvml, "nvmlDeviceGetMPSComputeRunningProcesses", handle))
     instances = _mig_devices(nvml, handle) if any(_instance_of(i) != _NO_INSTANCE for i in items) else {}
     busy = _sm_percent_by_pid(nvml, handle)
     uses: dict[tuple[int, str], ProcessGpuUse] = {}
@@ -49,6 +48,27 @@ def gpu_processes(nvml: Any, gpu_uuid: str) -> list[ProcessGpuUse]:
             sm_percent=None if mig_uuid else busy.get(pid, 0),
         )
     return list(uses.values())
+
+
+def _running(nvml: Any, call: str, handle: Any) -> list[Any]:
+    """A process list from `call`, or from its `_v2` form on a driver older than pynvml's default (`_v3`).
+
+    pynvml's unversioned calls raise NVMLLibraryMismatchError, which is no NVMLError, when the driver lacks
+    the version they use (drivers before about R510); the `_v2` forms read the same fields there.
+    """
+    try:
+        return list(getattr(nvml, call)(handle))
+    except mismatch_errors(nvml):
+        older = getattr(nvml, f"{call}_v2", None)
+        if older is None:
+            raise
+        return list(older(handle))
+
+
+def mismatch_errors(nvml: Any) -> tuple[type[BaseException], ...]:
+    """Pynvml's NVMLLibraryMismatchError as an except clause (empty for a module without it)."""
+    error = getattr(nvml, "NVMLLibraryMismatchError", None)
+    return (error,) if isinstance(error, type) and issubclass(error, BaseException) else ()
 
 
 def _instance_of(item: Any) -> int:
