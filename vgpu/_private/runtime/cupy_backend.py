@@ -98,7 +98,7 @@ def measure_process_bytes(device_index: int, gpu_uuid: str | None = None) -> int
         else:
             handle = pynvml.nvmlDeviceGetHandleByPciBusId(_cupy().cuda.runtime.deviceGetPCIBusId(device_index))
         processes = pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-    except pynvml.NVMLError:
+    except (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError):  # the latter: a driver older than the call
         return None
     finally:
         pynvml.nvmlShutdown()
