@@ -56,7 +56,7 @@ def test_lease_record_round_trips() -> None:
     assert LeaseRecord.from_json(named.to_json()) == named
 
 
-def test_a_resume_still_waiting_for_its_mig_instance_is_delivered_as_suspended() -> None:
+def test_slices_still_waiting_for_mig_instances_are_not_delivered() -> None:
     waiting = SliceRecord(
         "n1", "GPU-a", 0, "h100-80gb", Isolation.MIG, 40 * GiB, 455, mig_profile="3g.40gb", mig_size=4
     )
@@ -69,6 +69,8 @@ def test_a_resume_still_waiting_for_its_mig_instance_is_delivered_as_suspended()
     assert fresh.delivered is fresh, "a first grant waiting for its instance is held back by Acquire, not hidden"
     shared = lease(event="resumed")
     assert shared.delivered is shared
+    grown = lease(slices=(made, waiting), event="resized")
+    assert (grown.delivered.state, grown.delivered.slices) == (LeaseState.GRANTED, (made,))
 
 
 def test_gpu_state_round_trips_and_sums() -> None:

@@ -3,7 +3,7 @@
 Granting an etcd lease is a raft write of its own; taking one from a small pool granted in the
 background leaves an acquire with a single etcd round trip (its transaction) on the critical path.
 A pooled lease is handed out only while young, so a grant still gets nearly its full TTL before
-the client's first heartbeat. A released lease's etcd lease comes back to the pool while it is as young
+the client's first heartbeat. A released lease's etcd lease comes back to the pool while it is that young
 (its liveness key is gone with the release), so short leases cost etcd no lease grant at all.
 """
 

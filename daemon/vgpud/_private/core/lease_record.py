@@ -97,14 +97,18 @@ class LeaseRecord:
 
     @property
     def delivered(self) -> LeaseRecord:
-        """The lease as its client may see it: a resume whose MIG instances are not created yet is still SUSPENDED.
+        """The lease as its client may see it: no slice whose MIG instance is not created yet.
 
-        The leader writes a resume's slices before the node daemon creates their instances; a client told
-        GRANTED then would restore onto a device that does not exist yet.
+        The leader writes a resume's (or a growth's) slices before the node daemon creates their instances;
+        a client told of them then would restore or start onto a device that does not exist yet. So a resume
+        still reads SUSPENDED and a growth shows only the slices it had. A first grant is held back by
+        Acquire itself until its instances exist, and is shown as it is.
         """
-        if self.state is LeaseState.GRANTED and self.event == "resumed" and self.waiting_for_mig:
+        if self.state is not LeaseState.GRANTED or self.event not in ("resumed", "resized") or not self.waiting_for_mig:
+            return self
+        if self.event == "resumed":
             return replace(self, state=LeaseState.SUSPENDED, slices=(), event="")
-        return self
+        return replace(self, slices=tuple(s for s in self.slices if not s.waiting_for_mig), event="")
 
     def ended_as(self, state: LeaseState, reason: str, message: str, at: float) -> LeaseRecord:
         """A copy in terminal `state` with its end reason."""
