@@ -52,14 +52,15 @@ async def test_old_unknown_or_other_ttl_leases_are_left_to_expire(monkeypatch: p
     later = time.monotonic() + leases.max_age + 1
     monkeypatch.setattr(time, "monotonic", lambda: later)
     assert leases.give_back(old, 40) is False
-    assert leases.give_back(4343, 40, refreshed=later - 1) is True, "a heartbeat just reset it: young again"
+    leases.refreshed(4343, 40, later - 1)
+    assert leases.give_back(4343, 40) is True, "a heartbeat just reset it: young again"
     assert await leases.take(40) == 4343
 
 
 async def test_given_back_leases_are_handed_out_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
     leases = pool(GrantCounter())
     now = time.monotonic()
-    assert leases.give_back(7, 40, refreshed=now - 2)
-    assert leases.give_back(5, 40, refreshed=now - 5)
-    assert leases.give_back(6, 40, refreshed=now - 3)
+    for lease, age in ((7, 2), (5, 5), (6, 3)):
+        leases.refreshed(lease, 40, now - age)
+        assert leases.give_back(lease, 40)
     assert [await leases.take(40) for _ in range(3)] == [5, 6, 7]

@@ -337,6 +337,7 @@ class Allocator:
         except StoreError:
             return self._ride_out(lease)
         self._alive_until[lease.id] = asked + left
+        self.liveness.refreshed(lease.liveness_lease, lease.ttl_seconds, asked)
         if len(self._alive_until) > _ALIVE_TRACKED:
             self._alive_until = {k: v for k, v in self._alive_until.items() if v > asked}
         if left <= 0:
@@ -392,12 +393,11 @@ class Allocator:
             return ended
 
         ended = await self._writes.submit(build, fallback=current)
-        alive_until = self._alive_until.pop(lease_id, 0.0)
+        self._alive_until.pop(lease_id, None)
         if ended_here and state is LeaseState.RELEASED and ended.liveness_lease:
             # The liveness lease has no keys left: a young one binds the next grant, an old one expires by
             # itself (a revoke would cost one more round trip per release).
-            refreshed = alive_until - ended.ttl_seconds if alive_until else 0.0
-            self.liveness.give_back(ended.liveness_lease, ended.ttl_seconds, refreshed)
+            self.liveness.give_back(ended.liveness_lease, ended.ttl_seconds)
         log.debug("lease ended", lease=lease_id, state=ended.state.value, reason=ended.end_reason)
         return ended
 

@@ -19,8 +19,8 @@ from vgpud._private.store.base import Store, StoreError
 
 log = structlog.get_logger("vgpud.liveness")
 
-_ISSUED_TRACKED = 4096
-"""Handed-out leases remembered for give_back; past this the ones too old to pool again are forgotten."""
+_BORN_TRACKED = 4096
+"""Leases whose age give_back may need; past this the ones too old to pool again are forgotten."""
 
 
 class LivenessLeases:
@@ -38,8 +38,8 @@ class LivenessLeases:
         self._taken = 0
         """Leases handed out since the last top-up: the pool sizes itself to recent demand."""
         self._want = 1
-        self._issued: dict[int, float] = {}
-        """Leases handed out, with when they were granted: what give_back needs to know a lease's age."""
+        self._born: dict[int, float] = {}
+        """Leases handed out or refreshed here, with when their TTL last started: what give_back goes by."""
 
     @property
     def max_age(self) -> float:
@@ -62,17 +62,21 @@ class LivenessLeases:
         lease = await self._store.grant(ttl, timeout=self._timeout)
         return self._issue(lease, asked) if ttl == self._ttl else lease
 
-    def give_back(self, lease: int, ttl: int, refreshed: float = 0.0) -> bool:
+    def refreshed(self, lease: int, ttl: int, at: float) -> None:
+        """A heartbeat reset the etcd lease's TTL at `at` (monotonic): it is that young again for give_back."""
+        if ttl == self._ttl:
+            self._note(lease, at)
+
+    def give_back(self, lease: int, ttl: int) -> bool:
         """Pool the etcd lease of a lease that was released (its liveness key deleted) while it is young.
 
-        `refreshed` is when a heartbeat last reset the etcd lease's TTL (monotonic, 0: unknown). A lease
-        neither handed out here nor refreshed here is of unknown age and is left to expire. Returns
-        whether the lease was pooled; call it once per ended lease, after the write that deleted its key.
+        Its age is what this pool knows: when it was handed out here or last refreshed through here. A lease
+        of unknown age is left to expire. Returns whether the lease was pooled; call it once per ended
+        lease, after the write that deleted its key.
         """
-        granted = self._issued.pop(lease, None)
-        if ttl != self._ttl or (granted is None and not refreshed):
+        born = self._born.pop(lease, None)
+        if ttl != self._ttl or born is None:
             return False
-        born = max(granted or 0.0, refreshed)
         if time.monotonic() - born > self.max_age or len(self._ready) >= 2 * self._target:
             return False
         position = len(self._ready)
@@ -82,11 +86,14 @@ class LivenessLeases:
         return True
 
     def _issue(self, lease: int, granted_at: float) -> int:
-        if len(self._issued) >= _ISSUED_TRACKED:
-            oldest = time.monotonic() - self.max_age
-            self._issued = {k: at for k, at in self._issued.items() if at >= oldest}
-        self._issued[lease] = granted_at
+        self._note(lease, granted_at)
         return lease
+
+    def _note(self, lease: int, born: float) -> None:
+        if len(self._born) >= _BORN_TRACKED:
+            oldest = time.monotonic() - self.max_age
+            self._born = {k: at for k, at in self._born.items() if at >= oldest}
+        self._born[lease] = max(born, self._born.get(lease, born))
 
     async def run(self) -> None:
         """Keep the pool topped up with young leases. Runs until cancelled."""

@@ -90,20 +90,16 @@ class EtcdStore:
     async def get_prefix(self, prefix: str, *, timeout: float) -> Snapshot:
         """Every key under `prefix`, sorted by key (etcd's range order), with the revision of the read."""
         key, end = prefix_range(prefix)
-        request = RangeRequest(key=key, range_end=end)
-        response = await self._members.unary(
-            "get_prefix",
-            lambda m, t: m.kv.Range(request, timeout=t, metadata=REQUIRE_LEADER),
-            timeout=timeout,
-            idempotent=True,
-        )
-        return Snapshot(kvs=[key_value(kv) for kv in response.kvs], revision=response.header.revision)
+        return await self._range("get_prefix", key, end, timeout=timeout)
 
     async def get_range(self, start: str, end: str, *, timeout: float) -> Snapshot:
         """Every key >= `start` and < `end`, sorted by key, with the revision of the read."""
-        request = RangeRequest(key=key_bytes(start), range_end=key_bytes(end))
+        return await self._range("get_range", key_bytes(start), key_bytes(end), timeout=timeout)
+
+    async def _range(self, what: str, key: bytes, end: bytes, *, timeout: float) -> Snapshot:
+        request = RangeRequest(key=key, range_end=end)
         response = await self._members.unary(
-            "get_range",
+            what,
             lambda m, t: m.kv.Range(request, timeout=t, metadata=REQUIRE_LEADER),
             timeout=timeout,
             idempotent=True,
