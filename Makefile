@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-enforce clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-enforce security-check gpu-wheelhouse gpu-check clean
 
 venv: $(STAMP)
 
@@ -67,12 +67,28 @@ bench-preempt: $(STAMP)
 bench-enforce: $(STAMP)
 	$(BIN)/python bench/enforce.py
 
+# Every attack of the tenancy issue tried as uid 65534 (must all be refused), and what authentication costs
+# (throughput and p50/floor without and with it, interleaved). Needs root, like vgpud itself.
+security-check: $(STAMP)
+	$(BIN)/python bench/security_check.py
+
 # Scheduler quality on the openb trace (FGD protocol, 10 seeds, every pod list): one JSON line per policy and trace,
 # BestFit on the same samples and FGD's published figure beside ours. TRACES points at the trace folder.
 TRACES ?= ../shared/traces/openb
 bench-replay: $(STAMP)
 	$(BIN)/python bench/replay.py --nodes $(TRACES)/openb_node_list_gpu_node.csv \
 	  --pods $(wildcard $(TRACES)/openb_pod_list_*.csv) --seeds 10 --jobs 2
+
+# The offline GPU acceptance check. On a machine with network: the cp311/cp312 wheels a CUDA host image lacks, and
+# ours, into $(WHEELHOUSE) with a pinned requirements.txt (closure and size checked).
+WHEELHOUSE ?= wheelhouse
+gpu-wheelhouse: $(STAMP)
+	$(BIN)/python tools/gpu_wheelhouse.py --dest $(WHEELHOUSE)
+
+# On the GPU host (no network, no venv): installs the wheelhouse into a scratch dir, then proves the GPU paths;
+# JSON into $(OUT) (default ./gpu-check-out). Never changes the GPU's settings.
+gpu-check:
+	bash tools/gpu-check.sh --python $(PYTHON) --wheelhouse $(WHEELHOUSE) $(if $(OUT),--out $(OUT))
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

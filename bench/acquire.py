@@ -28,6 +28,7 @@ from bench_floor import measure_floor, percentile
 
 import vgpu
 from vgpu.testing import LocalPool, local_pool
+from vgpud._private.store.embedded_pki import EtcdTlsFiles, client_files
 
 
 def cpu_seconds(pid: int) -> float:
@@ -49,10 +50,11 @@ def daemon_usage(pid: int, seconds: float) -> tuple[float, float]:
     return used / seconds * 100, rss_kb / 1024
 
 
-def etcd_endpoint(pool: LocalPool) -> str:
-    """The embedded etcd's client address, as the daemon recorded it under its state dir."""
-    ports = json.loads((Path(pool.state_dir) / "etcd" / "ports.json").read_text())
-    return f"127.0.0.1:{ports['client']}"
+def etcd_endpoint(pool: LocalPool) -> tuple[str, EtcdTlsFiles]:
+    """The embedded etcd's client address and the daemon's client files, as recorded under its state dir."""
+    data_dir = Path(pool.state_dir) / "etcd"
+    ports = json.loads((data_dir / "ports.json").read_text())
+    return f"127.0.0.1:{ports['client']}", client_files(data_dir / "pki")
 
 
 async def cycle_loop(apool: vgpu.AsyncPool, stop_at: float, latencies: list[float]) -> int:
@@ -68,7 +70,8 @@ async def cycle_loop(apool: vgpu.AsyncPool, stop_at: float, latencies: list[floa
 
 async def measure(pool: LocalPool, clients: int, seconds: float, samples: int) -> dict[str, float]:
     assert pool.pid is not None
-    grpc_ms, txn_ms = await measure_floor(pool.endpoint, etcd_endpoint(pool), samples)
+    etcd_at, etcd_tls = etcd_endpoint(pool)
+    grpc_ms, txn_ms = await measure_floor(pool.endpoint, etcd_at, samples, etcd_tls)
     single: list[float] = []
     async with vgpu.AsyncPool(pool.endpoint) as apool:
         for _ in range(samples):

@@ -10,6 +10,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from vgpud._private.store.base import ModRevisionIs, Put
+from vgpud._private.store.embedded_pki import EtcdTlsFiles
 from vgpud._private.store.etcd_store import EtcdStore
 
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
@@ -21,8 +22,13 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure_floor(daemon_endpoint: str, etcd_endpoint: str, samples: int) -> tuple[float, float]:
-    """p50 of an empty gRPC round trip and of one etcd compare-and-put transaction, in ms."""
+async def measure_floor(
+    daemon_endpoint: str, etcd_endpoint: str, samples: int, etcd_tls: EtcdTlsFiles | None = None
+) -> tuple[float, float]:
+    """p50 of an empty gRPC round trip and of one etcd compare-and-put transaction, in ms.
+
+    `etcd_tls`: the client files of a TLS etcd (an embedded etcd's, as vgpud itself connects).
+    """
     async with grpc.aio.insecure_channel(daemon_endpoint) as channel:
         check = channel.unary_unary(
             HEALTH_CHECK,
@@ -34,7 +40,11 @@ async def measure_floor(daemon_endpoint: str, etcd_endpoint: str, samples: int) 
             t0 = time.perf_counter()
             await check(health_pb2.HealthCheckRequest(), timeout=5)
             rtts.append(time.perf_counter() - t0)
-    store = await EtcdStore.connect([etcd_endpoint])
+    store = (
+        await EtcdStore.connect([etcd_endpoint])
+        if etcd_tls is None
+        else await EtcdStore.connect([etcd_endpoint], **etcd_tls.store_args())
+    )
     try:
         key = f"/bench/floor/{uuid.uuid4().hex}"
         txns = []

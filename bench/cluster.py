@@ -84,11 +84,12 @@ def parse_ks(text: str) -> list[int]:
 
 
 # -- daemons ---------------------------------------------------------------------------------------------
-def start_daemons(stack: contextlib.ExitStack, k: int, sim: str, etcd_endpoint: str, cluster: str) -> list[LocalPool]:
+def start_daemons(stack: contextlib.ExitStack, k: int, sim: str, etcd: EmbeddedEtcd, cluster: str) -> list[LocalPool]:
     """K daemons on `cluster` in the shared etcd, each stopped (and its state dir removed) when `stack` closes."""
     pools = []
     for i in range(k):
-        pool = LocalPool(sim, extra_args=["--etcd", etcd_endpoint, "--cluster", cluster])
+        etcd_args = ["--etcd", etcd.endpoint, *etcd.client_tls.vgpud_flags()]
+        pool = LocalPool(sim, extra_args=[*etcd_args, "--cluster", cluster])
         stack.callback(pool.cleanup)
         try:
             pool.start()
@@ -103,9 +104,9 @@ def start_daemons(stack: contextlib.ExitStack, k: int, sim: str, etcd_endpoint: 
     return pools
 
 
-async def delete_cluster(etcd_endpoint: str, cluster: str) -> None:
+async def delete_cluster(etcd: EmbeddedEtcd, cluster: str) -> None:
     """Remove every key of `cluster` from etcd, once its daemons have stopped."""
-    store = await EtcdStore.connect([etcd_endpoint])
+    store = await EtcdStore.connect([etcd.endpoint], **etcd.client_tls.store_args())
     try:
         await store.txn([], [Delete(Keys(cluster).root, prefix=True)], timeout=10)
     finally:
@@ -201,17 +202,17 @@ def run_clients(ctx: SpawnContext, pools: list[LocalPool], clients: int, seconds
 
 # -- one K -----------------------------------------------------------------------------------------------
 def measure_k(
-    ctx: SpawnContext, args: argparse.Namespace, k: int, etcd_endpoint: str, floor: tuple[float, float] | None
+    ctx: SpawnContext, args: argparse.Namespace, k: int, etcd: EmbeddedEtcd, floor: tuple[float, float] | None
 ) -> tuple[dict[str, Any], tuple[float, float]]:
     """Start K daemons, measure (the floor too, if not yet measured), stop them."""
     cluster = f"bench-{uuid.uuid4().hex[:8]}-k{k}"
     with contextlib.ExitStack() as stack:
-        stack.callback(lambda: asyncio.run(delete_cluster(etcd_endpoint, cluster)))  # runs after the daemons stop
+        stack.callback(lambda: asyncio.run(delete_cluster(etcd, cluster)))  # runs after the daemons stop
         print(f"K={k}: starting {k} vgpud on cluster {cluster}", file=sys.stderr)
-        pools = start_daemons(stack, k, args.sim, etcd_endpoint, cluster)
+        pools = start_daemons(stack, k, args.sim, etcd, cluster)
         if floor is None:
             print(f"K={k}: measuring the floor", file=sys.stderr)
-            floor = asyncio.run(measure_floor(pools[0].endpoint, etcd_endpoint, args.samples))
+            floor = asyncio.run(measure_floor(pools[0].endpoint, etcd.endpoint, args.samples, etcd.client_tls))
         print(f"K={k}: single-client latency", file=sys.stderr)
         single = asyncio.run(single_client(pools, args.samples))
         print(f"K={k}: {args.clients} client processes for {args.seconds:g}s", file=sys.stderr)
@@ -252,7 +253,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             floor: tuple[float, float] | None = None
             runs = []
             for k in args.ks:
-                run, floor = measure_k(ctx, args, k, etcd.endpoint, floor)
+                run, floor = measure_k(ctx, args, k, etcd, floor)
                 runs.append(run)
         finally:
             etcd.stop()

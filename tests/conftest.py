@@ -30,7 +30,7 @@ def etcd(tmp_path: Path) -> Iterator[EmbeddedEtcd]:
 @pytest.fixture
 async def etcd_store(etcd: EmbeddedEtcd) -> AsyncIterator[EtcdStore]:
     """An EtcdStore connected to the `etcd` fixture; closed after the test."""
-    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5.0)
+    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5.0, **etcd.client_tls.store_args())
     try:
         yield store
     finally:

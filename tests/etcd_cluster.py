@@ -10,6 +10,10 @@ fault-injecting thread that ends does not take members with it).
 
 With `tls=True` clients must present a certificate signed by the cluster's CA (`--client-cert-auth`);
 `tls_files` holds the CA and a client certificate and key ("vgpud"). Peers talk plain http on loopback.
+With `auth_pool=NAME` as well, etcd's auth is enabled once the cluster is up, set up as the README tells an
+operator to (`vgpud_auth_commands`): a root user, a `vgpud` role with readwrite on exactly the prefixes a
+vgpud of pool NAME uses, and a `vgpud` user with that role. etcd takes the user from the client
+certificate's CN; `client_files(user)` issues one for any user (`client_files("root")` administers).
 """
 
 from __future__ import annotations
@@ -29,14 +33,35 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.pki import write_ca, write_leaf
 from tests.support import free_ports
+from vgpu._private import pki
+from vgpud._private.registry import Keys
 from vgpud._private.store.embedded_etcd import find_etcd_binary
 from vgpud._private.store.etcd_process import HEALTH_TIMEOUT_S, healthy, log_tail, spawn_tied_to_parent
 
 _POLL_S = 0.05
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_LINES = 25
+
+
+def vgpud_prefixes(pool: str) -> list[str]:
+    """Every key prefix a vgpud of `pool` reads and writes: the pool's keys, usage buckets, audit records."""
+    keys = Keys(pool)
+    return [keys.root, keys.usage_root, f"/vgpu-audit/{pool}/"]
+
+
+def vgpud_auth_commands(pool: str) -> list[list[str]]:
+    """The etcdctl commands (arguments after `etcdctl`) that give vgpud of `pool` its etcd user, as in the README."""
+    grants = [["role", "grant-permission", "vgpud", "--prefix=true", "readwrite", p] for p in vgpud_prefixes(pool)]
+    return [
+        ["user", "add", "root", "--no-password"],
+        ["user", "grant-role", "root", "root"],
+        ["role", "add", "vgpud"],
+        *grants,
+        ["user", "add", "vgpud", "--no-password"],
+        ["user", "grant-role", "vgpud", "vgpud"],
+        ["auth", "enable"],
+    ]
 
 
 class EtcdClusterError(RuntimeError):
@@ -67,18 +92,28 @@ class EtcdCluster:
     """
 
     def __init__(
-        self, base_dir: Path, size: int = 3, *, tls: bool = False, server_names: Sequence[str] | None = None
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        tls: bool = False,
+        server_names: Sequence[str] | None = None,
+        auth_pool: str | None = None,
     ) -> None:
         """`server_names` (TLS only): per member, the one name its certificate carries ("localhost" or
         "127.0.0.1") and its endpoints use; by default all members share one certificate naming both.
+        `auth_pool` (TLS only): enable etcd auth with a vgpud role for that pool (see the module docstring).
         """
         if size < 1:
             raise ValueError("an etcd cluster needs at least one member")
         if server_names is not None and (not tls or len(server_names) != size):
             raise ValueError("server_names needs tls=True and one name per member")
+        if auth_pool is not None and not tls:
+            raise ValueError("auth_pool needs tls=True: etcd takes the user from the client certificate")
         self.base_dir = base_dir
         self.size = size
         self.tls = tls
+        self.auth_pool = auth_pool
         self.tls_files: TlsFiles | None = None
         self._server_names = list(server_names) if server_names is not None else None
         self._server_files: list[tuple[Path, Path]] = []
@@ -133,6 +168,9 @@ class EtcdCluster:
                 for i in range(self.size):
                     self._spawn(i)
                 self._wait_healthy(range(self.size), deadline)
+                if self.auth_pool is not None:
+                    for command in vgpud_auth_commands(self.auth_pool):
+                        self.etcdctl(*command)
             except _PortConflictError:
                 self._kill_all()
                 for i in range(self.size):  # a fresh cluster: nothing of the half-formed one may remain
@@ -239,7 +277,35 @@ class EtcdCluster:
                 raise EtcdClusterError(f"no etcd member reported a leader within {timeout:g} s")
             time.sleep(_POLL_S)
 
+    # -- clients --------------------------------------------------------------------------------------
+    def client_files(self, user: str) -> TlsFiles:
+        """A client certificate (CN `user`, which etcd takes as the user name) and key from the cluster's CA."""
+        if self.tls_files is None:
+            raise EtcdClusterError("client certificates need a cluster started with tls=True")
+        cert_file, key_file = pki.leaf_paths(self._pki_dir, user)
+        if not cert_file.exists():
+            cert_file, key_file = pki.issue(self._pki_dir, user, role="user", days=1)
+        return TlsFiles(ca_file=self.tls_files.ca_file, cert_file=cert_file, key_file=key_file)
+
+    def etcdctl(self, *args: str, user: str = "root") -> str:
+        """Run etcdctl against every member (as `user` once auth is on) and return its output."""
+        etcdctl = find_etcd_binary().with_name("etcdctl")
+        if not etcdctl.is_file():
+            etcdctl = Path(shutil.which("etcdctl") or "etcdctl")
+        argv = [str(etcdctl), f"--endpoints={','.join(self.endpoints)}", "--dial-timeout=5s"]
+        if self.tls:
+            files = self.client_files(user)
+            argv += [f"--cacert={files.ca_file}", f"--cert={files.cert_file}", f"--key={files.key_file}"]
+        result = subprocess.run([*argv, *args], capture_output=True, text=True, timeout=30, check=False)
+        if result.returncode != 0:
+            raise EtcdClusterError(f"etcdctl {' '.join(args)} failed: {result.stderr.strip() or result.stdout}")
+        return result.stdout
+
     # -- internals --------------------------------------------------------------------------------------
+    @property
+    def _pki_dir(self) -> Path:
+        return self.base_dir / "pki"
+
     def _member(self, i: int) -> _Member:
         if not self._members:
             raise EtcdClusterError("the cluster has not been started")
@@ -366,16 +432,14 @@ class EtcdCluster:
         return f"last lines of {self.log_file(i)}:\n{tail}" if tail else f"see {self.log_file(i)}"
 
     def _write_pki(self) -> None:
-        pki = self.base_dir / "pki"
-        ca_key, ca_cert, ca_file = write_ca(pki, "vgpu test cluster CA")
-        if self._server_names is None:
-            self._server_files = [write_leaf(pki, "server", ca_key, ca_cert, server=True)]
-        else:
-            self._server_files = [
-                write_leaf(pki, f"server-{i}", ca_key, ca_cert, server=True, names=[name])
-                for i, name in enumerate(self._server_names)
-            ]
-        cert_file, key_file = write_leaf(pki, "client", ca_key, ca_cert, server=False, common_name="vgpud")
+        directory = self._pki_dir
+        ca_file, _ = pki.create_ca(directory, cluster="etcd-test", days=1, force=True)
+        names = [["localhost", "127.0.0.1"]] if self._server_names is None else [[n] for n in self._server_names]
+        self._server_files = [
+            pki.issue(directory, f"server-{i}", role="node", hosts=hosts, days=1, force=True)
+            for i, hosts in enumerate(names)
+        ]
+        cert_file, key_file = pki.issue(directory, "vgpud", role="node", days=1, force=True)
         self.tls_files = TlsFiles(ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
 

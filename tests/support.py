@@ -4,19 +4,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
-import ipaddress
 import os
 import select
 import signal
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from etcd3aio import Etcd3Client
+
+from vgpu._private import pki
+from vgpud._private.store.embedded_etcd import EmbeddedEtcd
+from vgpud._private.store.embedded_pki import EtcdTlsFiles
+from vgpud._private.store.etcd_store import EtcdStore
+
+
+@dataclass(frozen=True)
+class SharedEtcd:
+    """An embedded etcd that several daemons of a test share: where it listens, the client files it requires."""
+
+    endpoint: str
+    tls: EtcdTlsFiles
+
+    @classmethod
+    def of(cls, etcd: EmbeddedEtcd) -> SharedEtcd:
+        """The running `etcd`."""
+        return cls(etcd.endpoint, etcd.client_tls)
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        """The vgpud flags that point a daemon at it: `--etcd` and the TLS files."""
+        return ("--etcd", self.endpoint, *self.tls.vgpud_flags())
+
+    async def connect(self, connect_timeout: float = 10.0) -> EtcdStore:
+        """A store on it (close it when done)."""
+        return await EtcdStore.connect([self.endpoint], connect_timeout=connect_timeout, **self.tls.store_args())
+
+    async def read(self, key: str) -> bytes | None:
+        """The value of `key`, None when absent."""
+        store = await self.connect()
+        try:
+            kv = await store.get(key, timeout=5)
+            return kv.value if kv is not None else None
+        finally:
+            await store.close()
 
 
 def free_port() -> int:
@@ -54,17 +85,28 @@ def kill_if_alive(pidfd: int) -> None:
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
-async def compact(endpoint: str, revision: int) -> None:
+async def compact(endpoint: str, revision: int, tls: EtcdTlsFiles | None = None) -> None:
     """Compact etcd's history up to `revision` (the daemon never compacts by hand, so Store has no call)."""
-    async with Etcd3Client([endpoint]) as client:
+    client = (
+        Etcd3Client([endpoint])
+        if tls is None
+        else Etcd3Client(
+            [endpoint],
+            ca_cert=tls.ca_file.read_bytes(),
+            cert_key=tls.key_file.read_bytes(),
+            cert_chain=tls.cert_file.read_bytes(),
+        )
+    )
+    async with client:
         assert client.kv is not None
         await client.kv.compact(revision, physical=True, timeout=5)
 
 
-async def etcd_metric(endpoint: str, series: str) -> int:
-    """The value of the first line of etcd's /metrics (client port) that starts with `series`."""
+async def etcd_metric(endpoint: str, series: str, tls: EtcdTlsFiles | None = None) -> int:
+    """The value of the first line of etcd's /metrics (client port; HTTPS with `tls`) that starts with `series`."""
     host, port = endpoint.rsplit(":", 1)
-    reader, writer = await asyncio.open_connection(host, int(port))
+    context = tls.ssl_context() if tls is not None else None
+    reader, writer = await asyncio.open_connection(host, int(port), ssl=context)
     try:
         writer.write(f"GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n".encode())
         body = (await reader.read()).decode()
@@ -77,9 +119,9 @@ async def etcd_metric(endpoint: str, series: str) -> int:
     raise AssertionError(f"etcd /metrics has no {series}")
 
 
-async def watcher_streams(endpoint: str) -> int:
+async def watcher_streams(endpoint: str, tls: EtcdTlsFiles | None = None) -> int:
     """How many watch streams etcd has open."""
-    return await etcd_metric(endpoint, "etcd_debugging_mvcc_watch_stream_total ")
+    return await etcd_metric(endpoint, "etcd_debugging_mvcc_watch_stream_total ", tls)
 
 
 def write_test_pki(directory: Path) -> dict[str, Path]:
@@ -87,57 +129,46 @@ def write_test_pki(directory: Path) -> dict[str, Path]:
 
     Keys: ca, server_cert, server_key, client_cert, client_key.
     """
-    now = datetime.datetime.now(datetime.UTC)
-    directory.mkdir(parents=True, exist_ok=True)
+    ca, _ = pki.create_ca(directory, cluster="test", days=1)
+    server_cert, server_key = pki.issue(directory, "server", role="node", hosts=["localhost", "127.0.0.1"], days=1)
+    client_cert, client_key = pki.issue(directory, "client", role="user", days=1)
+    return {
+        "ca": ca,
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
 
-    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str) -> x509.CertificateBuilder:
-        return (
-            x509.CertificateBuilder()
-            .subject_name(name(subject))
-            .issuer_name(name(issuer))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
+def write_expired_certificate(ca_dir: Path, name: str, role: str = "user") -> None:
+    """`ca_dir/NAME.pem` and `NAME-key.pem`: signed by the CA there, expired yesterday (`pki.issue` will not)."""
+    import datetime as dt
 
-    def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> tuple[Path, Path]:
-        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-        return cert_path, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        issue("vgpu test CA", ca_key, "vgpu test CA")
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+    ca = pki.load_certificate((ca_dir / pki.CA_CERT_FILE).read_bytes())
+    ca_key = serialization.load_pem_private_key((ca_dir / pki.CA_KEY_FILE).read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    spiffe = pki.SpiffeId(pki.trust_domain(ca), role, name).uri()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=3))
+        .not_valid_after(now - dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    ca_path, _ = write("ca", ca_key, ca_cert)
-    paths = {"ca": ca_path}
-    for stem, usage in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH),
-        ("client", ExtendedKeyUsageOID.CLIENT_AUTH),
-    ):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            issue(stem, key, "vgpu test CA")
-            .add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        paths[f"{stem}_cert"], paths[f"{stem}_key"] = write(stem, key, cert)
-    return paths
+    cert_path, key_path = pki.leaf_paths(ca_dir, name)
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    pki.write_secret(key_path, private)

@@ -12,6 +12,7 @@ from __future__ import annotations
 from vgpu._private.async_lease import AsyncLease
 from vgpu._private.async_pool import AsyncPool
 from vgpu._private.errors import (
+    AuthenticationError,
     ConflictError,
     DaemonUnavailableError,
     GpuBusyError,
@@ -28,6 +29,7 @@ from vgpu._private.errors import (
     NodeDrainingError,
     NotPreemptibleError,
     NotSupportedError,
+    PermissionDeniedError,
     QueueTimeoutError,
     QuotaExceededError,
     VgpuError,
@@ -43,10 +45,12 @@ from vgpu._private.runtime.preemptible_kernel import (
     Progress,
 )
 from vgpu._private.runtime.runtime import Runtime, RuntimeOptions
+from vgpu._private.tls import TlsConfig
 
 __all__ = [
     "AsyncLease",
     "AsyncPool",
+    "AuthenticationError",
     "ConflictError",
     "CudaPreemptibleKernel",
     "DaemonUnavailableError",
@@ -69,6 +73,7 @@ __all__ = [
     "NotPreemptibleError",
     "NotSupportedError",
     "Owner",
+    "PermissionDeniedError",
     "Pool",
     "PreemptNotice",
     "PreemptibleKernel",
@@ -80,6 +85,7 @@ __all__ = [
     "RuntimeOptions",
     "Slice",
     "ThrottlePolicy",
+    "TlsConfig",
     "VgpuError",
     "acquire",
     "attach",

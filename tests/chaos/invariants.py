@@ -15,6 +15,7 @@ from typing import Final
 
 import grpc
 
+from vgpu._private.local_credential import CredentialError, LocalCredential, socket_of
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
 from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState, overlapping
@@ -475,8 +476,12 @@ def _expected_allocation(pool: PoolContents) -> dict[str, tuple[int, int, int]]:
 async def _daemon_disagreements(
     endpoint: str, stub: admin_pb2_grpc.AdminServiceAsyncStub, expected: dict[str, tuple[int, int, int]], revision: int
 ) -> list[str]:
+    path = socket_of(endpoint)
     try:
-        answer = await stub.ListGpus(admin_pb2.ListGpusRequest(), timeout=RPC_TIMEOUT)
+        metadata = await LocalCredential(path).metadata_async(RPC_TIMEOUT) if path is not None else ()
+        answer = await stub.ListGpus(admin_pb2.ListGpusRequest(), timeout=RPC_TIMEOUT, metadata=metadata)
+    except CredentialError as exc:
+        return [f"{DAEMON_DISAGREES}: {endpoint} gave no credential: {exc}"]
     except grpc.aio.AioRpcError as exc:
         return [f"{DAEMON_DISAGREES}: {endpoint} did not answer ListGpus: {exc.code().name} {exc.details()}"]
     seen = {g.uuid: (g.allocated.memory_bytes, g.allocated.compute_milli, g.allocated.slices) for g in answer.gpus}

@@ -26,7 +26,7 @@ def mig_gpu(nvml_backend: NvmlBackend) -> DiscoveredGpu:
     """The first GPU with MIG on whose profiles this process may read."""
     gpus = [g for g in nvml_backend.discover() if g.mig_enabled]
     if not gpus:
-        pytest.skip("no GPU here has MIG enabled (these tests never turn it on)")
+        pytest.skip("GPU not in MIG mode: no GPU here has MIG enabled, and these tests never switch it on")
     try:
         nvml_backend.mig_profiles(gpus[0].uuid)
     except BackendError as exc:

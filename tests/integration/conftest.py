@@ -10,11 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 import pytest
 from google.protobuf import duration_pb2
 
 from tests.etcd_cluster import EtcdCluster
+from tests.support import SharedEtcd
+from vgpu._private.channels import authenticated_channel
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
 from vgpu.testing import LocalPool, local_pool
 
@@ -61,7 +62,7 @@ class Admin:
     """Raw AdminService/WorkloadService stubs against one daemon, for checks below the SDK."""
 
     def __init__(self, endpoint: str) -> None:
-        self.channel = grpc.insecure_channel(endpoint)
+        self.channel = authenticated_channel(endpoint)
         self.admin = admin_pb2_grpc.AdminServiceStub(self.channel)
         self.workload = workload_pb2_grpc.WorkloadServiceStub(self.channel)
 
@@ -105,14 +106,14 @@ def vgpuctl(pool: LocalPool, *args: str, check: bool = False) -> subprocess.Comp
 
 
 @pytest.fixture
-def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One etcd on loopback that several daemons of a test share; yields its endpoint."""
+def shared_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedEtcd]:
+    """One etcd on loopback that several daemons of a test share (`.args` are the vgpud flags for it)."""
     from vgpud._private.store.embedded_etcd import EmbeddedEtcd
 
     etcd = EmbeddedEtcd(tmp_path_factory.mktemp("etcd"))
     etcd.start()
     try:
-        yield etcd.endpoint
+        yield SharedEtcd.of(etcd)
     finally:
         etcd.stop()
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import grpc
 import pytest
 
 import vgpu
 from tests.integration.conftest import GiB, vgpuctl, wait_until
+from tests.support import SharedEtcd
+from vgpu._private.channels import authenticated_channel
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 from vgpu.testing import LocalPool, local_pool
 
@@ -83,11 +84,10 @@ def test_evict_via_vgpuctl_marks_the_client_lease_lost(daemon: LocalPool) -> Non
 
 
 def test_health_and_reflection_are_served(daemon: LocalPool) -> None:
-    import grpc
     from grpc_health.v1 import health_pb2
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    with grpc.insecure_channel(daemon.endpoint) as channel:
+    with authenticated_channel(daemon.endpoint) as channel:
         check = channel.unary_unary(
             "/grpc.health.v1.Health/Check",
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -104,26 +104,26 @@ def test_health_and_reflection_are_served(daemon: LocalPool) -> None:
 
 
 @pytest.fixture
-def two_nodes(shared_etcd: str) -> Iterator[tuple[LocalPool, LocalPool]]:
+def two_nodes(shared_etcd: SharedEtcd) -> Iterator[tuple[LocalPool, LocalPool]]:
     """Two daemons (two and one simulated GPUs), each its own node, sharing one etcd."""
-    args = ["--etcd", shared_etcd]
+    args = shared_etcd.args
     with local_pool("h100-80gb:2", extra_args=args) as first, local_pool("h100-80gb:1", extra_args=args) as second:
         yield first, second
 
 
 def list_nodes(daemon: LocalPool) -> dict[str, types_pb2.Node]:
-    with grpc.insecure_channel(daemon.endpoint) as channel:
+    with authenticated_channel(daemon.endpoint) as channel:
         answer = admin_pb2_grpc.AdminServiceStub(channel).ListNodes(admin_pb2.ListNodesRequest(), timeout=10)
     return {node.name: node for node in answer.nodes}
 
 
 def list_gpus(daemon: LocalPool) -> list[types_pb2.Gpu]:
-    with grpc.insecure_channel(daemon.endpoint) as channel:
+    with authenticated_channel(daemon.endpoint) as channel:
         return list(admin_pb2_grpc.AdminServiceStub(channel).ListGpus(admin_pb2.ListGpusRequest(), timeout=10).gpus)
 
 
 def list_leases(daemon: LocalPool) -> list[types_pb2.Lease]:
-    with grpc.insecure_channel(daemon.endpoint) as channel:
+    with authenticated_channel(daemon.endpoint) as channel:
         stub = admin_pb2_grpc.AdminServiceStub(channel)
         return list(stub.ListAllLeases(admin_pb2.ListAllLeasesRequest(), timeout=10).leases)
 

@@ -16,21 +16,21 @@ import grpc
 import pytest
 
 from tests.integration.conftest import Admin, wait_until
+from tests.support import SharedEtcd
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
 from vgpu.testing import LocalPool, local_pool
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.registry import Keys
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd
-from vgpud._private.store.etcd_store import EtcdStore
 
 WHOLE = types_pb2.ISOLATION_WHOLE
 
 
 @pytest.fixture
-def two_nodes(shared_etcd: str) -> Iterator[tuple[LocalPool, LocalPool]]:
+def two_nodes(shared_etcd: SharedEtcd) -> Iterator[tuple[LocalPool, LocalPool]]:
     """Nodes a and b, two simulated H100s each, on one etcd."""
-    args = ("--etcd", shared_etcd)
+    args = shared_etcd.args
     with local_pool("h100-80gb:2", extra_args=args, ttl=5) as a, local_pool("h100-80gb:2", extra_args=args, ttl=5) as b:
         yield a, b
 
@@ -55,17 +55,8 @@ def refusal(daemon: LocalPool, resources: types_pb2.ResourceRequest) -> tuple[gr
     return error.code(), error.details() or ""
 
 
-async def read(endpoint: str, key: str) -> bytes | None:
-    store = await EtcdStore.connect([endpoint])
-    try:
-        kv = await store.get(key, timeout=5)
-        return kv.value if kv is not None else None
-    finally:
-        await store.close()
-
-
-def leader_of(endpoint: str) -> str | None:
-    raw = asyncio.run(read(endpoint, Keys("default").leader))
+def leader_of(etcd: SharedEtcd) -> str | None:
+    raw = asyncio.run(etcd.read(Keys("default").leader))
     return raw.decode() if raw else None
 
 
@@ -104,7 +95,9 @@ def test_any_node_requests_keep_to_one_node_and_a_gang_spans_nodes(two_nodes: tu
     assert {e.node for e in gang.lease.node_environments} == {a.node_name, b.node_name}
 
 
-def test_bad_placement_requests_get_clear_errors(two_nodes: tuple[LocalPool, LocalPool], shared_etcd: str) -> None:
+def test_bad_placement_requests_get_clear_errors(
+    two_nodes: tuple[LocalPool, LocalPool], shared_etcd: SharedEtcd
+) -> None:
     a, b = two_nodes
     code, details = refusal(a, types_pb2.ResourceRequest(isolation=WHOLE, node=b.node_name, any_node=True))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -153,7 +146,9 @@ def test_a_lost_node_is_shown_down_and_its_leases_are_revoked(two_nodes: tuple[L
         admin.close()
 
 
-def test_leadership_fails_over_and_the_queue_goes_on(two_nodes: tuple[LocalPool, LocalPool], shared_etcd: str) -> None:
+def test_leadership_fails_over_and_the_queue_goes_on(
+    two_nodes: tuple[LocalPool, LocalPool], shared_etcd: SharedEtcd
+) -> None:
     a, b = two_nodes
     leader = wait_until(lambda: leader_of(shared_etcd), what="a leader")
     first, second = (a, b) if leader == a.node_name else (b, a)
@@ -180,8 +175,8 @@ def test_leadership_fails_over_and_the_queue_goes_on(two_nodes: tuple[LocalPool,
         admin.close()
 
 
-def test_a_daemon_refuses_an_etcd_of_another_pool(shared_etcd: str) -> None:
-    with local_pool("h100-80gb:1", extra_args=("--etcd", shared_etcd, "--cluster", "blue")):
+def test_a_daemon_refuses_an_etcd_of_another_pool(shared_etcd: SharedEtcd) -> None:
+    with local_pool("h100-80gb:1", extra_args=(*shared_etcd.args, "--cluster", "blue")):
         pass
     result = subprocess.run(
         [
@@ -190,8 +185,7 @@ def test_a_daemon_refuses_an_etcd_of_another_pool(shared_etcd: str) -> None:
             "vgpud",
             "--sim",
             "h100-80gb:1",
-            "--etcd",
-            shared_etcd,
+            *shared_etcd.args,
             "--cluster",
             "green",
             "--state-dir",
@@ -213,7 +207,7 @@ def test_a_partitioned_daemon_keeps_leases_until_its_own_lease_would_lapse(tmp_p
     etcd = EmbeddedEtcd(tmp_path / "etcd")
     etcd.start()
     try:
-        with local_pool("h100-80gb:1", extra_args=("--etcd", etcd.endpoint), ttl=30) as daemon:
+        with local_pool("h100-80gb:1", extra_args=SharedEtcd.of(etcd).args, ttl=30) as daemon:
             answer = acquire(daemon, types_pb2.ResourceRequest(memory_bytes=1 << 30, compute_milli=100))
             beat = workload_pb2.HeartbeatRequest(lease_id=answer.lease.id, token=answer.lease.token)
             admin = Admin(daemon.endpoint)
@@ -243,8 +237,8 @@ def test_a_partitioned_daemon_keeps_leases_until_its_own_lease_would_lapse(tmp_p
         etcd.stop()
 
 
-async def queue_keys(endpoint: str) -> list[str]:
-    store = await EtcdStore.connect([endpoint])
+async def queue_keys(etcd: SharedEtcd) -> list[str]:
+    store = await etcd.connect()
     try:
         snapshot = await store.get_prefix(Keys("default").queue(""), timeout=5)
         return [kv.key for kv in snapshot.kvs]
@@ -257,7 +251,7 @@ def test_a_waiter_that_gives_up_while_etcd_is_unreachable_still_leaves_the_queue
     etcd = EmbeddedEtcd(tmp_path / "etcd")
     etcd.start()
     try:
-        with local_pool("h100-80gb:1", extra_args=("--etcd", etcd.endpoint), ttl=30) as daemon:
+        with local_pool("h100-80gb:1", extra_args=SharedEtcd.of(etcd).args, ttl=30) as daemon:
             held = acquire(daemon, types_pb2.ResourceRequest(isolation=WHOLE))
             admin = Admin(daemon.endpoint)
             assert etcd.pid is not None
@@ -265,7 +259,7 @@ def test_a_waiter_that_gives_up_while_etcd_is_unreachable_still_leaves_the_queue
                 request = workload_pb2.AcquireRequest(resources=types_pb2.ResourceRequest(isolation=WHOLE), wait=True)
                 stream = admin.workload.Acquire(request, timeout=60)
                 assert next(stream).WhichOneof("update") == "queued"
-                assert len(asyncio.run(queue_keys(etcd.endpoint))) == 1
+                assert len(asyncio.run(queue_keys(SharedEtcd.of(etcd)))) == 1
                 os.kill(etcd.pid, signal.SIGSTOP)
                 try:
                     stream.cancel()  # the client gives up while its daemon cannot reach etcd
@@ -276,7 +270,8 @@ def test_a_waiter_that_gives_up_while_etcd_is_unreachable_still_leaves_the_queue
                     )
                 finally:
                     os.kill(etcd.pid, signal.SIGCONT)
-                wait_until(lambda: not asyncio.run(queue_keys(etcd.endpoint)), timeout=30, what="the queue to empty")
+                target = SharedEtcd.of(etcd)
+                wait_until(lambda: not asyncio.run(queue_keys(target)), timeout=30, what="the queue to empty")
                 admin.workload.Release(
                     workload_pb2.ReleaseRequest(lease_id=held.lease.id, token=held.lease.token), timeout=10
                 )

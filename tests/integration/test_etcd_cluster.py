@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -16,10 +18,10 @@ import pytest
 from tests.etcd_cluster import EtcdCluster, TlsFiles
 from tests.integration.conftest import Admin
 from tests.parent_death import assert_etcd_dies_with_killed_parent
-from tests.pki import write_ca, write_leaf
 from tests.support import open_pidfd, wait_pidfd, watcher_streams
+from vgpu._private import pki
 from vgpu.testing import local_pool
-from vgpud._private.store.base import Put, StoreError, StoreUnavailableError, WatchEvent
+from vgpud._private.store.base import Put, StoreError, StorePermissionError, StoreUnavailableError, WatchEvent
 from vgpud._private.store.etcd_store import EtcdStore
 
 T = 5.0  # per-call deadline, as the daemon uses
@@ -206,8 +208,8 @@ async def test_tls_without_the_right_certificates_is_a_clear_error_at_connect(
 ) -> None:
     files = tls_cluster.tls_files
     assert files is not None
-    other_key, other_cert, other_ca = write_ca(tmp_path / "other", "another CA")
-    stranger_cert, stranger_key = write_leaf(tmp_path / "other", "client", other_key, other_cert, server=False)
+    other_ca, _ = pki.create_ca(tmp_path / "other", cluster="another")
+    stranger_cert, stranger_key = pki.issue(tmp_path / "other", "client", role="user")
     cases: list[tuple[Path, Path | None, Path | None, str]] = [
         (files.ca_file, None, None, "refused this client's certificate"),  # no client certificate
         (files.ca_file, stranger_cert, stranger_key, "refused this client's certificate"),  # from another CA
@@ -288,3 +290,83 @@ def test_a_member_restarted_from_a_thread_outlives_that_thread(tmp_path: Path) -
             assert cluster.healthy(0)
         finally:
             os.close(pidfd)
+
+
+# -- (d) etcd auth: vgpud's etcd user may touch only its pool's prefixes -----------------------------------
+@pytest.fixture
+def auth_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """3 TLS members with etcd auth on, set up as the README says: user `vgpud` (the CN of the client
+    certificate the daemons get) holds a role with readwrite on pool `default`'s prefixes and nothing else.
+    """
+    with EtcdCluster(tmp_path / "auth", tls=True, auth_pool="default") as cluster:
+        yield cluster
+
+
+def daemon_args(cluster: EtcdCluster, files: TlsFiles) -> list[str]:
+    tls = ["--etcd-ca", str(files.ca_file), "--etcd-cert", str(files.cert_file), "--etcd-key", str(files.key_file)]
+    return ["--etcd", ",".join(cluster.endpoints), *tls]
+
+
+def test_vgpud_serves_on_an_etcd_with_auth_holding_only_its_prefixes(auth_cluster: EtcdCluster) -> None:
+    files = auth_cluster.tls_files
+    assert files is not None
+    args = daemon_args(auth_cluster, files)
+    with local_pool("h100-80gb:1", extra_args=args) as a, local_pool("h100-80gb:1", extra_args=args) as b:
+        for daemon in (a, b):
+            with daemon.pool() as pool:
+                lease = pool.acquire(memory="1GiB", compute=0.1)
+                assert lease.status == "granted"
+                lease.release()
+        with a.pool() as pool:  # through the pool-wide queue: the leader's election, watch and grant
+            lease = pool.acquire(gpus=1, node=b.node_name)
+            assert [s.node for s in lease.slices] == [b.node_name]
+            lease.release()
+        logs = a.log_tail(200) + b.log_tail(200)
+    assert "permission denied" not in logs.lower()
+    keys = auth_cluster.etcdctl("get", "--prefix", "--keys-only", "/")  # as root
+    assert f"/vgpu/default/nodes/{a.node_name}" in keys
+
+
+async def test_an_etcd_user_without_the_role_is_refused(auth_cluster: EtcdCluster) -> None:
+    intruder = auth_cluster.client_files("intruder")
+    auth_cluster.etcdctl("user", "add", "intruder", "--no-password")  # a user of this etcd, with no role
+    store = await EtcdStore.connect(
+        auth_cluster.endpoints,
+        ca_file=intruder.ca_file,
+        cert_file=intruder.cert_file,
+        key_file=intruder.key_file,
+        connect_timeout=10,
+    )
+    try:
+        with pytest.raises(StorePermissionError, match="permission denied"):
+            await store.get("/vgpu/default/leader/pool", timeout=T)
+        with pytest.raises(StorePermissionError, match="permission denied"):
+            await store.txn([], [Put("/vgpu/default/projects/evil", b"{}")], timeout=T)
+    finally:
+        await store.close()
+    async with connected(auth_cluster) as vgpud:  # vgpud's own user: its prefixes yes, anything else no
+        await vgpud.txn([], [Put("/vgpu/default/probe", b"")], timeout=T)
+        with pytest.raises(StorePermissionError):
+            await vgpud.txn([], [Put("/elsewhere", b"")], timeout=T)
+        with pytest.raises(StorePermissionError):
+            await vgpud.get_prefix("/vgpu/", timeout=T)
+        assert await vgpud.get("/vgpu/default/projects/evil", timeout=T) is None
+
+
+def test_a_daemon_of_another_pool_is_refused_naming_the_permission(auth_cluster: EtcdCluster, tmp_path: Path) -> None:
+    files = auth_cluster.tls_files
+    assert files is not None
+    state = tmp_path / "state"
+    result = subprocess.run(
+        [
+            *[sys.executable, "-m", "vgpud", "--sim", "h100-80gb:1", "--cluster", "blue"],
+            *["--state-dir", str(state), "--socket", str(state / "vgpud.sock"), *daemon_args(auth_cluster, files)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "permission denied" in result.stderr
+    assert "role for vgpud" in result.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import re
 import socket
+import ssl
+import stat
 import subprocess
 import textwrap
 import time
@@ -24,6 +27,8 @@ from tests.support import (
     watcher_streams,
     write_test_pki,
 )
+from vgpu._private import pki
+from vgpud._private.store import embedded_pki
 from vgpud._private.store.base import (
     CompactedError,
     Delete,
@@ -47,10 +52,10 @@ async def take(events: AsyncIterator[WatchEvent], n: int) -> list[WatchEvent]:
         return [await anext(events) for _ in range(n)]
 
 
-async def streams_drop_to_zero(endpoint: str) -> None:
+async def streams_drop_to_zero(etcd: EmbeddedEtcd) -> None:
     """Wait until etcd has no watch stream open: it notices a reset stream a moment later, unannounced."""
     async with asyncio.timeout(5):
-        while await watcher_streams(endpoint) != 0:  # noqa: ASYNC110 -- nothing to await but etcd's count
+        while await watcher_streams(etcd.endpoint, etcd.client_tls) != 0:  # noqa: ASYNC110 -- nothing to await but etcd's count
             await asyncio.sleep(0.02)
 
 
@@ -170,7 +175,7 @@ async def test_watch_delivers_in_order_and_resumes_from_a_revision(etcd_store: E
 async def test_watch_after_compaction_raises_compacted(etcd: EmbeddedEtcd, etcd_store: EtcdStore) -> None:
     first = await etcd_store.txn([], [Put("/c/k", b"1")], timeout=T)
     last = await etcd_store.txn([], [Put("/c/k", b"2")], timeout=T)
-    await compact(etcd.endpoint, last.revision)
+    await compact(etcd.endpoint, last.revision, etcd.client_tls)
     with pytest.raises(CompactedError) as caught:
         await take(etcd_store.watch_prefix("/c/", start_revision=first.revision), 1)
     assert caught.value.compact_revision == last.revision
@@ -187,19 +192,19 @@ async def test_cancelling_the_consumer_closes_the_watch_stream(etcd: EmbeddedEtc
     task = asyncio.create_task(consume(put.revision))
     async with asyncio.timeout(10):
         await got_one.wait()
-    assert await watcher_streams(etcd.endpoint) == 1
+    assert await watcher_streams(etcd.endpoint, etcd.client_tls) == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await streams_drop_to_zero(etcd.endpoint)
+    await streams_drop_to_zero(etcd)
     async with contextlib.aclosing(etcd_store.watch_prefix("/x/", start_revision=put.revision)) as events:
         await take(events, 1)
-        assert await watcher_streams(etcd.endpoint) == 1
-    await streams_drop_to_zero(etcd.endpoint)  # closing the iterator closed its stream
+        assert await watcher_streams(etcd.endpoint, etcd.client_tls) == 1
+    await streams_drop_to_zero(etcd)  # closing the iterator closed its stream
 
 
 async def test_closing_the_store_ends_its_watches(etcd: EmbeddedEtcd) -> None:
-    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5)
+    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5, **etcd.client_tls.store_args())
     put = await store.txn([], [Put("/x/k", b"")], timeout=T)
     events = store.watch_prefix("/x/", start_revision=put.revision)
     await take(events, 1)  # the stream is open
@@ -210,15 +215,19 @@ async def test_closing_the_store_ends_its_watches(etcd: EmbeddedEtcd) -> None:
             await pending
 
 
-async def watch_streams_started(endpoint: str) -> int:
+async def watch_streams_started(etcd: EmbeddedEtcd) -> int:
     """How many Watch streams etcd has ever accepted (its gRPC server counter)."""
     return await etcd_metric(
-        endpoint, 'grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"'
+        etcd.endpoint,
+        'grpc_server_started_total{grpc_method="Watch",grpc_service="etcdserverpb.Watch"',
+        etcd.client_tls,
     )
 
 
 async def test_a_quiet_watch_is_kept_by_progress_answers_and_yields_nothing(etcd: EmbeddedEtcd) -> None:
-    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5, watch_check_after=0.1)
+    store = await EtcdStore.connect(
+        [etcd.endpoint], connect_timeout=5, **etcd.client_tls.store_args(), watch_check_after=0.1
+    )
     try:
         start = (await store.get_prefix("/q/", timeout=T)).revision + 1
         async with contextlib.aclosing(store.watch_prefix("/q/", start_revision=start)) as events:
@@ -226,7 +235,7 @@ async def test_a_quiet_watch_is_kept_by_progress_answers_and_yields_nothing(etcd
             # Ten silence checks' worth of quiet: each asks etcd for progress and gets an answer with no events.
             done, _ = await asyncio.wait({pending}, timeout=1.0)
             assert not done, f"a progress answer was yielded: {pending.result()}"
-            assert await watch_streams_started(etcd.endpoint) == 1  # answered checks keep the stream
+            assert await watch_streams_started(etcd) == 1  # answered checks keep the stream
             put = await store.txn([], [Put("/q/k", b"v")], timeout=T)
             async with asyncio.timeout(10):
                 event = await pending
@@ -236,7 +245,7 @@ async def test_a_quiet_watch_is_kept_by_progress_answers_and_yields_nothing(etcd
 
 
 async def test_watch_resumes_across_an_etcd_restart_without_loss_or_repeats(etcd: EmbeddedEtcd) -> None:
-    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5)
+    store = await EtcdStore.connect([etcd.endpoint], connect_timeout=5, **etcd.client_tls.store_args())
     try:
         lease = await store.grant(60, timeout=T)
         first = await store.txn([], [Put("/r/a", b"1")], timeout=T)
@@ -246,7 +255,7 @@ async def test_watch_resumes_across_an_etcd_restart_without_loss_or_repeats(etcd
         etcd.stop()
         await etcd.astart()
         assert etcd.endpoint == port  # the saved port was free again
-        writer = await EtcdStore.connect([etcd.endpoint], connect_timeout=5)
+        writer = await EtcdStore.connect([etcd.endpoint], connect_timeout=5, **etcd.client_tls.store_args())
         try:
             b = await writer.txn([], [Put("/r/b", b"2")], timeout=T)
         finally:
@@ -288,8 +297,8 @@ async def test_calls_fail_as_unavailable_when_etcd_is_down(etcd: EmbeddedEtcd, e
 
 async def test_endpoint_forms_and_host_names(etcd: EmbeddedEtcd) -> None:
     port = etcd.endpoint.rsplit(":", 1)[1]
-    for endpoint in (f"localhost:{port}", f"http://localhost:{port}/", etcd.endpoint):
-        store = await EtcdStore.connect([endpoint], connect_timeout=5)
+    for endpoint in (f"localhost:{port}", f"https://localhost:{port}/", etcd.endpoint, etcd.url):
+        store = await EtcdStore.connect([endpoint], connect_timeout=5, **etcd.client_tls.store_args())
         await store.close()
 
 
@@ -369,7 +378,7 @@ async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
     server = EmbeddedEtcd(data)
     await server.astart()
     try:
-        store = await EtcdStore.connect([server.endpoint], connect_timeout=5)
+        store = await EtcdStore.connect([server.endpoint], connect_timeout=5, **server.client_tls.store_args())
         written = await store.txn([], [Put("/keep", b"me")], timeout=T)
         await store.close()
     finally:
@@ -377,7 +386,7 @@ async def test_embedded_restart_keeps_data(tmp_path: Path) -> None:
     again = EmbeddedEtcd(data)
     await again.astart()
     try:
-        store = await EtcdStore.connect([again.endpoint], connect_timeout=5)
+        store = await EtcdStore.connect([again.endpoint], connect_timeout=5, **again.client_tls.store_args())
         kv = await store.get("/keep", timeout=T)
         await store.close()
     finally:
@@ -438,3 +447,57 @@ def test_etcd_dies_with_a_killed_parent(tmp_path: Path) -> None:
         """
     )
     assert_etcd_dies_with_killed_parent(script, str(tmp_path / "etcd"))
+
+
+# -- embedded etcd: only vgpud's certificate gets in ----------------------------------------------------
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_embedded_files_are_private_and_certificates_are_reused(tmp_path: Path) -> None:
+    data = tmp_path / "etcd"
+    data.mkdir(mode=0o755)  # as an older vgpud left it
+    server = EmbeddedEtcd(data)
+    server.start(timeout=15)
+    server.stop()
+    assert mode(data) == 0o700
+    assert mode(server.pki_dir) == 0o700
+    for private in ("ports.json", "etcd.log", "embedded.lock", "pki/ca-key.pem", "pki/vgpud-key.pem"):
+        assert mode(data / private) == 0o600, private
+    assert mode(data / "pki" / "etcd-server-key.pem") == 0o600
+    before = {path.name: path.read_bytes() for path in server.pki_dir.iterdir()}
+    server.start(timeout=15)
+    server.stop()
+    assert {path.name: path.read_bytes() for path in server.pki_dir.iterdir()} == before
+
+
+async def test_embedded_refuses_clients_without_vgpuds_certificate(etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailableError):  # plain text to a TLS port
+        await EtcdStore.connect([etcd.endpoint], connect_timeout=1)
+    with pytest.raises(StoreError, match="refused this client's certificate"):
+        await EtcdStore.connect([etcd.endpoint], ca_file=etcd.client_tls.ca_file, connect_timeout=5)
+    other = tmp_path / "other"
+    pki.create_ca(other, cluster=embedded_pki.TRUST_DOMAIN)  # same names, another key
+    cert, key = pki.issue(other, "vgpud", role="node")
+    with pytest.raises(StoreError, match="refused this client's certificate"):
+        await EtcdStore.connect(
+            [etcd.endpoint], ca_file=etcd.client_tls.ca_file, cert_file=cert, key_file=key, connect_timeout=5
+        )
+
+
+def peer_members(port: int, context: ssl.SSLContext) -> int:
+    """The HTTP status of GET /members on etcd's peer port (raft's own HTTP API)."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=context)
+    try:
+        conn.request("GET", "/members")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_embedded_peer_port_needs_a_certificate_too(etcd: EmbeddedEtcd) -> None:
+    peer = int(json.loads((etcd.data_dir / "ports.json").read_text())["peer"])
+    anonymous = ssl.create_default_context(cafile=str(etcd.client_tls.ca_file))
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        peer_members(peer, anonymous)
+    assert peer_members(peer, etcd.client_tls.ssl_context()) == http.client.OK

@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2
 
 import vgpu
 from tests.integration.conftest import Admin, GiB, config_args, vgpuctl, wait_until
+from tests.support import SharedEtcd
 from vgpu._private import reasons
 from vgpu._private.rpc_errors import failure_of_sync_call
 from vgpu.api.v1 import admin_pb2, types_pb2, workload_pb2
@@ -303,8 +304,8 @@ def test_sdk_checkpoint_at_iteration_boundaries(fair: LocalPool, raw: Raw) -> No
         lease.release()
 
 
-def test_reclaim_across_daemons_with_a_cooperative_sdk_client(shared_etcd: str, tmp_path: Path) -> None:
-    args = ("--etcd", shared_etcd, *config_args(tmp_path, FAST_CLASSES))
+def test_reclaim_across_daemons_with_a_cooperative_sdk_client(shared_etcd: SharedEtcd, tmp_path: Path) -> None:
+    args = (*shared_etcd.args, *config_args(tmp_path, FAST_CLASSES))
     with local_pool("h100-80gb:1", extra_args=args, ttl=5) as a, local_pool("h100-80gb:1", extra_args=args, ttl=5) as b:
         a.set_quota("vision", deserved=1)
         a.set_quota("nlp", deserved=0)

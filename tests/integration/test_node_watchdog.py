@@ -7,6 +7,7 @@ the test process itself never holds a lease the watchdog could stop.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -181,3 +182,33 @@ def test_a_bad_identity_socket_is_refused(pool: LocalPool, stubs: Admin, workers
         stubs.workload.Heartbeat(request, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "identity_socket" in (caught.value.details() or "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start a process as another uid")
+def test_a_process_of_another_uid_is_never_signalled(pool: LocalPool, stubs: Admin) -> None:
+    """Defence in depth: even a process carrying the lease's environment is left alone if another user runs it."""
+    request = workload_pb2.AcquireRequest(
+        resources=types_pb2.ResourceRequest(memory_bytes=10 * GiB, compute_milli=500), wait=False
+    )
+    lease = list(stubs.workload.Acquire(request, timeout=30))[-1].lease
+    assert lease.owner.uid == 0  # root acquired it: only root's processes may be stopped
+    own = subprocess.Popen(
+        [sys.executable, "-c", SLEEPER.format(ignore="")], env={**lease.env}, stdout=subprocess.PIPE, text=True
+    )
+    other = subprocess.Popen(["sleep", "300"], env={**lease.env}, user=65534, group=65534, extra_groups=[])
+    try:
+        assert own.stdout is not None
+        assert own.stdout.readline().strip() == "ready"
+        stubs.preempt(lease.id, grace_s=1)
+        assert own.wait(timeout=30) == -signal.SIGTERM
+        wait_until(
+            lambda: f'"pid": {other.pid}' in pool.log_tail(200) and "not stopping a process" in pool.log_tail(200),
+            what="the watchdog's refusal to signal uid 65534",
+        )
+        assert other.poll() is None
+    finally:
+        for child in (own, other):
+            child.kill()
+            child.wait(timeout=10)
+        if own.stdout is not None:
+            own.stdout.close()

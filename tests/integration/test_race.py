@@ -10,22 +10,22 @@ import pytest
 
 import vgpu
 from tests.integration.conftest import GiB
+from tests.support import SharedEtcd
 from vgpu.testing import LocalPool, local_pool
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuState
 from vgpud._private.registry import Keys
-from vgpud._private.store.etcd_store import EtcdStore
 
 
 @pytest.fixture
-def two_daemons(shared_etcd: str) -> Iterator[tuple[LocalPool, LocalPool]]:
-    args = ("--etcd", shared_etcd, "--node-name", "racer")
+def two_daemons(shared_etcd: SharedEtcd) -> Iterator[tuple[LocalPool, LocalPool]]:
+    args = (*shared_etcd.args, "--node-name", "racer")
     with local_pool("h100-80gb:1", extra_args=args) as a, local_pool("h100-80gb:1", extra_args=args) as b:
         yield a, b
 
 
-async def read_pool(endpoint: str) -> tuple[dict[str, GpuState], dict[str, LeaseRecord]]:
-    store = await EtcdStore.connect([endpoint])
+async def read_pool(etcd: SharedEtcd) -> tuple[dict[str, GpuState], dict[str, LeaseRecord]]:
+    store = await etcd.connect()
     try:
         keys = Keys("default")
         states = await store.get_prefix(keys.root + "gpustate/", timeout=5)
@@ -38,7 +38,9 @@ async def read_pool(endpoint: str) -> tuple[dict[str, GpuState], dict[str, Lease
         await store.close()
 
 
-def test_two_daemons_never_overcommit_one_gpu(two_daemons: tuple[LocalPool, LocalPool], shared_etcd: str) -> None:
+def test_two_daemons_never_overcommit_one_gpu(
+    two_daemons: tuple[LocalPool, LocalPool], shared_etcd: SharedEtcd
+) -> None:
     pools = [daemon.pool() for daemon in two_daemons]
     granted: list[vgpu.Lease] = []
     refused: list[str] = []

@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from tests.integration.conftest import Admin, GiB, config_args, vgpuctl, wait_until
+from vgpu._private.channels import authenticated_channel
 from vgpu.api.v1 import admin_pb2, workload_pb2, workload_pb2_grpc
 from vgpu.testing import LocalPool
 from vgpud._private.config_accounting import AccountingConfig
@@ -175,7 +176,7 @@ def test_top_and_report_show_budget_against_measured_use(pool: LocalPool, admin:
     with pool.pool() as client:
         measured = client.acquire(memory="10GiB", compute=0.5, project="", wait=False)
         whole = client.acquire(gpus=1, wait=False)
-        channel = grpc.insecure_channel(pool.endpoint)
+        channel = authenticated_channel(pool.endpoint)
         workload = workload_pb2_grpc.WorkloadServiceStub(channel)
         usage = workload_pb2.Usage(reported=True, memory_bytes=4 * GiB, utilization_milli=250)
         workload.Heartbeat(

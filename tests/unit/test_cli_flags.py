@@ -20,6 +20,9 @@ def test_every_flag(tmp_path: Path) -> None:
             f"--state-dir={tmp_path / 'state'}",
             f"--socket={tmp_path / 's.sock'}",
             "--listen=127.0.0.1:7070",
+            "--tls-cert=/srv.pem",
+            "--tls-key=/srv-key.pem",
+            "--tls-client-ca=/clients.pem",
             "--etcd=https://e1:2379, e2:2379",
             "--etcd-ca=/ca.pem",
             "--etcd-cert=/c.pem",
@@ -36,6 +39,11 @@ def test_every_flag(tmp_path: Path) -> None:
     assert cfg.state_dir == tmp_path / "state"
     assert cfg.socket_path == tmp_path / "s.sock"
     assert cfg.tcp_listen == "127.0.0.1:7070"
+    assert (cfg.tls.cert_file, cfg.tls.key_file, cfg.tls.client_ca_file) == (
+        Path("/srv.pem"),
+        Path("/srv-key.pem"),
+        Path("/clients.pem"),
+    )
     assert cfg.etcd.endpoints == ("https://e1:2379", "e2:2379")
     assert (cfg.etcd.ca_file, cfg.etcd.cert_file, cfg.etcd.key_file) == (
         Path("/ca.pem"),

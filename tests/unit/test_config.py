@@ -22,6 +22,7 @@ from vgpud._private.config import (
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "systemd" / "vgpud.toml"
+TLS_FILES = {"tls.cert_file": "/n.pem", "tls.key_file": "/n-key.pem", "tls.client_ca_file": "/ca.pem"}
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -74,6 +75,10 @@ port = 9400
 [log]
 format = "json"
 level = "DEBUG"
+[tls]
+cert_file = "/etc/vgpu/node.pem"
+key_file = "/etc/vgpu/node-key.pem"
+client_ca_file = "/etc/vgpu/ca.pem"
 """,
     )
     cfg = load_config(path, {})
@@ -150,8 +155,8 @@ def test_unknown_key_in_table(tmp_path: Path) -> None:
 
 
 def test_unknown_table(tmp_path: Path) -> None:
-    path = write(tmp_path, "[tls]\ncert = 'x'\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'tls'"):
+    path = write(tmp_path, "[tlz]\ncert = 'x'\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'tlz'"):
         load_config(path, {})
 
 
@@ -288,6 +293,7 @@ def test_good_endpoints_and_listen() -> None:
             "node_name": "n",
             "etcd.endpoints": ("http://127.0.0.1:2379", "[::1]:2379", "etcd.example.com:2379"),
             "tcp_listen": "0.0.0.0:7070",
+            **TLS_FILES,
         },
     )
     assert len(cfg.etcd.endpoints) == 3
@@ -335,3 +341,68 @@ def test_placement_defaults_to_fgd_and_a_file_can_choose_best_fit(tmp_path: Path
     path = write(tmp_path, '[scheduling]\nplacement = "Best-Fit"\nplacement_window = 50\n')
     chosen = load_config(path, {}).scheduling
     assert (chosen.placement, chosen.placement_window) == ("best-fit", 50)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"tcp_listen": "0.0.0.0:7070"},
+            r"tcp_listen: TCP is served only with mutual TLS: set tls.cert_file \(--tls-cert\)",
+        ),
+        (
+            {"tcp_listen": "0.0.0.0:7070", "tls.cert_file": "/c.pem", "tls.key_file": "/k.pem"},
+            r"set tls.client_ca_file \(--tls-client-ca\)$",
+        ),
+        ({"tls.cert_file": "/c.pem"}, r"tls.cert_file: TLS files are for the TCP listener: set tcp_listen"),
+        ({"auth.enabled": False}, r"auth.enabled: false is allowed only with simulated GPUs"),
+        (
+            {"auth.enabled": False, "sim_spec": "h100-80gb:1", "tcp_listen": "0.0.0.0:7070", **TLS_FILES},
+            r"auth.enabled: false cannot go with tcp_listen",
+        ),
+        ({"auth.admin_groups": ("ok", "bad group")}, r"auth.admin_groups: 'bad group' is not a group name"),
+        ({"auth.credential_ttl_s": 1.0}, r"auth.credential_ttl_s: 1.0 must be from 10 to 86400 seconds"),
+        ({"auth.credential_ttl_s": float("nan")}, r"auth.credential_ttl_s: nan must be from 10"),
+        ({"audit.retention_days": 0}, r"audit.retention_days: 0 must be from 1 to 3650 days"),
+    ],
+)
+def test_bad_auth_settings(overrides: dict[str, object], expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, {"node_name": "n", **overrides})
+
+
+def test_auth_settings_from_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+sim_spec = "h100-80gb:1"
+[auth]
+enabled = false
+admin_groups = ["wheel", "gpu-admins"]
+open_default_project = false
+credential_ttl_s = 60
+[audit]
+retention_days = 30
+[priority_classes.inference]
+value = 200
+preemptible = false
+projects = ["vision", "speech"]
+[priority_classes.train]
+value = 100
+""",
+    )
+    cfg = load_config(path, {})
+    assert (cfg.auth.enabled, cfg.auth.admin_groups, cfg.auth.open_default_project) == (
+        False,
+        ("wheel", "gpu-admins"),
+        False,
+    )
+    assert (cfg.auth.credential_ttl_s, cfg.audit.retention_days) == (60.0, 30)
+    assert cfg.priority_classes[0].projects == ("vision", "speech")
+
+
+@pytest.mark.parametrize("projects", ["'vision'", "['bad name']", "[1]"])
+def test_bad_class_projects(tmp_path: Path, projects: str) -> None:
+    path = write(tmp_path, f"[priority_classes.inference]\nvalue = 1\nprojects = {projects}\n")
+    with pytest.raises(ConfigError, match=r"priority_classes.inference.projects: "):
+        load_config(path, {})

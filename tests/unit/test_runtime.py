@@ -92,6 +92,8 @@ def test_a_closed_runtime_keeps_nothing() -> None:
 def test_cupy_is_refused_clearly_where_it_is_missing() -> None:
     if importlib.util.find_spec("cupy") is not None:
         pytest.skip("CuPy is installed here")
-    with pytest.raises(vgpu.InvalidRequestError, match=r"needs CuPy: pip install 'vgpu\[cuda12\]'"):
+    with pytest.raises(
+        vgpu.InvalidRequestError, match=r"needs CuPy: pip install 'vgpu\[cuda13\]' \(CUDA 13\) or 'vgpu\[cuda12\]'"
+    ):
         make_backend(A, "cupy")
     assert make_backend(A, "auto").name == "numpy"

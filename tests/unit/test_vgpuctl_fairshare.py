@@ -290,7 +290,8 @@ def test_quota_set_new_project_sends_every_flag_in_api_units(
         ),
     ]
     assert result.out == (
-        "quota of project speech created: deserved 4 GPU, 320GiB; limit 8 GPU, 640GiB; over-quota weight 2\n"
+        "quota of project speech created: deserved 4 GPU, 320GiB; limit 8 GPU, 640GiB; over-quota weight 2; "
+        "members none (admins only)\n"
     )
     assert result.err == ""
 
@@ -328,7 +329,9 @@ def test_quota_set_new_project_gets_weight_1_and_no_limits(
     assert sent == admin_pb2.SetQuotaRequest(
         quota=types_pb2.Quota(project="speech", deserved_milli=1000, over_quota_weight=1)
     )
-    assert result.out == "quota of project speech created: deserved 1 GPU; limit none; over-quota weight 1\n"
+    assert result.out == (
+        "quota of project speech created: deserved 1 GPU; limit none; over-quota weight 1; members none (admins only)\n"
+    )
 
 
 def test_quota_set_on_an_existing_project_keeps_the_fields_not_given(
@@ -466,6 +469,7 @@ def test_quota_get_shows_quota_and_use(capsys: pytest.CaptureFixture[str], daemo
         "deserved:           4 GPU, 320GiB",
         "limit:              8 GPU, 640GiB",
         "over-quota weight:  2",
+        "members:            none: only admins may acquire in it",
         "allocated:          5 GPU, 300GiB",
         "borrowed:           1 GPU",
         "fair share:         5.25 GPU",
@@ -506,6 +510,7 @@ def test_quota_get_json_keys(capsys: pytest.CaptureFixture[str], daemon: FairDae
         "over_quota_weight",
         "limit_milli",
         "limit_memory_bytes",
+        "members",
     }
     assert status["quota"]["deserved_milli"] == "2500"
     assert status["quota"]["limit_milli"] == "0"
@@ -853,3 +858,17 @@ def test_new_verbs_with_the_daemon_unreachable_exit_4_with_one_line(
     assert captured.out == ""
     assert len(captured.err.splitlines()) == 1
     assert captured.err.startswith(f"vgpuctl: error: cannot reach vgpud at {endpoint}")
+
+
+def test_quota_set_members_replaces_the_list_and_checks_each_entry(
+    capsys: pytest.CaptureFixture[str], daemon: FairDaemon
+) -> None:
+    result = run(capsys, daemon, "quota", "set", "speech", "--members", "user:alice, group:ml")
+    assert result.code == 0, result.err
+    (sent,) = daemon.sent(admin_pb2.SetQuotaRequest)
+    assert isinstance(sent, admin_pb2.SetQuotaRequest)
+    assert list(sent.quota.members) == ["user:alice", "group:ml"]
+    assert result.out.rstrip().endswith("members user:alice, group:ml")
+    bad = run(capsys, daemon, "quota", "set", "speech", "--members", "alice")
+    assert bad.code == 2
+    assert bad.err == "vgpuctl: error: --members entry 'alice' is not user:NAME or group:NAME\n"

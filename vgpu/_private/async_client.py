@@ -14,10 +14,12 @@ import grpc
 
 from vgpu._private import errors
 from vgpu._private.acquire_retry import AcquireAttempts
-from vgpu._private.channels import open_aio_channel, target_for
+from vgpu._private.channels import credential_for, open_aio_channel, target_for, tls_for
 from vgpu._private.errors import InternalError, VgpuError
 from vgpu._private.lease_records import QueueInfo
-from vgpu._private.rpc_errors import error_for, failure_of_aio_call
+from vgpu._private.local_credential import CredentialError, Metadata
+from vgpu._private.rpc_errors import credential_error, error_for, failure_of_aio_call
+from vgpu._private.tls import TlsConfig
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
 
 Req = TypeVar("Req")
@@ -27,14 +29,29 @@ Resp = TypeVar("Resp")
 class AsyncClient:
     """The WorkloadService over one grpc.aio channel, closed once."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise errors.InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.endpoint = target_for(endpoint)
         self.timeout = float(timeout)
         self.closed = asyncio.Event()
-        self._channel = open_aio_channel(self.endpoint)
+        self.tls = tls_for(self.endpoint, tls)
+        self._credential = credential_for(self.endpoint)
+        self._channel = open_aio_channel(self.endpoint, self.tls)
         self._stub = workload_pb2_grpc.WorkloadServiceStub(self._channel)
+
+    async def metadata(self) -> Metadata:
+        """What proves this process's identity on each call (the credential on a Unix socket; none over TLS)."""
+        if self._credential is None:
+            return ()
+        try:
+            return await self._credential.metadata_async(self.timeout)
+        except CredentialError as exc:
+            raise credential_error(exc, self.endpoint) from None
+
+    def _renewed(self, failure: VgpuError) -> bool:
+        """Whether `failure` was a stale credential, now dropped (one retry with a fresh one may succeed)."""
+        return self._credential is not None and self._credential.drop_if_stale(failure.reason)
 
     async def close(self) -> None:
         """Close the channel; calls in flight end with a 'closed' error."""
@@ -50,7 +67,7 @@ class AsyncClient:
         """Map a failed call to its VgpuError (a call cut by close() reads as 'closed')."""
         if self.closed.is_set():
             return self.closed_error()
-        return error_for(failure_of_aio_call(error), endpoint=self.endpoint, timeout=timeout)
+        return error_for(failure_of_aio_call(error), endpoint=self.endpoint, timeout=timeout, tls=self.tls)
 
     async def _unary(
         self, rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, deadline: float | None = None
@@ -58,12 +75,16 @@ class AsyncClient:
         if self.closed.is_set():
             raise self.closed_error()
         deadline = self.timeout if deadline is None else deadline
-        try:
-            return await rpc(request, timeout=deadline)
-        except grpc.aio.AioRpcError as exc:
-            raise self.error(exc, timeout=deadline) from None
-        except grpc.aio.UsageError:  # the channel was closed under us by another task
-            raise self.closed_error() from None
+        for attempt in range(2):
+            try:
+                return await rpc(request, timeout=deadline, metadata=await self.metadata())
+            except grpc.aio.AioRpcError as exc:
+                failure = self.error(exc, timeout=deadline)
+                if attempt or not self._renewed(failure):
+                    raise failure from None
+            except grpc.aio.UsageError:  # the channel was closed under us by another task
+                raise self.closed_error() from None
+        raise AssertionError("unreachable")  # pragma: no cover -- the loop returns or raises
 
     # -- unary calls ------------------------------------------------------------------------------
     async def release(self, lease_id: str, token: str) -> types_pb2.Lease:
@@ -101,11 +122,14 @@ class AsyncClient:
         on_queued: Callable[[QueueInfo], object] | None,
     ) -> types_pb2.Lease:
         """Run the Acquire stream to its lease, resending the same request after a broken connection."""
+        renewed = False
         while True:
             if self.closed.is_set():
                 raise self.closed_error()
             deadline = attempts.start_attempt()
-            call = self._stub.Acquire(request, timeout=deadline, wait_for_ready=attempts.wait_for_ready)
+            call = self._stub.Acquire(
+                request, timeout=deadline, wait_for_ready=attempts.wait_for_ready, metadata=await self.metadata()
+            )
             try:
                 async for response in call:
                     attempts.saw_daemon()
@@ -124,6 +148,9 @@ class AsyncClient:
             except BaseException:
                 call.cancel()  # the callback raised, or this task was cancelled: withdraw the request
                 raise
+            if not renewed and self._renewed(failure):
+                renewed = True
+                continue
             delay = attempts.retry_delay(failure)
             if delay is None:
                 raise failure
@@ -155,7 +182,7 @@ class AsyncClient:
         if self.closed.is_set():
             raise self.closed_error()
         request = workload_pb2.WatchLeaseRequest(lease_id=lease_id, token=token, after_sequence=after_sequence)
-        call = self._stub.WatchLease(request, timeout=deadline)
+        call = self._stub.WatchLease(request, timeout=deadline, metadata=await self.metadata())
         cancellers.add(call.cancel)
         try:
             async for response in call:

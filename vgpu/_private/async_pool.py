@@ -14,14 +14,15 @@ from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
 from vgpu._private.runtime.runtime import RuntimeOptions
+from vgpu._private.tls import TlsConfig
 
 
 class AsyncPool:
     """A grpc.aio connection to vgpud: `async with vgpu.AsyncPool() as pool: await pool.acquire(...)`."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = 10.0) -> None:
-        """`endpoint`: argument, else $VGPU_ENDPOINT, else the default socket; `timeout`: per call."""
-        self._client = AsyncClient(endpoint, timeout)
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
+        """`endpoint`: argument, else $VGPU_ENDPOINT, else the default socket; `timeout`: per call; `tls`: as Pool."""
+        self._client = AsyncClient(endpoint, timeout, tls)
         self._leases: set[AsyncLease] = set()
 
     @property

@@ -73,8 +73,20 @@ class LeaseNotFoundError(VgpuError):
     default_reason = reasons.LEASE_NOT_FOUND
 
 
-class LeasePermissionError(VgpuError):
-    """The token does not belong to this lease."""
+class AuthenticationError(VgpuError):
+    """The daemon could not verify who is calling (no or a bad credential or certificate); the message says which."""
+
+    default_reason = reasons.CREDENTIAL_MISSING
+
+
+class PermissionDeniedError(VgpuError, PermissionError):
+    """The caller is known but not allowed: not a member of the project, not an admin, not the lease's owner."""
+
+    default_reason = reasons.ROLE_NOT_ALLOWED
+
+
+class LeasePermissionError(PermissionDeniedError):
+    """The token does not belong to this lease, or the lease belongs to another identity."""
 
     default_reason = reasons.LEASE_TOKEN_MISMATCH
 
@@ -164,6 +176,8 @@ ERROR_CLASSES: Final[tuple[type[VgpuError], ...]] = (
     NeverFitsError,
     QueueTimeoutError,
     LeaseNotFoundError,
+    AuthenticationError,
+    PermissionDeniedError,
     LeasePermissionError,
     LeaseEndedError,
     LeaseLostError,

@@ -173,17 +173,28 @@ def pick_environment(
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who holds a lease (informational)."""
+    """Who holds a lease, as the daemon verified it (empty in other users' leases)."""
 
     user: str
     host: str
     pid: int
     description: str
+    identity: str = ""
+    """How the owner was proven: "local:uid=N" (the kernel) or a certificate's spiffe:// id."""
+    uid: int | None = None
+    """The owner's uid on `host` (local callers only)."""
 
     @classmethod
     def from_proto(cls, msg: types_pb2.Owner) -> Owner:
         """Build from the API message."""
-        return cls(user=msg.user, host=msg.host, pid=msg.pid, description=msg.description)
+        return cls(
+            user=msg.user,
+            host=msg.host,
+            pid=msg.pid,
+            description=msg.description,
+            identity=msg.identity,
+            uid=msg.uid if msg.HasField("uid") else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)

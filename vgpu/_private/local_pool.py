@@ -24,14 +24,15 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from vgpu._private.async_pool import AsyncPool
+from vgpu._private.channels import authenticated_channel
 from vgpu._private.errors import DaemonUnavailableError, InvalidRequestError
 from vgpu._private.pool import Pool
 from vgpu._private.rpc_errors import error_for, failure_of_sync_call
 from vgpu._private.units import MILLI_PER_GPU, parse_memory
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
-MAX_SOCKET_PATH: Final = 107
-"""sun_path is 108 bytes on Linux, including the terminating NUL."""
+MAX_SOCKET_PATH: Final = 102
+"""sun_path is 108 bytes on Linux, including the terminating NUL, and the credential socket adds ".cred"."""
 STOP_GRACE: Final = 15.0
 """Seconds a SIGTERMed daemon gets before SIGKILL."""
 _LOG_TAIL_LINES: Final = 40
@@ -106,8 +107,12 @@ class LocalPool:
         limit: float = 0.0,
         deserved_memory: str | int = 0,
         limit_memory: str | int = 0,
+        members: Sequence[str] = (),
     ) -> None:
-        """Create or change a project's quota (GPUs as numbers; limit 0: none), as `vgpuctl quota set` does."""
+        """Create or change a project's quota (GPUs as numbers; limit 0: none), as `vgpuctl quota set` does.
+
+        `members`: who may acquire in it ("user:NAME", "group:NAME"); admins (root) always may.
+        """
         quota = types_pb2.Quota(
             project=project,
             deserved_milli=round(deserved * MILLI_PER_GPU),
@@ -115,8 +120,9 @@ class LocalPool:
             limit_milli=round(limit * MILLI_PER_GPU),
             deserved_memory_bytes=parse_memory(deserved_memory) if deserved_memory else 0,
             limit_memory_bytes=parse_memory(limit_memory) if limit_memory else 0,
+            members=list(members),
         )
-        with grpc.insecure_channel(self.endpoint) as channel:
+        with authenticated_channel(self.endpoint) as channel:
             try:
                 admin_pb2_grpc.AdminServiceStub(channel).SetQuota(admin_pb2.SetQuotaRequest(quota=quota), timeout=10)
             except grpc.RpcError as exc:

@@ -20,6 +20,7 @@ from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
+from vgpu._private.tls import TlsConfig
 
 LEASE_ENV = "VGPU_LEASE"
 
@@ -27,9 +28,13 @@ LEASE_ENV = "VGPU_LEASE"
 class Pool:
     """A connection to vgpud: acquire leases, list and read them. Thread-safe; a context manager."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = 10.0) -> None:
-        """`endpoint`: argument, else $VGPU_ENDPOINT, else the default socket; `timeout`: per call."""
-        self._client = SyncClient(endpoint, timeout)
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
+        """`endpoint`: argument, else $VGPU_ENDPOINT, else the default socket; `timeout`: per call.
+
+        `tls`: for a TCP endpoint, this client's certificate and key and the pool's CA (else $VGPU_TLS_*);
+        vgpud serves TCP only with mutual TLS. On the Unix socket the kernel says who is calling.
+        """
+        self._client = SyncClient(endpoint, timeout, tls)
         self._leases: set[Lease] = set()
         self._lock = threading.Lock()
         self._leases_own_client = False

@@ -68,6 +68,47 @@ INTERNAL: Final = "INTERNAL"
 OVER_MEMORY_BUDGET: Final = "OVER_MEMORY_BUDGET"
 """An allocation would take the lease past its memory budget (raised in-process by the runtime)."""
 
+# Identity and authorization (UNAUTHENTICATED: who is calling is not proven; PERMISSION_DENIED: proven, not allowed).
+CREDENTIAL_MISSING: Final = "CREDENTIAL_MISSING"
+"""A call on the Unix socket carried no vgpu credential (UNAUTHENTICATED): use the SDK or vgpuctl, which fetch one."""
+CREDENTIAL_INVALID: Final = "CREDENTIAL_INVALID"
+"""The credential is malformed, altered or was minted by another vgpud (UNAUTHENTICATED)."""
+CREDENTIAL_EXPIRED: Final = "CREDENTIAL_EXPIRED"
+"""The credential's lifetime is over (UNAUTHENTICATED); clients fetch a new one and retry."""
+CERTIFICATE_INVALID: Final = "CERTIFICATE_INVALID"
+"""The client certificate carries no usable spiffe://CLUSTER/ROLE/NAME identity (UNAUTHENTICATED)."""
+CERTIFICATE_EXPIRED: Final = "CERTIFICATE_EXPIRED"
+"""The client certificate is past its validity (UNAUTHENTICATED): issue a new one."""
+CERTIFICATE_UNTRUSTED: Final = "CERTIFICATE_UNTRUSTED"
+"""The client certificate was not issued by the CA the daemon trusts now, e.g. after a CA change (UNAUTHENTICATED)."""
+WRONG_CLUSTER: Final = "WRONG_CLUSTER"
+"""The client certificate names another pool (cluster) than this daemon's (UNAUTHENTICATED)."""
+ROLE_NOT_ALLOWED: Final = "ROLE_NOT_ALLOWED"
+"""The caller's role may not call this method, e.g. a user calling an admin mutation (PERMISSION_DENIED)."""
+NOT_PROJECT_MEMBER: Final = "NOT_PROJECT_MEMBER"
+"""The caller is not a member of the project it asked to acquire in (PERMISSION_DENIED)."""
+PRIORITY_NOT_ALLOWED: Final = "PRIORITY_NOT_ALLOWED"
+"""The priority class is limited to other projects (PERMISSION_DENIED)."""
+NOT_LEASE_OWNER: Final = "NOT_LEASE_OWNER"
+"""The lease belongs to another identity; only its owner or an admin may act on it (PERMISSION_DENIED)."""
+
+AUTHENTICATION_REASONS: Final = frozenset(
+    {
+        CREDENTIAL_MISSING,
+        CREDENTIAL_INVALID,
+        CREDENTIAL_EXPIRED,
+        CERTIFICATE_INVALID,
+        CERTIFICATE_EXPIRED,
+        CERTIFICATE_UNTRUSTED,
+        WRONG_CLUSTER,
+    }
+)
+"""Reasons answered with UNAUTHENTICATED."""
+PERMISSION_REASONS: Final = frozenset(
+    {ROLE_NOT_ALLOWED, NOT_PROJECT_MEMBER, PRIORITY_NOT_ALLOWED, NOT_LEASE_OWNER, LEASE_TOKEN_MISMATCH}
+)
+"""Reasons answered with PERMISSION_DENIED."""
+
 # End reasons recorded on leases.
 END_RELEASED: Final = "RELEASED_BY_CLIENT"
 END_EVICTED: Final = "EVICTED_BY_ADMIN"

@@ -16,6 +16,7 @@ from grpc_status import rpc_status
 
 from vgpu._private import errors, reasons
 from vgpu._private.errors import VgpuError
+from vgpu._private.tls import TlsConfig
 
 _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
@@ -48,6 +49,11 @@ _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.SHUTTING_DOWN: errors.DaemonUnavailableError,
     reasons.INTERNAL: errors.InternalError,
     reasons.OVER_MEMORY_BUDGET: errors.MemoryBudgetError,
+    **dict.fromkeys(reasons.AUTHENTICATION_REASONS, errors.AuthenticationError),
+    reasons.ROLE_NOT_ALLOWED: errors.PermissionDeniedError,
+    reasons.NOT_PROJECT_MEMBER: errors.PermissionDeniedError,
+    reasons.PRIORITY_NOT_ALLOWED: errors.PermissionDeniedError,
+    reasons.NOT_LEASE_OWNER: errors.LeasePermissionError,
 }
 
 _BY_CODE: Final[dict[grpc.StatusCode, tuple[type[VgpuError], str]]] = {
@@ -55,8 +61,8 @@ _BY_CODE: Final[dict[grpc.StatusCode, tuple[type[VgpuError], str]]] = {
     grpc.StatusCode.OUT_OF_RANGE: (errors.InvalidRequestError, reasons.INVALID_REQUEST),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (errors.NoCapacityError, reasons.NO_CAPACITY),
     grpc.StatusCode.NOT_FOUND: (errors.LeaseNotFoundError, reasons.LEASE_NOT_FOUND),
-    grpc.StatusCode.PERMISSION_DENIED: (errors.LeasePermissionError, reasons.LEASE_TOKEN_MISMATCH),
-    grpc.StatusCode.UNAUTHENTICATED: (errors.LeasePermissionError, reasons.LEASE_TOKEN_MISMATCH),
+    grpc.StatusCode.PERMISSION_DENIED: (errors.PermissionDeniedError, reasons.ROLE_NOT_ALLOWED),
+    grpc.StatusCode.UNAUTHENTICATED: (errors.AuthenticationError, reasons.CREDENTIAL_INVALID),
     grpc.StatusCode.UNIMPLEMENTED: (errors.NotSupportedError, reasons.NOT_IMPLEMENTED),
     grpc.StatusCode.ABORTED: (errors.ConflictError, reasons.CONFLICT),
     grpc.StatusCode.INTERNAL: (errors.InternalError, reasons.INTERNAL),
@@ -120,7 +126,28 @@ def unreachable_message(endpoint: str) -> str:
     return f"cannot reach vgpud at {endpoint}: is it running? set VGPU_ENDPOINT or pass endpoint="
 
 
-def error_for(failure: RpcFailure, *, endpoint: str, timeout: float | None) -> VgpuError:
+def credential_error(error: Exception, endpoint: str) -> VgpuError:
+    """The error for a credential socket that does not answer: the daemon is most likely not running."""
+    return errors.DaemonUnavailableError(
+        f"{unreachable_message(endpoint)} ({error})", reason=errors.DAEMON_UNREACHABLE, code=None
+    )
+
+
+def _unavailable(failure: RpcFailure, endpoint: str, tls: TlsConfig | None) -> VgpuError:
+    """No answer: a TLS handshake vgpud refused (said in words), else a daemon that is not there."""
+    code_name = failure.code.name if failure.code is not None else None
+    diagnosis = tls.diagnose(failure.message) if tls is not None else None
+    if diagnosis is not None:
+        reason, meaning = diagnosis
+        return errors.AuthenticationError(
+            f"cannot talk to vgpud at {endpoint}: {meaning}", reason=reason, code=code_name
+        )
+    return errors.DaemonUnavailableError(
+        unreachable_message(endpoint), reason=failure.reason or errors.DAEMON_UNREACHABLE, code=code_name
+    )
+
+
+def error_for(failure: RpcFailure, *, endpoint: str, timeout: float | None, tls: TlsConfig | None = None) -> VgpuError:
     """The VgpuError for a failed call: by ErrorInfo reason first, then by status code."""
     code_name = failure.code.name if failure.code is not None else None
     if failure.reason is not None:
@@ -129,9 +156,7 @@ def error_for(failure: RpcFailure, *, endpoint: str, timeout: float | None) -> V
             return cls(failure.message or failure.reason, reason=failure.reason, code=code_name)
     code = failure.code
     if code == grpc.StatusCode.UNAVAILABLE:
-        return errors.DaemonUnavailableError(
-            unreachable_message(endpoint), reason=failure.reason or errors.DAEMON_UNREACHABLE, code=code_name
-        )
+        return _unavailable(failure, endpoint, tls)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         waited = f" within {timeout:g}s" if timeout is not None else " before the call's deadline"
         return errors.DaemonUnavailableError(

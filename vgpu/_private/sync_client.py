@@ -14,10 +14,12 @@ import grpc
 
 from vgpu._private import errors
 from vgpu._private.acquire_retry import AcquireAttempts
-from vgpu._private.channels import open_sync_channel, target_for
+from vgpu._private.channels import credential_for, open_sync_channel, target_for, tls_for
 from vgpu._private.errors import InternalError, VgpuError
 from vgpu._private.lease_records import QueueInfo
-from vgpu._private.rpc_errors import error_for, failure_of_sync_call
+from vgpu._private.local_credential import CredentialError, Metadata
+from vgpu._private.rpc_errors import credential_error, error_for, failure_of_sync_call
+from vgpu._private.tls import TlsConfig
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
 
 Req = TypeVar("Req")
@@ -27,14 +29,29 @@ Resp = TypeVar("Resp")
 class SyncClient:
     """The WorkloadService over one sync channel, closed once."""
 
-    def __init__(self, endpoint: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: str | None = None, timeout: float = 10.0, tls: TlsConfig | None = None) -> None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             raise errors.InvalidRequestError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.endpoint = target_for(endpoint)
         self.timeout = float(timeout)
         self.closed = threading.Event()
-        self._channel = open_sync_channel(self.endpoint)
+        self.tls = tls_for(self.endpoint, tls)
+        self._credential = credential_for(self.endpoint)
+        self._channel = open_sync_channel(self.endpoint, self.tls)
         self._stub = workload_pb2_grpc.WorkloadServiceStub(self._channel)
+
+    def metadata(self) -> Metadata:
+        """What proves this process's identity on each call (the credential on a Unix socket; none over TLS)."""
+        if self._credential is None:
+            return ()
+        try:
+            return self._credential.metadata(self.timeout)
+        except CredentialError as exc:
+            raise credential_error(exc, self.endpoint) from None
+
+    def _renewed(self, failure: VgpuError) -> bool:
+        """Whether `failure` was a stale credential, now dropped (one retry with a fresh one may succeed)."""
+        return self._credential is not None and self._credential.drop_if_stale(failure.reason)
 
     def close(self) -> None:
         """Close the channel; calls in flight end with a 'closed' error."""
@@ -50,20 +67,24 @@ class SyncClient:
         """Map a failed call to its VgpuError (a call cut by close() reads as 'closed')."""
         if self.closed.is_set():
             return self.closed_error()
-        return error_for(failure_of_sync_call(error), endpoint=self.endpoint, timeout=timeout)
+        return error_for(failure_of_sync_call(error), endpoint=self.endpoint, timeout=timeout, tls=self.tls)
 
     def _unary(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None) -> Resp:
         if self.closed.is_set():
             raise self.closed_error()
         deadline = self.timeout if timeout is None else timeout
-        try:
-            return rpc(request, timeout=deadline)
-        except grpc.RpcError as exc:
-            raise self.error(exc, timeout=deadline) from None
-        except ValueError:  # grpc refuses calls on a channel closed under us by another thread
-            if self.closed.is_set():
-                raise self.closed_error() from None
-            raise
+        for attempt in range(2):
+            try:
+                return rpc(request, timeout=deadline, metadata=self.metadata())
+            except grpc.RpcError as exc:
+                failure = self.error(exc, timeout=deadline)
+                if attempt or not self._renewed(failure):
+                    raise failure from None
+            except ValueError:  # grpc refuses calls on a channel closed under us by another thread
+                if self.closed.is_set():
+                    raise self.closed_error() from None
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover -- the loop returns or raises
 
     # -- unary calls ------------------------------------------------------------------------------
     def release(self, lease_id: str, token: str) -> types_pb2.Lease:
@@ -101,11 +122,14 @@ class SyncClient:
         on_queued: Callable[[QueueInfo], object] | None,
     ) -> types_pb2.Lease:
         """Run the Acquire stream to its lease, resending the same request after a broken connection."""
+        renewed = False
         while True:
             if self.closed.is_set():
                 raise self.closed_error()
             deadline = attempts.start_attempt()
-            call = self._stub.Acquire(request, timeout=deadline, wait_for_ready=attempts.wait_for_ready)
+            call = self._stub.Acquire(
+                request, timeout=deadline, wait_for_ready=attempts.wait_for_ready, metadata=self.metadata()
+            )
             try:
                 for response in call:
                     attempts.saw_daemon()
@@ -122,6 +146,9 @@ class SyncClient:
             except BaseException:
                 call.cancel()  # the caller's callback raised, or an interrupt: withdraw the request
                 raise
+            if not renewed and self._renewed(failure):
+                renewed = True
+                continue
             delay = attempts.retry_delay(failure)
             if delay is None:
                 raise failure
@@ -148,7 +175,7 @@ class SyncClient:
         if self.closed.is_set():
             raise self.closed_error()
         request = workload_pb2.WatchLeaseRequest(lease_id=lease_id, token=token, after_sequence=after_sequence)
-        call = self._stub.WatchLease(request, timeout=timeout)
+        call = self._stub.WatchLease(request, timeout=timeout, metadata=self.metadata())
         cancellers.add(call.cancel)
         try:
             yield from call

@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Annotated, Final
 
 import typer
 
 from vgpu._private.endpoint import DEFAULT_ENDPOINT, ENV_ENDPOINT
+from vgpu._private.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig
 from vgpuctl._private import exit_codes
 from vgpuctl._private.errors import PREFIX, CliError, one_line
 from vgpuctl._private.transport import DEFAULT_TIMEOUT_S, Target
 from vgpuctl._private.verbs import (
+    audit,
     drain,
     evict,
     gpu_mode,
@@ -28,6 +31,7 @@ from vgpuctl._private.verbs import (
     mig_plan,
     mig_show,
     nodes,
+    pki,
     preempt,
     queue,
     quota_delete,
@@ -65,9 +69,51 @@ Timeout = Annotated[
 ]
 
 
-def _root(ctx: typer.Context, endpoint: Endpoint = None, timeout: Timeout = DEFAULT_TIMEOUT_S) -> None:
+TlsCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-cert",
+        metavar="FILE",
+        help=f"Client certificate for a TCP endpoint (default ${ENV_CERT}).",
+        show_default=False,
+    ),
+]
+TlsKey = Annotated[
+    Path | None,
+    typer.Option("--tls-key", metavar="FILE", help=f"Its private key (default ${ENV_KEY}).", show_default=False),
+]
+TlsCa = Annotated[
+    Path | None,
+    typer.Option(
+        "--tls-ca",
+        metavar="FILE",
+        help=f"The pool's CA, e.g. ca.pem of vgpuctl pki init (default ${ENV_CA}).",
+        show_default=False,
+    ),
+]
+
+
+def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsConfig | None:
+    """The TLS files given as flags (all three or none); None leaves them to $VGPU_TLS_*."""
+    given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
+    if not any(given.values()):
+        return None
+    if cert is None or key is None or ca is None:
+        missing = ", ".join(flag for flag, value in given.items() if value is None)
+        raise typer.BadParameter(f"give {missing} too: mutual TLS needs a certificate, its key and the CA")
+    return TlsConfig(cert, key, ca)
+
+
+def _root(  # noqa: PLR0917 -- typer passes the global options positionally
+    ctx: typer.Context,
+    endpoint: Endpoint = None,
+    timeout: Timeout = DEFAULT_TIMEOUT_S,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
+) -> None:
     """Admin CLI of the vgpu GPU pool: nodes, GPUs and leases of the whole pool, from any host."""
-    ctx.obj = Target(endpoint=endpoint, timeout=timeout)
+    ctx.obj = Target(endpoint=endpoint, timeout=timeout, tls=_tls(tls_cert, tls_key, tls_ca))
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(exit_codes.USAGE)
@@ -133,6 +179,8 @@ def build() -> typer.Typer:
     app.command("preempt", epilog=exit_codes.EPILOG)(preempt.preempt)
     app.command("top", epilog=exit_codes.EPILOG)(top.top)
     app.command("report", epilog=exit_codes.EPILOG)(report.report)
+    app.add_typer(pki.build())
+    app.command("audit", epilog=exit_codes.EPILOG)(audit.audit)
     return app
 
 

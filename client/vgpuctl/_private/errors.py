@@ -15,6 +15,7 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped, unused-
 from grpc_status import rpc_status
 
 from vgpu._private import reasons
+from vgpu._private.tls import TlsConfig
 from vgpuctl._private import exit_codes
 
 PREFIX: Final = "vgpuctl: error: "
@@ -78,7 +79,13 @@ def one_line(text: str) -> str:
 
 
 def describe_rpc_error(
-    error: grpc.RpcError, *, endpoint: str, timeout: float, rpc: str, subject: Mapping[str, str] | None = None
+    error: grpc.RpcError,
+    *,
+    endpoint: str,
+    timeout: float,
+    rpc: str,
+    subject: Mapping[str, str] | None = None,
+    tls: TlsConfig | None = None,
 ) -> CliError:
     """The CliError for a failed call: exit code from the status code, text from ErrorInfo and the message.
 
@@ -96,6 +103,9 @@ def describe_rpc_error(
             text += "; " + hint.format_map({**_SUBJECT_PLACEHOLDERS, **(subject or {})})
         return CliError(_EXIT_BY_REASON.get(reason, exit_code), text)
     if code is grpc.StatusCode.UNAVAILABLE:
+        diagnosis = tls.diagnose(details) if tls is not None else None
+        if diagnosis is not None:
+            return CliError(exit_codes.REFUSED, f"{diagnosis[0]}: {diagnosis[1]} (vgpud at {endpoint})")
         return CliError(exit_code, f"cannot reach vgpud at {endpoint} ({details or 'unavailable'}); {_CHECK_DAEMON}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(

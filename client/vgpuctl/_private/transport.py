@@ -15,7 +15,11 @@ import typer
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2
 
+from vgpu._private.channels import authenticated_channel, tls_for
 from vgpu._private.endpoint import CHANNEL_OPTIONS, EndpointError, resolve_endpoint
+from vgpu._private.errors import InvalidRequestError
+from vgpu._private.local_credential import CredentialError
+from vgpu._private.tls import TlsConfig
 from vgpu.api.v1 import admin_pb2_grpc
 from vgpuctl._private import exit_codes
 from vgpuctl._private.errors import CliError, describe_rpc_error
@@ -34,18 +38,23 @@ class UnaryMethod(Protocol[Req_contra, Resp_co]):
 
 @dataclass(frozen=True)
 class Target:
-    """The global flags: where vgpud is (`--endpoint`; None: $VGPU_ENDPOINT or the default), the deadline."""
+    """The global flags: where vgpud is (`--endpoint`; None: $VGPU_ENDPOINT or the default), the deadline.
+
+    For a TCP endpoint also the TLS files (`--tls-cert/--tls-key/--tls-ca`; None: $VGPU_TLS_*).
+    """
 
     endpoint: str | None = None
     timeout: float = DEFAULT_TIMEOUT_S
+    tls: TlsConfig | None = None
 
 
 class Daemon:
     """An open channel to one vgpud with its stubs; `call` applies the deadline and translates errors."""
 
-    def __init__(self, channel: grpc.Channel, endpoint: str, timeout: float) -> None:
+    def __init__(self, channel: grpc.Channel, endpoint: str, timeout: float, tls: TlsConfig | None = None) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
+        self.tls = tls
         self.admin = admin_pb2_grpc.AdminServiceStub(channel)
         # The health stubs' typing lacks the generated methods; the method is built the way the stub does it.
         self.health_check: grpc.UnaryUnaryMultiCallable[
@@ -63,8 +72,10 @@ class Daemon:
         except grpc.RpcError as error:
             rpc = type(request).DESCRIPTOR.name.removesuffix("Request")
             raise describe_rpc_error(
-                error, endpoint=self.endpoint, timeout=self.timeout, rpc=rpc, subject=subject_of(request)
+                error, endpoint=self.endpoint, timeout=self.timeout, rpc=rpc, subject=subject_of(request), tls=self.tls
             ) from None
+        except CredentialError as error:
+            raise CliError(exit_codes.UNREACHABLE, f"cannot reach vgpud at {self.endpoint}: {error}") from None
 
 
 def subject_of(request: Message) -> dict[str, str]:
@@ -87,8 +98,14 @@ def connect(target: Target) -> Iterator[Daemon]:
         endpoint = resolve_endpoint(target.endpoint)
     except EndpointError as exc:
         raise CliError(exit_codes.USAGE, f"{exc} (set by --endpoint or VGPU_ENDPOINT)") from None
-    with grpc.insecure_channel(endpoint, options=CHANNEL_OPTIONS) as channel:
-        yield Daemon(channel, endpoint, target.timeout)
+    try:
+        tls = tls_for(endpoint, target.tls)
+        channel = authenticated_channel(endpoint, tls, CHANNEL_OPTIONS, target.timeout)
+    except InvalidRequestError as exc:
+        hint = str(exc).replace("tls=vgpu.TlsConfig(cert=..., key=..., ca=...)", "--tls-cert, --tls-key and --tls-ca")
+        raise CliError(exit_codes.USAGE, hint) from None
+    with channel:
+        yield Daemon(channel, endpoint, target.timeout, tls)
 
 
 def target_of(ctx: typer.Context) -> Target:

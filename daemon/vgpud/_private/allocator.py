@@ -19,7 +19,7 @@ from vgpud._private.core.cluster_placement import place_on_nodes
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.model import GpuMode, GpuState, LeaseState, NodeConfig, Owner, ShapeRequest
-from vgpud._private.core.placement import GpuView, Placement, Unplaceable, place
+from vgpud._private.core.placement import GpuView, Placement, Unplaceable
 from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.queue_order import place_local, place_request
 from vgpud._private.gpu_modes import mode_change, switchable_now
@@ -27,6 +27,7 @@ from vgpud._private.granted_slices import slices_of
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
 from vgpud._private.liveness_leases import LivenessLeases
 from vgpud._private.pool_view import PoolView, Queued, Versioned
+from vgpud._private.project_gate import within_limit
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Delete, Put, Store, StoreError, StoreUnavailableError
@@ -37,7 +38,7 @@ T = TypeVar("T")
 
 _ALIVE_TRACKED = 10_000
 _NO_ROOM = frozenset({reasons.NO_CAPACITY, reasons.NEVER_FITS})
-_BUILD_REFUSALS = _NO_ROOM | {reasons.NODE_DRAINING}
+_BUILD_REFUSALS = _NO_ROOM | {reasons.NODE_DRAINING, reasons.OVER_QUOTA}
 """Refusals only a grant's build raises: the transaction did not run for it, so its liveness lease is unused."""
 
 
@@ -141,10 +142,6 @@ class Allocator:
         """Whether `request` could be placed now on `target` (or any node), without writing anything."""
         return place_on_nodes(request, self.candidates_by_node(target), "", policy=self.placement_policy())
 
-    def try_place(self, spec: AcquireSpec) -> Placement | Unplaceable:
-        """Placement against the current view, without writing anything."""
-        return place(spec.shape, self.candidates(spec.node), "", policy=self.placement_policy())
-
     async def acquire(self, spec: AcquireSpec) -> tuple[LeaseRecord, str]:
         """Grant now or raise Refusal (NO_CAPACITY, NEVER_FITS, NODE_DRAINING, CONFLICT...).
 
@@ -170,7 +167,8 @@ class Allocator:
                 return granted
             if overlay.node_config(spec.node, guard=True).draining:
                 raise Refusal(reasons.NODE_DRAINING, f"node {spec.node} is draining and takes no new work")
-            result = place_local(spec.shape, self.candidates(spec.node, overlay), lease_id, policy)
+            gpus = self.candidates(spec.node, overlay)
+            result = within_limit(overlay, spec.project, spec.shape, lambda r: place_local(r, gpus, lease_id, policy))
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
@@ -216,7 +214,8 @@ class Allocator:
             for name in [waiting.target_node] if waiting.target_node else sorted(self._view.nodes()):
                 overlay.node_config(name, guard=True)
             nodes = self.candidates_by_node(waiting.target_node, overlay)
-            result = place_request(waiting.lease.request, nodes, lease_id, span=waiting.span, policy=policy)
+            on_nodes = lambda r: place_request(r, nodes, lease_id, span=waiting.span, policy=policy)  # noqa: E731
+            result = within_limit(overlay, waiting.lease.project, waiting.lease.request, on_nodes)
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:

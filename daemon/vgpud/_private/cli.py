@@ -34,6 +34,10 @@ _OVERRIDES: dict[str, tuple[str, str]] = {
     "mig_keep_warm": ("mig.keep_warm_s", "--mig-keep-warm"),
     "log_format": ("log.format", "--log-format"),
     "log_level": ("log.level", "--log-level"),
+    "tls_cert": ("tls.cert_file", "--tls-cert"),
+    "tls_key": ("tls.key_file", "--tls-key"),
+    "tls_client_ca": ("tls.client_ca_file", "--tls-client-ca"),
+    "insecure_no_auth": ("auth.enabled", "--insecure-no-auth"),
 }
 
 
@@ -67,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     gpu.add_argument("--backend", choices=["nvml", "sim"], help="GPU backend (default nvml; --sim implies sim)")
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="state directory (default /var/lib/vgpu)")
     p.add_argument("--socket", type=Path, metavar="PATH", help="Unix socket (default /run/vgpu/vgpud.sock)")
-    p.add_argument("--listen", metavar="HOST:PORT", help="also serve gRPC over TCP on HOST:PORT")
+    p.add_argument("--listen", metavar="HOST:PORT", help="also serve gRPC over TCP on HOST:PORT (mutual TLS)")
+    p.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate for --listen (PEM)")
+    p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (mode 0600)")
+    p.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="CA that issued the client certificates")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_const",
+        const=False,
+        help="serve every local caller as admin (simulated GPUs only: a benchmark's baseline)",
+    )
     p.add_argument(
         "--etcd",
         type=_endpoints,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from vgpud._private.auth.config import AuditConfig, AuthConfig, TlsServerConfig, validate_auth
 from vgpud._private.backend.base import BackendError
 from vgpud._private.backend.sim import parse_spec
 from vgpud._private.config_accounting import AccountingConfig, validate_accounting
@@ -122,7 +123,7 @@ class DaemonConfig:
     socket_path: Path = Path("/run/vgpu/vgpud.sock")
     """Unix socket local workloads and vgpuctl connect to."""
     tcp_listen: str | None = None
-    """"HOST:PORT" to also serve gRPC over TCP (unauthenticated until mTLS arrives); absent: Unix only."""
+    """"HOST:PORT" to also serve gRPC over TCP, with mutual TLS only (the [tls] table); absent: Unix only."""
     backend: BackendKind = "nvml"
     """"nvml" for real GPUs, "sim" for simulated ones (set by sim_spec)."""
     sim_spec: str | None = None
@@ -149,6 +150,12 @@ class DaemonConfig:
     """[accounting] table."""
     mps: MpsConfig = field(default_factory=MpsConfig)
     """[mps] table."""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    """[auth] table."""
+    tls: TlsServerConfig = field(default_factory=TlsServerConfig)
+    """[tls] table."""
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    """[audit] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
     """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
 
@@ -163,6 +170,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "watchdog": WatchdogConfig,
     "accounting": AccountingConfig,
     "mps": MpsConfig,
+    "auth": AuthConfig,
+    "tls": TlsServerConfig,
+    "audit": AuditConfig,
 }
 _CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -358,6 +368,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     validate_watchdog(cfg.watchdog, fail)
     validate_accounting(cfg.accounting, fail)
     validate_mps(cfg.mps, fail)
+    validate_auth(cfg.auth, cfg.tls, cfg.audit, tcp=cfg.tcp_listen is not None, sim=cfg.backend == "sim", fail=fail)
     if cfg.sim_spec is not None:
         try:
             parse_spec(cfg.sim_spec)

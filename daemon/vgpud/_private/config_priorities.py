@@ -9,6 +9,8 @@ from vgpud._private.core.priorities import PriorityClass
 
 _CLASS_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _MAX_S = 7 * 24 * 3600.0
+_MAX_PROJECTS = 1000
+_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class PriorityConfigError(Exception):
@@ -31,7 +33,7 @@ def parse_priority_classes(value: object, origin: str) -> tuple[PriorityClass, .
 
 
 def _one(name: str, table: dict[str, Any], where: str) -> PriorityClass:
-    known = {"value", "preemptible", "in_quota_only", "preempt_grace_s", "min_runtime_s"}
+    known = {"value", "preemptible", "in_quota_only", "preempt_grace_s", "min_runtime_s", "projects"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise PriorityConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
@@ -57,4 +59,17 @@ def _one(name: str, table: dict[str, Any], where: str) -> PriorityClass:
         in_quota_only=flags["in_quota_only"],
         preempt_grace_s=times["preempt_grace_s"],
         min_runtime_s=times["min_runtime_s"],
+        projects=_projects(table.get("projects", []), where),
     )
+
+
+def _projects(value: object, where: str) -> tuple[str, ...]:
+    """The projects a class is limited to: a list of project names (at most 1000)."""
+    if not isinstance(value, list) or len(value) > _MAX_PROJECTS:
+        raise PriorityConfigError(f"{where}.projects: expected a list of at most {_MAX_PROJECTS} project names")
+    for name in value:
+        if not isinstance(name, str) or not _PROJECT_RE.fullmatch(name):
+            raise PriorityConfigError(
+                f"{where}.projects: {name!r} is not a project name (1 to 63 of A-Z a-z 0-9 . _ -)"
+            )
+    return tuple(value)

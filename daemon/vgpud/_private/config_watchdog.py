@@ -25,6 +25,9 @@ class WatchdogConfig:
     their memory budget; false only logs them."""
     kill_grace_s: float = 10.0
     """How long a process has between SIGTERM and SIGKILL."""
+    signal_root_processes: bool = False
+    """Also stop processes running as root in a non-root user's lease; false leaves them (and logs it).
+    Processes of any other uid than the lease owner's are never signalled."""
 
 
 def validate_watchdog(cfg: WatchdogConfig, fail: Callable[[str, str], NoReturn]) -> None:

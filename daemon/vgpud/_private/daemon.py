@@ -24,6 +24,7 @@ from grpc_health.v1 import health
 from vgpu._private import reasons
 from vgpud._private import sdnotify
 from vgpud._private.allocator import Allocator
+from vgpud._private.auth.wiring import AuthParts, build_auth
 from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
 from vgpud._private.backend.geometry import all_models, known_models
@@ -44,8 +45,9 @@ from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys, register_gpus
 from vgpud._private.services.serving import Serving
-from vgpud._private.store.base import Put, Store, StoreError
+from vgpud._private.store.base import Put, Store, StoreError, StorePermissionError
 from vgpud._private.store.embedded_etcd import EmbeddedEtcd
+from vgpud._private.store.embedded_pki import EtcdTlsFiles
 from vgpud._private.store.etcd_store import EtcdStore
 
 log = structlog.get_logger("vgpud")
@@ -74,7 +76,8 @@ def run(config: DaemonConfig) -> int:
             embedded.start()
             endpoints = [embedded.endpoint]
             log.info("embedded etcd started", endpoint=embedded.endpoint, data_dir=str(config.state_dir / "etcd"))
-        return asyncio.run(Daemon(config, backend, gpus, endpoints).serve())
+        etcd_tls = embedded.client_tls if embedded is not None else None
+        return asyncio.run(Daemon(config, backend, gpus, endpoints, etcd_tls=etcd_tls).serve())
     except (StartupError, BackendError, StoreError, OSError) as exc:
         print(f"vgpud: error: {exc}", file=sys.stderr)
         log.error("cannot start", error=str(exc))  # noqa: TRY400 -- an expected refusal, no traceback wanted
@@ -113,12 +116,20 @@ class Daemon:
     """One running vgpud: its store connection, view, servers and background tasks."""
 
     def __init__(
-        self, config: DaemonConfig, backend: GpuBackend, gpus: list[DiscoveredGpu], endpoints: list[str]
+        self,
+        config: DaemonConfig,
+        backend: GpuBackend,
+        gpus: list[DiscoveredGpu],
+        endpoints: list[str],
+        *,
+        etcd_tls: EtcdTlsFiles | None = None,
     ) -> None:
+        """`etcd_tls`: the embedded etcd's client files (an external etcd's come from the config)."""
         self._config = config
         self._backend = backend
         self._gpus = gpus
         self._endpoints = endpoints
+        self._etcd_tls = etcd_tls
         self._keys = Keys(config.etcd.cluster)
         self._metrics = DaemonMetrics()
         self._seen_projects: set[str] = set()
@@ -141,11 +152,12 @@ class Daemon:
         """Connect, register, serve until a stop signal, then shut down cleanly."""
         cfg = self._config
         try:
+            tls = self._etcd_tls
             store = await EtcdStore.connect(
                 self._endpoints,
-                ca_file=cfg.etcd.ca_file,
-                cert_file=cfg.etcd.cert_file,
-                key_file=cfg.etcd.key_file,
+                ca_file=tls.ca_file if tls is not None else cfg.etcd.ca_file,
+                cert_file=tls.cert_file if tls is not None else cfg.etcd.cert_file,
+                key_file=tls.key_file if tls is not None else cfg.etcd.key_file,
                 connect_timeout=cfg.etcd.connect_timeout_s,
             )
         except StoreError as exc:
@@ -226,6 +238,7 @@ class Daemon:
             ranking=QueueRanking(view, classes, time.time),
             stopping=stopping,
         )
+        auth = build_auth(cfg, store, self._metrics, _STORE_TIMEOUT)
         serving = Serving(
             store=store,
             keys=self._keys,
@@ -241,6 +254,10 @@ class Daemon:
             rpc_timeout=_STORE_TIMEOUT,
             max_queue_wait=24 * 3600.0,
             stopping=stopping,
+            gate=auth.gate,
+            audit=auth.audit,
+            audit_retention_days=cfg.audit.retention_days,
+            access=auth.access,
             classes=classes,
             scheduling=cfg.scheduling,
             on_preempted=self._metrics.observe_preemption,
@@ -260,8 +277,9 @@ class Daemon:
         self._tasks.start(self._update_metrics(view), "metrics")
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
-        server, health_servicer = await start_grpc_server(serving, self._config)
-        self._install_signals()
+        audit_task = await auth.start(stopping)
+        server, health_servicer = await start_grpc_server(serving, self._config, auth.tls)
+        self._install_signals(auth)
         sdnotify.ready()
         sdnotify.status(f"serving {len(self._gpus)} GPU(s) on {self.endpoint}")
         interval = sdnotify.watchdog_interval()
@@ -270,6 +288,9 @@ class Daemon:
         log.info("vgpud ready", node=cfg.node_name, endpoint=self.endpoint, gpus=len(self._gpus))
         await self._stop.wait()
         await self._shut_down(server, health_servicer, serving, queue, leadership)
+        await auth.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(audit_task, _STORE_TIMEOUT)  # `stopping` is set: it writes what is left
         return EXIT_OK
 
     async def _shut_down(
@@ -313,8 +334,13 @@ class Daemon:
 
     async def _check_pool(self, store: Store) -> None:
         """Refuse an etcd that holds another pool, or a node name a live daemon elsewhere holds."""
-        snapshot = await store.get_prefix("/vgpu/", timeout=_STORE_TIMEOUT)
-        clusters = {kv.key.removeprefix("/vgpu/").partition("/")[0] for kv in snapshot.kvs}
+        try:
+            kvs = (await store.get_prefix("/vgpu/", timeout=_STORE_TIMEOUT)).kvs
+        except StorePermissionError:
+            # With etcd auth this daemon's role covers only its own pool's prefixes (README): other pools are
+            # out of its reach, and a wrong --cluster fails at its first read below, naming the permission.
+            kvs = []
+        clusters = {kv.key.removeprefix("/vgpu/").partition("/")[0] for kv in kvs}
         others = sorted(clusters - {self._keys.cluster, ""})
         if others:
             raise StartupError(
@@ -440,7 +466,8 @@ class Daemon:
             sdnotify.watchdog_ping()
             await asyncio.sleep(period)
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, auth: AuthParts) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, auth.reload_tls)

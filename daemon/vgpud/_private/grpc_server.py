@@ -11,7 +11,9 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from vgpu._private.local_credential import CREDENTIAL_SUFFIX
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, workload_pb2, workload_pb2_grpc
+from vgpud._private.auth.server_tls import ServerTls
 from vgpud._private.config import DaemonConfig
 from vgpud._private.node_parts import StartupError
 from vgpud._private.services.admin import AdminService
@@ -20,6 +22,9 @@ from vgpud._private.services.workload import WorkloadService
 
 log = structlog.get_logger("vgpud")
 
+_SUN_PATH_MAX = 107
+"""A Unix socket path holds 108 bytes with its terminating NUL; the credential socket's name is longer still."""
+
 
 def prepare_socket(path: Path) -> None:
     """Refuse when another daemon answers on the socket; clear a stale socket file left by a crash."""
@@ -27,7 +32,7 @@ def prepare_socket(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StartupError(f"cannot create the socket directory {path.parent}: {exc.strerror or exc}") from None
-    if len(str(path)) > 100:  # noqa: PLR2004 -- sun_path holds 108 bytes including the terminator
+    if len(str(path)) > _SUN_PATH_MAX - len(CREDENTIAL_SUFFIX):
         raise StartupError(f"socket path {path} is too long for a Unix socket; use a shorter --socket")
     if not path.exists():
         return
@@ -43,8 +48,10 @@ def prepare_socket(path: Path) -> None:
     raise StartupError(f"another process is already listening on {path}; stop it or choose another --socket")
 
 
-async def start_grpc_server(serving: Serving, cfg: DaemonConfig) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """The gRPC server on the Unix socket (and TCP when configured), serving and reporting SERVING."""
+async def start_grpc_server(
+    serving: Serving, cfg: DaemonConfig, tls: ServerTls | None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The gRPC server on the Unix socket (and, with mutual TLS only, on TCP), serving and reporting SERVING."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)])
     workload_pb2_grpc.add_WorkloadServiceServicer_to_server(WorkloadService(serving), server)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(serving), server)
@@ -61,14 +68,12 @@ async def start_grpc_server(serving: Serving, cfg: DaemonConfig) -> tuple[grpc.a
         server.add_insecure_port(f"unix:{cfg.socket_path}")
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {cfg.socket_path}: {exc}") from None
-    # Any local user may ask for a slice; per-uid projects arrive with authentication.
+    # Every local user may connect: each call proves its caller with a credential (auth/credentials.py).
     if cfg.tcp_listen:
-        log.warning(
-            "TCP listener is on without authentication; anyone who can reach it can use the pool",
-            listen=cfg.tcp_listen,
-        )
+        if tls is None:  # config validation refuses tcp_listen without TLS files; never serve TCP in the clear
+            raise StartupError("TCP is served only with mutual TLS: set --tls-cert, --tls-key and --tls-client-ca")
         try:
-            port = server.add_insecure_port(cfg.tcp_listen)
+            port = server.add_secure_port(cfg.tcp_listen, tls.credentials())
         except RuntimeError as exc:
             raise StartupError(f"cannot listen on {cfg.tcp_listen}: {exc}") from None
         if port == 0:

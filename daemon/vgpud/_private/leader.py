@@ -259,7 +259,9 @@ class Leadership:
         try:
             lease = await allocator.grant_queued(entry)
         except Refusal as refusal:
-            if refusal.reason not in (reasons.NO_CAPACITY, reasons.CONFLICT, reasons.NO_LEADER):
+            # OVER_QUOTA here: another grant for its project committed since this pass decided (it stays
+            # queued; the next pass decides with that grant counted, holding or refusing it for its project).
+            if refusal.reason not in (reasons.NO_CAPACITY, reasons.CONFLICT, reasons.NO_LEADER, reasons.OVER_QUOTA):
                 await allocator.refuse_queued(entry, refusal.reason, refusal.message)
             return
         log.info("queued request granted", lease=lease.id, nodes=sorted({s.node for s in lease.slices}))

@@ -4,7 +4,7 @@ A preempted lease keeps its slices until its client acknowledges (it has checkpo
 passes (the leader then revokes it). Acknowledging frees the slices at once and leaves the lease
 SUSPENDED: it keeps its id, token and liveness, waits in the queue at its priority, and the leader resumes
 it (maybe on another GPU or node) by writing new slices. Resizing changes an elastic lease's compute share
-in place.
+in place. A resume or a growth stays within the lease's project limit (project_gate.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.model import Claim, Isolation, LeaseState
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable
-from vgpud._private.core.queue_order import place_local, place_request
+from vgpud._private.core.queue_order import asked, place_local, place_request
 from vgpud._private.granted_slices import slices_of
+from vgpud._private.project_gate import grown_share, more_slices_within, within_limit
 from vgpud._private.refusal import Refusal
 from vgpud._private.write_batch import Overlay
 
@@ -110,7 +111,13 @@ class LeaseTransitions:
                 overlay.node_config(name, guard=True)
             nodes = allocator.candidates_by_node(target, overlay)
             span = lease.gang and lease.any_node
-            result = place_request(lease.request, nodes, lease_id, span=span, policy=allocator.placement_policy())
+            policy = allocator.placement_policy()
+            result = within_limit(
+                overlay,
+                lease.project,
+                lease.request,
+                lambda r: place_request(r, nodes, lease_id, span=span, policy=policy),
+            )
             if isinstance(result, Unplaceable):
                 raise Refusal(reasons.NEVER_FITS if result.never else reasons.NO_CAPACITY, result.message)
             for view, claim in result.assignments:
@@ -138,7 +145,8 @@ class LeaseTransitions:
             if lease.state is not LeaseState.GRANTED:
                 return lease
             low, high = lease.request.compute_milli, max(lease.request.compute_milli_max, lease.request.compute_milli)
-            target = max(low, min(high, compute_milli))
+            shares = [s.compute_milli for s in lease.slices if s.isolation is Isolation.SHARED]
+            target = grown_share(overlay, lease, max(low, min(high, compute_milli)), shares)
             slices = []
             for s in lease.slices:
                 if s.isolation is not Isolation.SHARED or s.compute_milli == target:
@@ -175,7 +183,8 @@ class LeaseTransitions:
             if target < have:
                 slices = _fewer_slices(overlay, lease, target)
             else:
-                added = _more_slices(allocator, overlay, lease, target - have)
+                wanted = more_slices_within(overlay, lease, target - have, asked(replace(lease.request, count=1)))
+                added = _more_slices(allocator, overlay, lease, wanted)
                 if not added:
                     raise Refusal(reasons.NO_CAPACITY, f"no GPU free beside lease {lease_id} to grow it")
                 slices = (*lease.slices, *slices_of(Placement(tuple(added)), overlay))

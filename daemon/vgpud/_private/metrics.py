@@ -92,6 +92,12 @@ class DaemonMetrics:
             ["lease", "project"],
             registry=r,
         )
+        self._refusals = Counter(
+            "vgpu_auth_refusals_total",
+            "Calls refused for identity or permission, by method and ErrorInfo reason",
+            ["method", "reason"],
+            registry=r,
+        )
         self._watchdog_actions = Counter(
             "vgpu_watchdog_actions_total",
             "What the node watchdog did: warning, revoke (memory budget), sigterm, sigkill",
@@ -159,6 +165,10 @@ class DaemonMetrics:
     def count_watchdog_action(self, action: str) -> None:
         """One thing the node watchdog did."""
         self._watchdog_actions.labels(action).inc()
+
+    def count_refusal(self, method: str, reason: str) -> None:
+        """One call refused for identity or permission (the audit trail has who and what)."""
+        self._refusals.labels(method, reason).inc()
 
     def count_rpc_error(self, method: str, code: str) -> None:
         """One RPC that failed with gRPC status `code`."""

@@ -27,6 +27,8 @@ from vgpu._private import reasons
 from vgpu._private.units import format_memory
 from vgpud._private import process_map
 from vgpud._private.allocator import Allocator
+from vgpud._private.auth.local_users import uid_of
+from vgpud._private.auth.signal_policy import owner_uid, refusal_to_signal
 from vgpud._private.backend.base import BackendError, GpuBackend, ProcessGpuUse
 from vgpud._private.config_watchdog import WatchdogConfig
 from vgpud._private.core.lease_record import LeaseRecord
@@ -255,8 +257,16 @@ class NodeWatchdog:
         for lease_id, lease in leases.items():
             if not (lease.state.ended and lease.end_reason in KILL_REASONS):
                 continue
+            owner = owner_uid(lease, self._node, uid_of)
             for pid in found.pids.get(lease_id, set()):
                 if pid in self._signalled or not process_map.alive(pid):
+                    continue
+                why_not = refusal_to_signal(
+                    process_map.process_uids(pid), owner, allow_root=self._config.signal_root_processes
+                )
+                if why_not is not None:
+                    log.warning("not stopping a process of a revoked lease", lease=lease_id, pid=pid, why=why_not)
+                    self._signalled[pid] = _Signalled(lease_id, now, killed=True)  # never asked again
                     continue
                 log.warning("stopping a process of a revoked lease", lease=lease_id, pid=pid, reason=lease.end_reason)
                 self._signal(pid, signal.SIGTERM, "sigterm")

@@ -21,16 +21,7 @@ from vgpud._private.core.model import GpuRecord, GpuState, LeaseState, NodeConfi
 from vgpud._private.core.projects import Quota
 from vgpud._private.core.queued import QueuedRequest
 from vgpud._private.registry import Keys
-from vgpud._private.store.base import (
-    CompactedError,
-    Delete,
-    EventType,
-    KeyValue,
-    Op,
-    Put,
-    Store,
-    StoreError,
-)
+from vgpud._private.store.base import CompactedError, Delete, EventType, KeyValue, Op, Put, Store, StoreError
 
 log = structlog.get_logger("vgpud.pool_view")
 T = TypeVar("T")
@@ -175,6 +166,10 @@ class PoolView:
     def leader(self) -> Versioned[str] | None:
         """The elected leader's node name and its election key's revision (None when nobody leads)."""
         return self._t.leader
+
+    def key_revision(self, key: str) -> int:
+        """The mod revision this view holds for `key` (0: absent), e.g. of a project's guard key."""
+        return self._revisions.get(key, 0)
 
     def is_alive(self, lease_id: str) -> bool:
         """Whether the lease's liveness key exists."""

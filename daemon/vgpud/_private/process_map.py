@@ -130,3 +130,16 @@ def alive(pid: int, proc: Path = _PROC) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def process_uids(pid: int, proc: Path = _PROC) -> tuple[int, int] | None:
+    """(real, effective) uid of a process; None when it is gone."""
+    try:
+        status = (proc / str(pid) / "status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            return int(fields[1]), int(fields[2])
+    return None

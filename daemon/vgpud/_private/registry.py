@@ -51,6 +51,10 @@ class Keys:
         """A project's quota."""
         return f"{self.root}projects/{name}"
 
+    def projgate(self, name: str) -> str:
+        """A limited project's guard: rewritten by every write that raises its holdings (project_gate.py)."""
+        return f"{self.root}projgate/{name}"
+
     def queue(self, lease_id: str) -> str:
         """A request waiting in the pool-wide queue, bound to the asking node's etcd lease."""
         return f"{self.root}queue/{lease_id}"

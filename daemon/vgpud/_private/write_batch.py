@@ -5,7 +5,8 @@ of earlier items in the same batch), guards the keys it depends on, and stages i
 transaction then compares every guarded key's revision as the view had it and applies all puts. If
 another daemon moved a guarded key, the keys are re-read and the whole batch is built again. A
 daemon's own writers therefore never race each other, and under load many grants share one etcd
-round trip.
+round trip. Writes that raise a limited project's holdings also guard that project's key
+(project_gate.py), so a project's limit holds against every other daemon's grants too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import structlog
 from vgpu._private import reasons
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuState, NodeConfig
+from vgpud._private.core.project_limits import held_by
+from vgpud._private.core.projects import Usage, project_of
 from vgpud._private.pool_view import PoolView, Versioned
+from vgpud._private.project_gate import caught_up, check_raise, is_gate, limit_of
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Compare, ModRevisionIs, Op, Put, Store, StoreError
@@ -48,6 +52,7 @@ class _Saved:
     leases: dict[str, tuple[LeaseRecord, int]]
     node_configs: dict[str, NodeConfig]
     extra: int
+    gates: set[str]
 
 
 class Overlay:
@@ -62,17 +67,29 @@ class Overlay:
         self.node_configs: dict[str, NodeConfig] = {}
         self.extra: list[Op] = []
         self.fallback_leases: dict[str, Versioned[LeaseRecord]] = {}
+        self.gates: set[str] = set()
+        """Guard keys of the limited projects whose holdings this batch raises (each rewritten once)."""
+
+    @property
+    def view(self) -> PoolView:
+        """The pool view this overlay reads through."""
+        return self._view
 
     def checkpoint(self) -> _Saved:
         """What rollback needs to forget a build that refused halfway."""
         return _Saved(
-            dict(self.guards), dict(self.gpu_states), dict(self.leases), dict(self.node_configs), len(self.extra)
+            dict(self.guards),
+            dict(self.gpu_states),
+            dict(self.leases),
+            dict(self.node_configs),
+            len(self.extra),
+            set(self.gates),
         )
 
     def rollback(self, saved: _Saved) -> None:
         """Undo everything staged since `checkpoint`."""
         self.guards, self.gpu_states, self.leases = saved.guards, saved.gpu_states, saved.leases
-        self.node_configs = saved.node_configs
+        self.node_configs, self.gates = saved.node_configs, saved.gates
         del self.extra[saved.extra :]
 
     def _guard(self, key: str, revision: int) -> None:
@@ -117,7 +134,13 @@ class Overlay:
         return cached.value if cached is not None else None
 
     def put_lease(self, record: LeaseRecord, *, store_lease: int = 0, new: bool = False) -> None:
-        """Stage a lease record; a new one guards that its key is absent."""
+        """Stage a lease record; a new one guards that its key is absent.
+
+        One that raises a limited project's holdings is refused past the limit (Refusal OVER_QUOTA) and
+        guards the project's key.
+        """
+        quota = limit_of(self._view, project_of(record))
+        before = self.lease(record.id) if quota is not None else None
         key = self._keys.lease(record.id)
         if new:
             self._guard(key, 0)
@@ -125,6 +148,20 @@ class Overlay:
             cached = self._view.lease(record.id) or self.fallback_leases.get(record.id)
             self._guard(key, cached.revision if cached is not None else 0)
         self.leases[record.id] = (record, store_lease)
+        if quota is not None:
+            check_raise(self, quota, before, record)
+
+    def project_held(self, project: str) -> Usage:
+        """What `project` holds, with this batch's staged leases in place of the versions the view has."""
+        leases = {v.value.id: v.value for v in self._view.live_leases() if project_of(v.value) == project}
+        leases.update((i, r) for i, (r, _) in self.leases.items() if project_of(r) == project)
+        return held_by(project, leases.values())
+
+    def gate(self, project: str) -> None:
+        """Guard the project's key at the revision the view holds, and rewrite it in this batch."""
+        key = self._keys.projgate(project)
+        self._guard(key, self._view.key_revision(key))
+        self.gates.add(key)
 
     def stage(self, op: Op) -> None:
         """An op without a read behind it (liveness keys, idempotency keys)."""
@@ -135,6 +172,7 @@ class Overlay:
         out: list[Op] = [Put(self._keys.gpustate(u), s.to_json()) for u, s in self.gpu_states.items()]
         out += [Put(self._keys.nodecfg(n), c.to_json()) for n, c in self.node_configs.items()]
         out += [Put(self._keys.lease(i), r.to_json(), lease=sl) for i, (r, sl) in self.leases.items()]
+        out += [Put(key, b"") for key in self.gates]
         return out + self.extra
 
     def parsed(self) -> dict[str, object]:
@@ -207,7 +245,9 @@ class WriteBatcher:
                     compares.append(proof)
                 txn = await self.store.txn(compares, ops, timeout=self.timeout)
                 if not txn.succeeded:
-                    await self._reread([c.key for c in compares])
+                    if not await self._reread([c.key for c in compares]):
+                        self._fail(batch, Refusal(reasons.CONFLICT, "this daemon's view of the pool lags etcd; retry"))
+                        return
                     continue
                 self.view.apply_committed(ops, txn.revision, overlay.parsed())
             for item, result in results:
@@ -243,7 +283,17 @@ class WriteBatcher:
                 results.append((item, refusal))
         return results
 
-    async def _reread(self, keys: list[str]) -> None:
+    async def _reread(self, keys: list[str]) -> bool:
+        """Bring the view up to the guarded keys after a failed compare; False if it cannot be done in time.
+
+        A project's guard key is left to the watch (and waited for): read on its own it would run ahead of
+        the leases granted beside it, and the rebuild would miss them.
+        """
         results = await asyncio.gather(*(self.store.get(k, timeout=self.timeout) for k in keys))
+        moved: dict[str, int] = {}
         for key, kv in zip(keys, results, strict=True):
-            self.view.refresh_key(kv, key)
+            if kv is not None and is_gate(self.keys, key):
+                moved[key] = kv.mod_revision
+            else:
+                self.view.refresh_key(kv, key)
+        return not moved or await caught_up(self.view, moved, self.timeout)

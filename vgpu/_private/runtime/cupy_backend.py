@@ -22,7 +22,7 @@ from vgpu._private.runtime.memory_budget import MemoryUsage, check_limit, refusa
 from vgpu._private.units import format_memory
 
 CONTEXT_ESTIMATE_BYTES = 512 * 1024**2
-"""Assumed footprint of a CUDA context where NVML cannot measure it: a CUDA 12 context with lazy module
+"""Assumed footprint of a CUDA context where NVML cannot measure it: a CUDA 12 or 13 context with lazy module
 loading takes roughly 300-500 MiB on current data-centre GPUs, so this errs on the side of a smaller pool."""
 
 _ALLOCATION_UNIT = 512

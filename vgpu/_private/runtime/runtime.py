@@ -80,7 +80,10 @@ def make_backend(target: RuntimeTarget, kind: str) -> ArrayBackend:
         raise InvalidRequestError(f"runtime backend must be auto, cupy or numpy, got {kind!r}")
     have_cupy = importlib.util.find_spec("cupy") is not None
     if kind == "cupy" and not have_cupy:
-        raise InvalidRequestError("the cupy runtime backend needs CuPy: pip install 'vgpu[cuda12]', or use 'auto'")
+        raise InvalidRequestError(
+            "the cupy runtime backend needs CuPy: pip install 'vgpu[cuda13]' (CUDA 13) or 'vgpu[cuda12]' (CUDA 12), "
+            "or use 'auto'"
+        )
     if kind == "numpy" or not have_cupy:
         return NumpyBackend(target.memory_bytes)
     from vgpu._private.runtime import cupy_backend  # noqa: PLC0415 -- imports CuPy: only on this path

@@ -850,3 +850,124 @@ class ProjectUsage(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ProjectUsage: _TypeAlias = ProjectUsage  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SINCE_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """Only records of this identity: a user name, "uid:N", or a SPIFFE id (empty: all)."""
+    limit: _builtins.int
+    """At most this many records, newest kept (0: 1000; at most 10000)."""
+    @_builtins.property
+    def since(self) -> _duration_pb2.Duration:
+        """How far back (default 1 hour, at most the audit retention)."""
+
+    def __init__(
+        self,
+        *,
+        since: _duration_pb2.Duration | None = ...,
+        identity: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "limit", b"limit", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More records matched than limit; the oldest were left out."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditRecord]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___AuditRecord] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["records", b"records", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
+
+@_typing.final
+class AuditRecord(_message.Message):
+    """One audited call: an admin mutation (allowed or not) or a refusal for lack of identity or permission."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    REPEATS_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    """The node whose vgpud handled the call."""
+    user: _builtins.str
+    """The verified caller: user name (or "uid:N") and how it was proven ("local:uid=N" or a SPIFFE id)."""
+    identity: _builtins.str
+    role: _builtins.str
+    """admin, user, node, or empty when the caller could not be identified."""
+    method: _builtins.str
+    """The RPC, e.g. "AdminService/EvictLease"."""
+    target: _builtins.str
+    """What the call was about, e.g. "lease=lease-0123456789ab" or "project=vision"."""
+    outcome: _builtins.str
+    """"allowed" or "refused"."""
+    reason: _builtins.str
+    """The ErrorInfo reason of a refusal (empty when allowed)."""
+    message: _builtins.str
+    """The refusal's message, or a short description of the change."""
+    peer: _builtins.str
+    """The peer: "unix" or the TCP address."""
+    repeats: _builtins.int
+    """Further refusals of the same identity, method and reason folded into this record (rate limit)."""
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        node: _builtins.str = ...,
+        user: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        role: _builtins.str = ...,
+        method: _builtins.str = ...,
+        target: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        repeats: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "message", b"message", "method", b"method", "node", b"node", "outcome", b"outcome", "peer", b"peer", "reason", b"reason", "repeats", b"repeats", "role", b"role", "target", b"target", "time", b"time", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditRecord: _TypeAlias = AuditRecord  # noqa: Y015

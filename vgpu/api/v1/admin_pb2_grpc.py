@@ -110,6 +110,11 @@ class AdminServiceStub:
                 request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
                 response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/vgpu.api.v1.AdminService/ListAudit',
+                request_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -217,6 +222,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Audit records of the whole pool: admin mutations and refused calls (vgpuctl audit). Admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -294,6 +306,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetUsageReport,
                     request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.FromString,
                     response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.FromString,
+                    response_serializer=vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -702,6 +719,33 @@ class AdminService:
             '/vgpu.api.v1.AdminService/GetUsageReport',
             vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportRequest.SerializeToString,
             vgpu_dot_api_dot_v1_dot_admin__pb2.GetUsageReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vgpu.api.v1.AdminService/ListAudit',
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditRequest.SerializeToString,
+            vgpu_dot_api_dot_v1_dot_admin__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

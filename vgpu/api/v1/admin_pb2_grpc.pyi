@@ -59,6 +59,8 @@ class AdminServiceStub:
     """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample."""
     GetUsageReport: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageReportRequest, _admin_pb2.GetUsageReportResponse]
     """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]
+    """Audit records of the whole pool: admin mutations and refused calls (vgpuctl audit). Admins only."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -91,6 +93,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """Budget vs. use of every lease holding slices now (vgpuctl top): each node's latest sample."""
     GetUsageReport: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageReportRequest, _admin_pb2.GetUsageReportResponse]  # type: ignore[assignment]
     """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditRequest, _admin_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """Audit records of the whole pool: admin mutations and refused calls (vgpuctl audit). Admins only."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """The door for platform admins (vgpuctl): the whole pool, from any daemon."""
@@ -210,5 +214,13 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.GetUsageReportResponse, _abc.Awaitable[_admin_pb2.GetUsageReportResponse]]:
         """Allocated vs. used GPU-hours per project over a past window (vgpuctl report), from hourly records."""
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _admin_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditResponse, _abc.Awaitable[_admin_pb2.ListAuditResponse]]:
+        """Audit records of the whole pool: admin mutations and refused calls (vgpuctl audit). Admins only."""
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

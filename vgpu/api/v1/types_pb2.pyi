@@ -162,7 +162,10 @@ Global___MigInstanceState: _TypeAlias = MigInstanceState  # noqa: Y015
 
 @_typing.final
 class Owner(_message.Message):
-    """Who holds a lease. Informational until authentication arrives."""
+    """Who holds a lease: the verified identity of the caller that acquired it. vgpud fills every field but
+    description from what the kernel (Unix socket) or the client certificate (TCP) proved; whatever a client
+    sends in an AcquireRequest's owner is ignored except description. Empty in leases of other users.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -170,11 +173,20 @@ class Owner(_message.Message):
     HOST_FIELD_NUMBER: _builtins.int
     PID_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
     user: _builtins.str
+    """User name: the host's name for the uid ("uid:N" when it has none), or the certificate's name."""
     host: _builtins.str
+    """The node whose vgpud served the acquire (local callers), or the peer address (certificates)."""
     pid: _builtins.int
+    """The calling process as the kernel reported it (local callers only)."""
     description: _builtins.str
     """Free text shown by vgpuctl, e.g. a job name."""
+    identity: _builtins.str
+    """How the caller was identified: "local:uid=N" or the certificate's SPIFFE id."""
+    uid: _builtins.int
+    """The caller's uid on host (local callers only)."""
     def __init__(
         self,
         *,
@@ -182,12 +194,16 @@ class Owner(_message.Message):
         host: _builtins.str = ...,
         pid: _builtins.int = ...,
         description: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        uid: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "uid", b"uid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "host", b"host", "pid", b"pid", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_uid", b"_uid", "description", b"description", "host", b"host", "identity", b"identity", "pid", b"pid", "uid", b"uid", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__uid: _TypeAlias = _typing.Literal["uid"]  # noqa: Y015
+    _WhichOneofArgType__uid: _TypeAlias = _typing.Literal["_uid", b"_uid"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__uid) -> _WhichOneofReturnType__uid | None: ...
 
 Global___Owner: _TypeAlias = Owner  # noqa: Y015
 
@@ -624,6 +640,7 @@ class Quota(_message.Message):
     OVER_QUOTA_WEIGHT_FIELD_NUMBER: _builtins.int
     LIMIT_MILLI_FIELD_NUMBER: _builtins.int
     LIMIT_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     deserved_milli: _builtins.int
     """Guaranteed capacity: requests within it are never starved and never preempted for others' borrowing."""
@@ -635,6 +652,10 @@ class Quota(_message.Message):
     """Hard cap on what the project may hold, borrowing included (0: no limit)."""
     limit_memory_bytes: _builtins.int
     """Hard cap on GPU memory in bytes (0: no limit)."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who may acquire in the project: "user:NAME" or "group:NAME" (names resolved on each host). Empty: admins only."""
+
     def __init__(
         self,
         *,
@@ -644,10 +665,11 @@ class Quota(_message.Message):
         over_quota_weight: _builtins.float = ...,
         limit_milli: _builtins.int = ...,
         limit_memory_bytes: _builtins.int = ...,
+        members: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deserved_memory_bytes", b"deserved_memory_bytes", "deserved_milli", b"deserved_milli", "limit_memory_bytes", b"limit_memory_bytes", "limit_milli", b"limit_milli", "over_quota_weight", b"over_quota_weight", "project", b"project"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deserved_memory_bytes", b"deserved_memory_bytes", "deserved_milli", b"deserved_milli", "limit_memory_bytes", b"limit_memory_bytes", "limit_milli", b"limit_milli", "members", b"members", "over_quota_weight", b"over_quota_weight", "project", b"project"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -36,6 +36,7 @@ def fields(status: types_pb2.ProjectStatus, name: str) -> list[tuple[str, str]]:
             ("deserved", cells.capacity(quota.deserved_milli, quota.deserved_memory_bytes)),
             ("limit", cells.limit(quota.limit_milli, quota.limit_memory_bytes)),
             ("over-quota weight", cells.weight(quota.over_quota_weight)),
+            ("members", ", ".join(quota.members) if quota.members else "none: only admins may acquire in it"),
         ]
     else:
         hint = f"`vgpuctl quota set {quota.project or name} --deserved N` sets one"

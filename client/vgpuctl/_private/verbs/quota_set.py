@@ -72,6 +72,26 @@ LimitMemory = Annotated[
         show_default=False,
     ),
 ]
+Members = Annotated[
+    str | None,
+    typer.Option(
+        "--members",
+        metavar="LIST",
+        parser=lambda text: text,
+        help="Who may acquire in it, replacing the list: user:NAME,group:NAME,... ('' clears: admins only).",
+        show_default=False,
+    ),
+]
+_MEMBER_KINDS = ("user:", "group:")
+
+
+def parse_members(text: str) -> list[str]:
+    """`user:alice,group:ml` as a list; a usage error names an entry that is neither user: nor group:."""
+    members = [part.strip() for part in text.split(",") if part.strip()]
+    for member in members:
+        if not member.startswith(_MEMBER_KINDS) or member in _MEMBER_KINDS:
+            raise CliError(exit_codes.USAGE, f"--members entry {member!r} is not user:NAME or group:NAME")
+    return members
 
 
 def set_quota(
@@ -83,15 +103,18 @@ def set_quota(
     limit: Limit = None,
     deserved_memory: DeservedMemory = None,
     limit_memory: LimitMemory = None,
+    members: Members = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Create PROJECT's quota or change it: on an existing quota only the flags given change, the rest is kept.
 
-    A new project starts at deserved 0, over-quota weight 1, no limits; then it only borrows idle GPUs.
+    A new project starts at deserved 0, over-quota weight 1, no limits, no members (only admins may use
+    it until --members names who may); then it only borrows idle GPUs.
 
     Deserved quotas may add up past the pool: that is allowed, and printed as a warning.
     """
     name = check_project(project)
+    member_list = parse_members(members) if members is not None else None
     # Both ends of a pair given: a limit below its deserved is caught before anything is asked of the daemon.
     check_limits(
         types_pb2.Quota(
@@ -121,6 +144,9 @@ def set_quota(
             quota.limit_milli = limit
         if limit_memory is not None:
             quota.limit_memory_bytes = limit_memory
+        if member_list is not None:
+            del quota.members[:]
+            quota.members.extend(member_list)
         given = {
             "deserved_milli": deserved,
             "deserved_memory_bytes": deserved_memory,
@@ -196,5 +222,6 @@ def summary(quota: types_pb2.Quota) -> str:
     return (
         f"deserved {cells.capacity(quota.deserved_milli, quota.deserved_memory_bytes)}; "
         f"limit {cells.limit(quota.limit_milli, quota.limit_memory_bytes)}; "
-        f"over-quota weight {cells.weight(quota.over_quota_weight)}"
+        f"over-quota weight {cells.weight(quota.over_quota_weight)}; "
+        f"members {', '.join(quota.members) if quota.members else 'none (admins only)'}"
     )

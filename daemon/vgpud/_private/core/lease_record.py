@@ -129,6 +129,8 @@ class LeaseRecord:
                     "host": self.owner.host,
                     "pid": self.owner.pid,
                     "description": self.owner.description,
+                    "identity": self.owner.identity,
+                    "uid": self.owner.uid,
                 },
                 "request": {
                     "isolation": self.request.isolation.value,

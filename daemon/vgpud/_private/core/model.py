@@ -253,12 +253,18 @@ class NodeConfig:
 
 @dataclass(frozen=True, slots=True)
 class Owner:
-    """Who asked for a lease (informational until authentication arrives)."""
+    """Who asked for a lease, as vgpud verified it (only `description` comes from the client)."""
 
     user: str = ""
+    """The verified user name (lease calls of users must come from this name)."""
     host: str = ""
+    """The node that served the acquire (local callers) or the peer address (certificates)."""
     pid: int = 0
     description: str = ""
+    identity: str = ""
+    """How the owner was proven: "local:uid=N" or the certificate's SPIFFE id."""
+    uid: int | None = None
+    """The owner's uid on `host` (local callers only): the node watchdog signals only processes of this uid."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ class PriorityClass:
     """How long a lease of this class gets to checkpoint and acknowledge a PREEMPT."""
     min_runtime_s: float = 60.0
     """A lease is not preempted for reclaim before it has run this long (no thrashing)."""
+    projects: tuple[str, ...] = ()
+    """Only these projects may use the class (empty: every project)."""
 
 
 DEFAULT_CLASSES: Final = (

@@ -36,10 +36,13 @@ class Quota:
     """Most the project may hold, borrowing included (0: no limit)."""
     limit_memory_bytes: int = 0
     """Most GPU memory the project may hold (0: no limit)."""
+    members: tuple[str, ...] = ()
+    """Who may acquire in it: "user:NAME" / "group:NAME", resolved on each host (empty: admins only)."""
 
     def to_json(self) -> bytes:
         """Serialise for etcd."""
         data = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        data["members"] = list(self.members)
         return json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
 
     @classmethod
@@ -55,6 +58,7 @@ class Quota:
             over_quota_weight=float(data.get("over_quota_weight", 1.0)),
             limit_milli=int(data.get("limit_milli", 0)),
             limit_memory_bytes=int(data.get("limit_memory_bytes", 0)),
+            members=tuple(str(m) for m in data.get("members", ())),
         )
 
 

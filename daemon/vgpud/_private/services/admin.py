@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import grpc
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc
+from vgpud._private.auth.access import sees_everything
+from vgpud._private.auth.gate import caller
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuRecord, LeaseState
 from vgpud._private.refusal import Refusal
-from vgpud._private.services import convert, fair_admin, mig_plan, usage_admin, validation
+from vgpud._private.services import audit_admin, convert, fair_admin, mig_plan, usage_admin, validation
 from vgpud._private.services.serving import Serving
-from vgpud._private.services.status import guarded_unary
+from vgpud._private.services.status import GuardedServicer, guarded_unary
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -21,15 +23,13 @@ _MAX_LAYOUT = 1 << 20
 """A layout file for thousands of GPUs fits in far less than 1 MiB."""
 
 
-class AdminService(admin_pb2_grpc.AdminServiceServicer):
+class AdminService(GuardedServicer, admin_pb2_grpc.AdminServiceServicer):
     """The admin door (see admin.proto)."""
+
+    service_name: ClassVar[str] = "vgpu.api.v1.AdminService"
 
     def __init__(self, serving: Serving) -> None:
         self._s = serving
-
-    def report_error(self, method: str, code: str) -> None:
-        """Count an error answer (status.guarded_unary calls this)."""
-        self._s.on_error(method, code)
 
     @guarded_unary("ListNodes")
     async def ListNodes(  # noqa: N802 -- gRPC method name
@@ -94,11 +94,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         ]
         chosen.sort(key=lambda r: r.created_at)
         endpoints = self._endpoints()
+        who = caller()
         return admin_pb2.ListAllLeasesResponse(
             leases=[
                 convert.lease(
                     r, node=self._s.node, endpoint=self._s.endpoint, endpoints=endpoints, mps_pipes=self._s.mps_pipes(r)
                 )
+                if sees_everything(who, r)
+                else convert.redacted(convert.lease(r, node=self._s.node, endpoint=self._s.endpoint))
                 for r in chosen
             ]
         )
@@ -203,6 +206,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListLeaseUsageResponse:
         """Budget vs. use of every lease holding slices, from each node's latest sample."""
         return await usage_admin.list_lease_usage(self._s, request)
+
+    @guarded_unary("ListAudit")
+    async def ListAudit(  # noqa: N802 -- gRPC method name
+        self, request: admin_pb2.ListAuditRequest, context: Ctx
+    ) -> admin_pb2.ListAuditResponse:
+        """Audit records of the whole pool (admin mutations and refusals), oldest first."""
+        return await audit_admin.list_audit(self._s, request)
 
     @guarded_unary("GetUsageReport")
     async def GetUsageReport(  # noqa: N802 -- gRPC method name

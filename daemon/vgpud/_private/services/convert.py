@@ -69,6 +69,8 @@ def lease(
             host=record.owner.host,
             pid=record.owner.pid,
             description=record.owner.description,
+            identity=record.owner.identity,
+            uid=record.owner.uid,
         ),
         request=types_pb2.ResourceRequest(
             memory_bytes=record.request.memory_bytes if record.request.isolation is not Isolation.WHOLE else 0,
@@ -228,4 +230,11 @@ def node(name: str, record: NodeRecord | None, config: NodeConfig, gpu_count: in
         msg.started_at.CopyFrom(timestamp(record.started_at))
         msg.backend = record.backend
         msg.labels.update(record.labels)
+    return msg
+
+
+def redacted(msg: types_pb2.Lease) -> types_pb2.Lease:
+    """Someone else's lease as a user sees it: no owner, no environment (paths, endpoints, budgets), no labels."""
+    for name in ("owner", "env", "node_environments", "labels", "request_id"):
+        msg.ClearField(name)
     return msg

@@ -9,6 +9,8 @@ from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2, types_pb2
+from vgpud._private.auth.access import check_members, sees_everything
+from vgpud._private.auth.gate import current_caller
 from vgpud._private.core.fair_share import fair_shares
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import PriorityClass
@@ -50,6 +52,7 @@ def _quota_in(raw: types_pb2.Quota) -> Quota:
         over_quota_weight=weight,
         limit_milli=raw.limit_milli,
         limit_memory_bytes=raw.limit_memory_bytes,
+        members=check_members(raw.members),
     )
 
 
@@ -61,6 +64,7 @@ def _quota_out(q: Quota) -> types_pb2.Quota:
         over_quota_weight=q.over_quota_weight,
         limit_milli=q.limit_milli,
         limit_memory_bytes=q.limit_memory_bytes,
+        members=q.members,
     )
 
 
@@ -183,6 +187,7 @@ def list_queue(s: Serving, request: admin_pb2.ListQueueRequest, now: float) -> a
     project = validation.node_name(request.project) if request.project else ""
     rate = grant_rate([*(v.value for v in s.view.live_leases()), *(v.value for v in s.view.ended_leases())], now)
     out = admin_pb2.ListQueueResponse(grant_rate=rate)
+    who = current_caller()
     for position, entry in enumerate(queue_positions(s.view, s.classes, now=now), start=1):
         if project and entry.project != project:
             continue
@@ -199,7 +204,7 @@ def list_queue(s: Serving, request: admin_pb2.ListQueueRequest, now: float) -> a
             lease_id=entry.lease_id,
             project=entry.project,
             priority=lease.priority or s.classes.default,
-            owner=msg.owner,
+            owner=msg.owner if sees_everything(who, lease) else None,
             request=msg.request,
             position=position,
             reason=_reason(s, entry.lease_id, position),

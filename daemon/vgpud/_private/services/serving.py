@@ -7,6 +7,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 from vgpud._private.allocator import Allocator
+from vgpud._private.auth.access import Access
+from vgpud._private.auth.audit import AuditTrail
+from vgpud._private.auth.gate import Gate
 from vgpud._private.config_scheduling import SchedulingConfig
 from vgpud._private.core.burst import gpu_otherwise_idle
 from vgpud._private.core.lease_record import LeaseRecord
@@ -44,6 +47,8 @@ class Serving:
     max_queue_wait: float
     """Longest a waiting acquire is held when the client sent no deadline."""
     stopping: asyncio.Event
+    gate: Gate
+    """Who is calling, and the authorization table."""
     classes: PriorityClasses = STANDARD
     """Priority classes from the config."""
     scheduling: SchedulingConfig = field(default_factory=SchedulingConfig)
@@ -62,6 +67,12 @@ class Serving:
     """This node's allocation vs. use ledger; None when [accounting] is off."""
     usage_retention_days: int = 35
     """How far back `vgpuctl report` may ask ([accounting] retention_days)."""
+    audit: AuditTrail | None = None
+    """Admin mutations and refusals; None where nothing is recorded (unit tests)."""
+    audit_retention_days: int = 90
+    """How far back `vgpuctl audit` may ask ([audit] retention_days)."""
+    access: Access = field(default_factory=Access)
+    """Project membership, priority classes limited to projects, the default project's openness."""
 
     def mps_pipes(self, lease: LeaseRecord) -> dict[str, str]:
         """GPU UUID -> MPS pipe directory of the lease's GPUs whose nodes run MPS for them (lease environments)."""

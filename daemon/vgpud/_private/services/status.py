@@ -9,17 +9,25 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Final, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, Protocol, TypeVar, cast
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, text_format
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from vgpu._private import reasons
+from vgpud._private.auth.audit import AuditTrail
+from vgpud._private.auth.gate import Gate, current_caller
+from vgpud._private.auth.identity import Identity
+from vgpud._private.auth.rules import rule_for
 from vgpud._private.refusal import Refusal
 from vgpud._private.store.base import StoreError
+
+if TYPE_CHECKING:
+    from vgpud._private.services.serving import Serving
 
 log = structlog.get_logger("vgpud.rpc")
 
@@ -51,7 +59,11 @@ CODES: Final[dict[str, grpc.StatusCode]] = {
     reasons.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     reasons.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     reasons.INTERNAL: grpc.StatusCode.INTERNAL,
+    **dict.fromkeys(reasons.AUTHENTICATION_REASONS, grpc.StatusCode.UNAUTHENTICATED),
+    **dict.fromkeys(reasons.PERMISSION_REASONS, grpc.StatusCode.PERMISSION_DENIED),
 }
+_AUDITED: Final = reasons.AUTHENTICATION_REASONS | reasons.PERMISSION_REASONS
+"""Refusals that leave an audit record (folded per caller, so a flood of them cannot flood the log)."""
 
 
 def _report(servicer: object, method: str, refusal: Refusal) -> None:
@@ -87,8 +99,102 @@ Resp = TypeVar("Resp")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+class Door(Protocol):
+    """What the guards need of a servicer: its service name, the gate, the audit trail, error counts."""
+
+    service_name: ClassVar[str]
+
+    @property
+    def gate(self) -> Gate:
+        """Authentication and the authorization table."""
+
+    @property
+    def audit(self) -> AuditTrail | None:
+        """Where admin mutations and refusals are recorded (None: not recorded, e.g. in unit tests)."""
+
+    def report_error(self, method: str, code: str) -> None:
+        """Count an error answer (metrics)."""
+
+
+class GuardedServicer:
+    """What both servicers share for their guards: the service's name, the gate and audit of `Serving`, metrics.
+
+    Subclasses set `service_name` and `_s` (their `Serving`).
+    """
+
+    service_name: ClassVar[str]
+    _s: Serving
+
+    @property
+    def gate(self) -> Gate:
+        """Who is calling, and the authorization table (the guards ask it first)."""
+        return self._s.gate
+
+    @property
+    def audit(self) -> AuditTrail | None:
+        """Where admin mutations and refusals are recorded."""
+        return self._s.audit
+
+    def report_error(self, method: str, code: str) -> None:
+        """Count an error answer (the guards call this)."""
+        self._s.on_error(method, code)
+
+
+def target_of(request: object) -> str:
+    """What a request is about, for audit records: "lease=..., project=..." from the fields it sets."""
+    if not isinstance(request, Message):
+        return ""
+    parts = []
+    for field, value in request.ListFields():
+        if field.name in _TARGET_FIELDS:
+            parts.append(f"{field.name.removesuffix('_id').removesuffix('_uuid')}={str(value)[:80]}")
+        elif field.name == "quota" and isinstance(value, Message):
+            parts.append(f"project={str(getattr(value, 'project', ''))[:80]}")
+    return ",".join(parts)
+
+
+_TARGET_FIELDS: Final = frozenset({"lease_id", "project", "node", "gpu_uuid", "identity"})
+
+
+async def _enter(servicer: Door, method: str, context: Ctx) -> Identity:
+    structlog.contextvars.bind_contextvars(rpc=method, peer=context.peer())
+    identity = await servicer.gate.admit(f"{servicer.service_name}/{method}", context)
+    structlog.contextvars.bind_contextvars(user=identity.name)
+    return identity
+
+
+def _audit_allowed(servicer: Door, method: str, identity: Identity, request: object) -> None:
+    """Record an admin mutation that went through."""
+    audit = servicer.audit
+    rule = rule_for(f"{servicer.service_name}/{method}")
+    if audit is not None and rule is not None and rule.mutation:
+        summary = text_format.MessageToString(request, as_one_line=True) if isinstance(request, Message) else ""
+        audit.allowed(identity, f"{servicer.service_name.rsplit('.', 1)[-1]}/{method}", target_of(request), summary)
+
+
+def _refused(servicer: Door, method: str, request: object, context: Ctx, exc: Exception, *, started: float) -> Refusal:
+    """The refusal for a failed call: counted, audited (identity and permission refusals) or logged."""
+    refusal = _as_refusal(exc, method)
+    _report(servicer, method, refusal)
+    if refusal.reason in _AUDITED:
+        audit = servicer.audit
+        if audit is not None:
+            who = current_caller()
+            audit.refused(
+                who,
+                peer=context.peer() or "",
+                method=f"{servicer.service_name.rsplit('.', 1)[-1]}/{method}",
+                target=target_of(request),
+                reason=refusal.reason,
+                message=refusal.message,
+            )
+    else:
+        log.info("rpc refused", reason=refusal.reason, ms=round((time.perf_counter() - started) * 1e3, 2))
+    return refusal
+
+
 class guarded_unary:  # noqa: N801 -- used as a decorator, named like one
-    """Decorate a unary handler: bind log context, turn exceptions into statuses."""
+    """Decorate a unary handler: admit the caller, bind log context, audit, turn exceptions into statuses."""
 
     def __init__(self, method: str) -> None:
         self._method = method
@@ -99,20 +205,22 @@ class guarded_unary:  # noqa: N801 -- used as a decorator, named like one
 
         @functools.wraps(handler)
         async def run(servicer: S, request: Req, context: Ctx) -> Resp:
-            structlog.contextvars.bind_contextvars(rpc=method, peer=context.peer())
+            door = cast("Door", servicer)
             started = time.perf_counter()
             try:
-                return await handler(servicer, request, context)
+                identity = await _enter(door, method, context)
+                answer = await handler(servicer, request, context)
             except Exception as exc:
                 if _is_abort(exc):
                     raise
-                refusal = _as_refusal(exc, method)
-                _report(servicer, method, refusal)
-                log.info("rpc refused", reason=refusal.reason, ms=round((time.perf_counter() - started) * 1e3, 2))
-                await abort(context, refusal)
+                await abort(context, _refused(door, method, request, context, exc, started=started))
+            else:
+                _audit_allowed(door, method, identity, request)
+                return answer
             finally:
-                structlog.contextvars.unbind_contextvars("rpc", "peer")
+                structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
 
+        run.vgpu_guarded = method  # type: ignore[attr-defined]  # marks the handler for tests/unit/test_auth_rules.py
         return run
 
 
@@ -130,19 +238,21 @@ class guarded_stream:  # noqa: N801 -- used as a decorator, named like one
 
         @functools.wraps(handler)
         async def run(servicer: S, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-            structlog.contextvars.bind_contextvars(rpc=method, peer=context.peer())
+            door = cast("Door", servicer)
+            started = time.perf_counter()
             try:
+                identity = await _enter(door, method, context)
                 async for item in handler(servicer, request, context):
                     yield item
+                _audit_allowed(door, method, identity, request)
             except Exception as exc:
                 if _is_abort(exc):
                     raise
-                refusal = _as_refusal(exc, method)
-                _report(servicer, method, refusal)
-                await abort(context, refusal)
+                await abort(context, _refused(door, method, request, context, exc, started=started))
             finally:
-                structlog.contextvars.unbind_contextvars("rpc", "peer")
+                structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
 
+        run.vgpu_guarded = method  # type: ignore[attr-defined]  # marks the handler for tests/unit/test_auth_rules.py
         return run
 
 

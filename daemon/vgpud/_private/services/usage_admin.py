@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2
+from vgpud._private.auth.access import sees_everything
+from vgpud._private.auth.gate import current_caller
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.usage_tally import HOUR_S, HourBucket, LeaseTally, ProjectTotals, hour_of, project_totals
 from vgpud._private.refusal import Refusal
@@ -67,7 +69,7 @@ def _row(lease: LeaseRecord, node: str, tally: LeaseTally | None) -> admin_pb2.L
     row = admin_pb2.LeaseUsage(
         lease_id=lease.id,
         project=lease.project,
-        user=lease.owner.user,
+        user=lease.owner.user if sees_everything(current_caller(), lease) else "",
         node=node,
         state=convert.LEASE_STATE[lease.state],
         compute_milli=sum(sl.compute_milli for sl in local),

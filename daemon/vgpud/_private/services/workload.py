@@ -6,7 +6,8 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
 
 import grpc
 from google.protobuf import duration_pb2
@@ -14,15 +15,19 @@ from google.protobuf import duration_pb2
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
 from vgpud._private.allocator import AcquireSpec
+from vgpud._private.auth.access import check_owner, sees_everything
+from vgpud._private.auth.gate import caller
+from vgpud._private.auth.owner import owner_of
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import LeaseState
+from vgpud._private.core.projects import DEFAULT_PROJECT
 from vgpud._private.lease_tokens import lease_identity, lease_token
 from vgpud._private.pool_view import Versioned
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, validation
-from vgpud._private.services.quota_gate import fast_path_allowed
+from vgpud._private.services.quota_gate import fast_path_allowed, goes_to_queue
 from vgpud._private.services.serving import Serving
-from vgpud._private.services.status import guarded_stream, guarded_unary
+from vgpud._private.services.status import GuardedServicer, guarded_stream, guarded_unary
 from vgpud._private.store.base import StoreError
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -45,18 +50,19 @@ def _deadline(context: Ctx, cap: float) -> float:
     return cap if remaining is None else max(0.0, min(cap, remaining))
 
 
-class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
+class WorkloadService(GuardedServicer, workload_pb2_grpc.WorkloadServiceServicer):
     """The workload door (see workload.proto)."""
+
+    service_name: ClassVar[str] = "vgpu.api.v1.WorkloadService"
 
     def __init__(self, serving: Serving) -> None:
         self._s = serving
 
-    def report_error(self, method: str, code: str) -> None:
-        """Count an error answer (status.guarded_* call this)."""
-        self._s.on_error(method, code)
-
-    def _lease_msg(self, record: LeaseRecord, token: str = "") -> types_pb2.Lease:
+    def _lease_msg(self, record: LeaseRecord, token: str = "", *, redact: bool = False) -> types_pb2.Lease:
+        """The lease as the caller may see it; `redact`: without owner and environment (someone else's lease)."""
         s = self._s
+        if redact:
+            return convert.redacted(convert.lease(record.delivered, node=s.node, endpoint=s.endpoint))
         others = {slice_.node for slice_ in record.slices} - {s.node}
         endpoints = {}
         for name in others:
@@ -91,6 +97,10 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             ttl_bounds=s.ttl_bounds,
         )
         spec = validation.project_and_priority(spec, s.view.quotas().keys(), s.classes)
+        who = caller()
+        quota = s.view.quota(spec.project or DEFAULT_PROJECT)
+        s.access.check_acquire(who, spec.project, quota.value if quota else None, s.classes.get(spec.priority))
+        spec = replace(spec, owner=owner_of(who, s.node, request.owner.description))
         outcome = "granted"
         try:
             if spec.node and spec.node != s.node:
@@ -100,9 +110,10 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
                 try:
                     record, token = await s.allocator.acquire(spec)
                 except Refusal as refusal:
-                    if not (request.wait and refusal.reason == reasons.NO_CAPACITY):
+                    if not goes_to_queue(refusal, wait=request.wait):
                         raise
                 else:
+                    check_owner(who, record)
                     record = await self._realised(record, context)
                     yield workload_pb2.AcquireResponse(lease=self._lease_msg(record, token))
                     return
@@ -115,6 +126,15 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             raise
         finally:
             s.on_acquire(time.perf_counter() - started, outcome)
+
+    def _owner_only(self, lease: Versioned[LeaseRecord], method: str) -> Versioned[LeaseRecord]:
+        """The lease if the caller owns it or is an admin; an admin acting on another's lease is audited."""
+        who = caller()
+        check_owner(who, lease.value)
+        audit = self._s.audit
+        if who.admin and not who.same_person(lease.value.owner.user) and audit is not None and method != "Heartbeat":
+            audit.allowed(who, f"WorkloadService/{method}", f"lease={lease.value.id}", "on another user's lease")
+        return lease
 
     def _check_target(self, node: str) -> None:
         """Clear refusals for a request naming another node that cannot take it."""
@@ -132,6 +152,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         s = self._s
         existing = await s.allocator.existing(spec.request_id)
         if existing is not None:
+            check_owner(caller(), existing[0])
             yield workload_pb2.AcquireResponse(lease=self._lease_msg(*existing))
             return
         lease_id = lease_identity(spec.request_id)
@@ -195,7 +216,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
     ) -> workload_pb2.ReleaseResponse:
         """End the lease; idempotent."""
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
-        await self._s.allocator.owned(lease_id, token)
+        self._owner_only(await self._s.allocator.owned(lease_id, token), "Release")
         ended = await self._s.allocator.end(
             lease_id, LeaseState.RELEASED, reasons.END_RELEASED, "released by its client"
         )
@@ -209,7 +230,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
         usage = request.usage
         socket = validation.identity_socket(usage.identity_socket)
-        lease = await self._s.allocator.owned(lease_id, token)
+        lease = self._owner_only(await self._s.allocator.owned(lease_id, token), "Heartbeat")
         left = await self._s.allocator.refresh(lease.value)
         busy_milli = min(usage.utilization_milli, 1000)
         if usage.reported and lease.value.state is LeaseState.GRANTED:
@@ -237,7 +258,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
     ) -> workload_pb2.AckPreemptResponse:
         """The workload checkpointed: free its slices, suspend the lease; it resumes when capacity frees."""
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
-        current = await self._s.allocator.owned(lease_id, token)
+        current = self._owner_only(await self._s.allocator.owned(lease_id, token), "AckPreempt")
         suspended = await self._s.transitions.acknowledge(lease_id)
         asked = current.value.last_step("preempt")
         if current.value.state is LeaseState.PREEMPTING and asked:
@@ -250,7 +271,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
     ) -> workload_pb2.GetLeaseResponse:
         """The lease as it stands."""
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
-        lease = await self._s.allocator.owned(lease_id, token)
+        lease = self._owner_only(await self._s.allocator.owned(lease_id, token), "GetLease")
         return workload_pb2.GetLeaseResponse(lease=self._lease_msg(lease.value))
 
     @guarded_unary("ListLeases")
@@ -266,7 +287,10 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
             if (not user or v.value.owner.user == user) and (not project or v.value.project == project)
         ]
         leases.sort(key=lambda r: r.created_at)
-        return workload_pb2.ListLeasesResponse(leases=[self._lease_msg(r) for r in leases])
+        who = caller()
+        return workload_pb2.ListLeasesResponse(
+            leases=[self._lease_msg(r, redact=not sees_everything(who, r)) for r in leases]
+        )
 
     # -- events ------------------------------------------------------------------------------------
     @guarded_stream("WatchLease")
@@ -276,7 +300,7 @@ class WorkloadService(workload_pb2_grpc.WorkloadServiceServicer):
         """State changes of one lease; keeps it alive while open."""
         s = self._s
         lease_id, token = validation.lease_ref(request.lease_id, request.token)
-        current = await s.allocator.owned(lease_id, token)
+        current = self._owner_only(await s.allocator.owned(lease_id, token), "WatchLease")
         updates = s.view.listen_lease(lease_id)
         stopping = asyncio.ensure_future(s.stopping.wait())
         try:

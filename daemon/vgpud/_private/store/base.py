@@ -20,6 +20,10 @@ class StoreUnavailableError(StoreError):
     """No endpoint answered within the deadline."""
 
 
+class StorePermissionError(StoreError):
+    """The store's access control refused the operation: this client's user may not touch those keys."""
+
+
 class CompactedError(StoreError):
     """A watch asked for history that the store has already compacted; re-list and watch again."""
 

@@ -4,8 +4,13 @@ One etcd process per daemon, reachable on 127.0.0.1 only, its data, port choice 
 state dir. The child is tied to the daemon with PR_SET_PDEATHSIG, so a daemon killed with -9 leaves no etcd
 (set by a launcher, not a preexec_fn: see etcd_process).
 
-Layout of `data_dir`: `data/` (etcd's own data dir), `ports.json` ({"client": N, "peer": N}, reused on
-restart while still free), `etcd.log` (etcd's output), `embedded.lock` (flock held while etcd runs).
+Loopback is no boundary between local users, so both ports serve TLS and require a client certificate from
+the etcd's private CA (embedded_pki): a local user who finds a port can neither read nor write a key, nor
+speak raft to the peer port. `data_dir` is 0700; keys, `ports.json` and the log are 0600.
+
+Layout of `data_dir`: `data/` (etcd's own data dir), `pki/` (CA, etcd's server and vgpud's client
+certificates), `ports.json` ({"client": N, "peer": N}, reused on restart while still free), `etcd.log`
+(etcd's output), `embedded.lock` (flock held while etcd runs).
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from pathlib import Path
 
+from vgpu._private.pki import PkiError
+from vgpu._private.secret_files import PRIVATE_DIR_MODE, SECRET_MODE, write_atomically
 from vgpud._private.store.base import StoreError
+from vgpud._private.store.embedded_pki import EmbeddedPki, EtcdTlsFiles, client_files, ensure_pki
 from vgpud._private.store.etcd_process import HEALTH_TIMEOUT_S, healthy, log_tail, spawn_tied_to_parent
 
 _LOG_ROTATE_BYTES = 10 * 1024 * 1024
@@ -54,7 +63,7 @@ def find_etcd_binary() -> Path:
 
 
 class EmbeddedEtcd:
-    """One etcd child process with its data in `data_dir`, listening on free 127.0.0.1 ports.
+    """One etcd child process with its data in `data_dir`, serving TLS with client certificates on 127.0.0.1.
 
     `start()` blocks; `astart()` waits without blocking the event loop. Both spawn etcd from the calling
     thread, and Linux delivers the death signal when that *thread* exits, not the process: call them
@@ -71,13 +80,30 @@ class EmbeddedEtcd:
         self._log_offset = 0
         self._client_port = 0
         self._peer_port = 0
+        self._pki: EmbeddedPki | None = None
+        self._probe_context: ssl.SSLContext | None = None
 
     @property
     def endpoint(self) -> str:
-        """The client address as `127.0.0.1:PORT`, for `EtcdStore.connect`."""
+        """The client address as `127.0.0.1:PORT`, for `EtcdStore.connect` with `client_tls`'s files."""
         if self._client_port == 0:
             raise RuntimeError("EmbeddedEtcd has not been started")
         return f"127.0.0.1:{self._client_port}"
+
+    @property
+    def url(self) -> str:
+        """The client URL, `https://127.0.0.1:PORT`."""
+        return f"https://{self.endpoint}"
+
+    @property
+    def client_tls(self) -> EtcdTlsFiles:
+        """The CA, client certificate and key that etcd accepts (vgpud's own; nobody else can read them)."""
+        return client_files(self.pki_dir)
+
+    @property
+    def pki_dir(self) -> Path:
+        """Where the etcd's CA and certificates lie."""
+        return self.data_dir / "pki"
 
     @property
     def pid(self) -> int | None:
@@ -121,16 +147,20 @@ class EmbeddedEtcd:
             raise EmbeddedEtcdError(f"etcd executable {binary} does not exist")
         etcd_data = self.data_dir / "data"
         try:
-            etcd_data.mkdir(mode=0o700, parents=True, exist_ok=True)
+            etcd_data.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            self.data_dir.chmod(PRIVATE_DIR_MODE)  # also one made by an older vgpud: nothing in it is public
             self._lock()
             self._check_db_unlocked(etcd_data / "member" / "snap" / "db")
+            self._pki = ensure_pki(self.pki_dir)
+            self._probe_context = None
             self._client_port, self._peer_port = self._choose_ports(fresh=fresh_ports)
             self._rotate_log()
-        except OSError as exc:
+        except (OSError, PkiError) as exc:
             self._unlock()
             raise EmbeddedEtcdError(f"cannot prepare etcd data dir {self.data_dir}: {exc}") from exc
-        client = f"http://127.0.0.1:{self._client_port}"
-        peer = f"http://127.0.0.1:{self._peer_port}"
+        pki = self._pki
+        client = f"https://127.0.0.1:{self._client_port}"
+        peer = f"https://127.0.0.1:{self._peer_port}"
         return [
             str(binary),
             "--name=vgpud",
@@ -142,6 +172,15 @@ class EmbeddedEtcd:
             f"--initial-cluster=vgpud={peer}",
             "--initial-cluster-state=new",
             "--initial-cluster-token=vgpud-embedded",
+            # Clients and the peer port need a certificate from the private CA; vgpud's is the only client one.
+            "--client-cert-auth",
+            f"--trusted-ca-file={pki.client.ca_file}",
+            f"--cert-file={pki.server_cert}",
+            f"--key-file={pki.server_key}",
+            "--peer-client-cert-auth",
+            f"--peer-trusted-ca-file={pki.client.ca_file}",
+            f"--peer-cert-file={pki.server_cert}",
+            f"--peer-key-file={pki.server_key}",
             "--auto-compaction-mode=revision",
             "--auto-compaction-retention=10000",
             f"--quota-backend-bytes={_QUOTA_BYTES}",
@@ -202,9 +241,7 @@ class EmbeddedEtcd:
         peer = _free_port()
         while peer == client:
             peer = _free_port()
-        tmp = ports_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"client": client, "peer": peer}))
-        tmp.replace(ports_file)
+        write_atomically(ports_file, json.dumps({"client": client, "peer": peer}).encode(), SECRET_MODE)
         return client, peer
 
     def _rotate_log(self) -> None:
@@ -212,6 +249,8 @@ class EmbeddedEtcd:
             if self.log_file.stat().st_size > _LOG_ROTATE_BYTES:
                 self.log_file.replace(self.log_file.with_name(self.log_file.name + ".1"))
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, SECRET_MODE))
+        self.log_file.chmod(SECRET_MODE)  # etcd logs the keys it touches: for vgpud's eyes only
 
     def _spawn(self, argv: list[str]) -> None:
         """Start etcd with its output in the log file, its own session, the lock fd, and SIGKILL when we die."""
@@ -237,7 +276,7 @@ class EmbeddedEtcd:
                 return "port-conflict"
             self._unlock()
             raise EmbeddedEtcdError(f"etcd exited with code {code} while starting; {self._log_hint(tail)}")
-        if healthy(http.client.HTTPConnection("127.0.0.1", self._client_port, timeout=HEALTH_TIMEOUT_S)):
+        if healthy(self._probe_connection()):
             return "healthy"
         if time.monotonic() < deadline:
             return "starting"
@@ -245,6 +284,14 @@ class EmbeddedEtcd:
         tail = self._log_tail()
         hint = "; another etcd holds its database" if "flocked by another process" in tail else ""
         raise EmbeddedEtcdError(f"etcd did not become healthy in time{hint}; {self._log_hint(tail)}")
+
+    def _probe_connection(self) -> http.client.HTTPSConnection:
+        """An HTTPS connection to etcd's client port with vgpud's client certificate (for /health)."""
+        if self._probe_context is None:
+            self._probe_context = self.client_tls.ssl_context()
+        return http.client.HTTPSConnection(
+            "127.0.0.1", self._client_port, timeout=HEALTH_TIMEOUT_S, context=self._probe_context
+        )
 
     def _fail_port_conflict(self) -> None:
         self._unlock()

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from vgpud._private.store.base import StoreError, StoreUnavailableError
+from vgpud._private.store.base import StoreError, StorePermissionError, StoreUnavailableError
 
 # What grpc.aio raises; TimeoutError is our own asyncio.timeout around stream writes.
 CLIENT_ERRORS = (grpc.RpcError, grpc.aio.BaseError, TimeoutError)
@@ -44,6 +44,12 @@ def store_error(exc: BaseException, what: str, *, outcome_unknown: bool = False)
         if outcome_unknown:
             return StoreUnavailableError(f"etcd {what}: {detail}; outcome unknown (it may have applied)")
         return StoreUnavailableError(f"etcd {what}: {detail}")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        assert isinstance(exc, grpc.aio.AioRpcError)
+        return StorePermissionError(
+            f"etcd {what} failed: {exc.details()}: etcd's user for this client certificate (its CN) lacks a "
+            "permission vgpud needs (see the README's etcd role for vgpud)"
+        )
     if isinstance(exc, grpc.aio.AioRpcError):
         return StoreError(f"etcd {what} failed: {exc.code().name}: {exc.details()}")
     if isinstance(exc, grpc.aio.UsageError):

@@ -131,6 +131,8 @@ class Members:
     async def ping(self, connect_timeout: float) -> None:
         """Read a key (linearizable: it needs a leader) until a member answers, trying each in turn.
 
+        An answer of "permission denied" counts (etcd auth: the key is outside this client's prefixes).
+
         Raises at once when every member refused the TLS handshake: waiting will not fix certificates.
         """
         deadline = time.monotonic() + connect_timeout
@@ -147,6 +149,11 @@ class Members:
                     metadata=REQUIRE_LEADER,
                 )
             except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    # etcd auth, and the ping key lies outside this user's prefixes: etcd checks permissions
+                    # after the linearizable wait, so the member is up, has a leader and took the certificate.
+                    self.answered(member)
+                    return
                 if exc.code() not in UNANSWERED:
                     raise store_error(exc, "connect") from None
                 detail = exc.details() or exc.code().name
