@@ -279,7 +279,7 @@ with grpc.insecure_channel(ep, options=[("grpc.default_authority", "localhost")]
         ("as-root", (({METADATA_KEY!r}, as_root),)),
         ("expired", (({METADATA_KEY!r}, {expired!r}),)),
         ("foreign", (({METADATA_KEY!r}, {foreign!r}),)),
-        ("garbage", (({METADATA_KEY!r}, "x" * 10000),)),
+        ("garbage", (({METADATA_KEY!r}, "x" * 5000),)),
         ("own-drain", (({METADATA_KEY!r}, own),)),
     ):
         try:
@@ -299,7 +299,7 @@ with grpc.insecure_channel(ep, options=[("grpc.default_authority", "localhost")]
     assert "expired" in results["expired"][1]
     assert results["foreign"][0] == "UNAUTHENTICATED"
     assert "another vgpud" in results["foreign"][1]
-    assert results["garbage"][0] == "UNAUTHENTICATED"
+    assert results["garbage"] == ("UNAUTHENTICATED", "the vgpu credential was refused: it is not a vgpu credential")
     assert results["own-drain"][0] == "PERMISSION_DENIED"
     channel, admin = admin_stub(pool)
     with channel:
