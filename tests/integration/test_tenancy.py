@@ -125,6 +125,9 @@ for args in (
         # The same operations work for root, an admin, and each leaves an audit record naming it.
         assert vgpuctl(pool, "drain", pool.node_name).returncode == 0
         assert vgpuctl(pool, "drain", pool.node_name, "--undo").returncode == 0
+        busy = vgpuctl(pool, "gpu", "mode", uuid, "exclusive")  # an admin mutation refused for another reason
+        assert busy.returncode == 1
+        assert "GPU_BUSY" in busy.stderr
         assert vgpuctl(pool, "evict", victim.id).returncode == 0
     records = audit_records(
         pool,
@@ -143,8 +146,13 @@ for args in (
         "AdminService/PlanMigLayout",
         "AdminService/ListAudit",
     }
+    refused = [r for r in refused if r["reason"] != "GPU_BUSY"]
     assert all(r["user"] == "nobody" and r["identity"] == f"local:uid={NOBODY}" for r in refused)
     assert all(r["reason"] == reasons.ROLE_NOT_ALLOWED and r["role"] == "user" for r in refused)
+    busy_record = [r for r in records if r["reason"] == "GPU_BUSY"]
+    assert [(r["user"], r["method"], r["outcome"]) for r in busy_record] == [
+        ("root", "AdminService/SetGpuMode", "refused")
+    ]
     evicts = [r for r in records if r["outcome"] == "allowed" and r["method"] == "AdminService/EvictLease"]
     assert evicts
     assert evicts[0]["user"] == "root"

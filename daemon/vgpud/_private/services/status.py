@@ -173,13 +173,18 @@ def _audit_allowed(servicer: Door, method: str, identity: Identity, request: obj
 
 
 def _refused(servicer: Door, method: str, request: object, context: Ctx, exc: Exception, *, started: float) -> Refusal:
-    """The refusal for a failed call: counted, audited (identity and permission refusals) or logged."""
+    """The refusal for a failed call: counted, then audited or logged.
+
+    Audited: identity and permission refusals, and admin mutations refused for any other reason.
+    """
     refusal = _as_refusal(exc, method)
     _report(servicer, method, refusal)
-    if refusal.reason in _AUDITED:
+    who = current_caller()
+    rule = rule_for(f"{servicer.service_name}/{method}")
+    mutation = rule is not None and rule.mutation and who is not None and who.role in rule.roles
+    if refusal.reason in _AUDITED or mutation:
         audit = servicer.audit
         if audit is not None:
-            who = current_caller()
             audit.refused(
                 who,
                 peer=context.peer() or "",
