@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from vgpu._private import reasons
-from vgpud._private.allocator import AcquireSpec, Allocator
 from vgpud._private.core.model import GpuRecord, Isolation, LeaseState, NodeRecord, ShapeRequest
+from vgpud._private.grants.allocator import AcquireSpec, Allocator
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys, register_gpus

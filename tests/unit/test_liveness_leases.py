@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from vgpud._private.liveness_leases import LivenessLeases
+from vgpud._private.grants.liveness_leases import LivenessLeases
 
 
 class GrantCounter:

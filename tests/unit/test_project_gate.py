@@ -22,12 +22,12 @@ from vgpud._private.core.placement import Placement, Unplaceable
 from vgpud._private.core.projects import Quota
 from vgpud._private.core.queue_order import place_local
 from vgpud._private.core.slice_views import GpuView
+from vgpud._private.grants.project_gate import within_limit
+from vgpud._private.grants.write_batch import Overlay, WriteBatcher
 from vgpud._private.pool_view import PoolView
-from vgpud._private.project_gate import within_limit
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Compare, KeyValue, ModRevisionIs, Op, Put, Store, TxnResult
-from vgpud._private.write_batch import Overlay, WriteBatcher
 
 GiB = 1024**3
 KEYS = Keys("gate-test")

@@ -5,9 +5,9 @@ from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2
-from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.model import GpuMode, Isolation
 from vgpud._private.core.priorities import STANDARD
+from vgpud._private.grants.allocator import AcquireSpec
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import validation
 

@@ -23,7 +23,6 @@ from grpc_health.v1 import health
 
 from vgpu._private import reasons
 from vgpud._private import sdnotify
-from vgpud._private.allocator import Allocator
 from vgpud._private.auth.wiring import AuthParts, build_auth
 from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
@@ -33,6 +32,7 @@ from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.core.projects import usage_by_project
 from vgpud._private.fair_pass import QueueRanking
+from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grpc_server import prepare_socket, start_grpc_server
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from vgpud._private.allocator import Allocator
 from vgpud._private.core.lease_record import LeaseRecord
-from vgpud._private.write_batch import Overlay
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.write_batch import Overlay
 
 _TRACKED = 100_000
 

@@ -17,15 +17,15 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.allocator import Allocator
 from vgpud._private.config_scheduling import SchedulingConfig
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.core.queue_order import Admit, Hold, Reject
 from vgpud._private.core.reclaim import Action, Resize
-from vgpud._private.elastic_growth import growable
 from vgpud._private.fair_pass import decide_pass, priority_of
-from vgpud._private.lease_transitions import LeaseTransitions
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.elastic_growth import growable
+from vgpud._private.grants.lease_transitions import LeaseTransitions
 from vgpud._private.pool_view import PoolView, Queued
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys

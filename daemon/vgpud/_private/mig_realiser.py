@@ -18,19 +18,19 @@ from dataclasses import replace
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.allocator import Allocator
 from vgpud._private.backend.base import BackendError, GpuBackend, MigInstance
 from vgpud._private.core.mig_placement import MigProfileError
 from vgpud._private.core.mig_records import MigRecord, MigSlot, MigState
 from vgpud._private.core.mig_slices import model_of, profile_for
 from vgpud._private.core.model import GpuMode, GpuRecord, GpuState, Isolation, LeaseState, ShapeRequest
 from vgpud._private.core.slice_views import Unplaceable
-from vgpud._private.gpu_modes import switchable_now
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.gpu_modes import switchable_now
+from vgpud._private.grants.write_batch import Overlay
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Put, StoreError
-from vgpud._private.write_batch import Overlay
 
 log = structlog.get_logger("vgpud.mig")
 

@@ -11,9 +11,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from vgpud._private.allocator import Allocator
 from vgpud._private.backend.base import DiscoveredGpu, GpuBackend
 from vgpud._private.config import DaemonConfig
+from vgpud._private.grants.allocator import Allocator
 from vgpud._private.metrics import DaemonMetrics
 from vgpud._private.mig_realiser import MigRealiser
 from vgpud._private.mps_control import MpsDaemons, MpsError

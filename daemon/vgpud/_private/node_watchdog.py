@@ -26,17 +26,17 @@ import structlog
 from vgpu._private import reasons
 from vgpu._private.units import format_memory
 from vgpud._private import process_map
-from vgpud._private.allocator import Allocator
 from vgpud._private.auth.local_users import uid_of
 from vgpud._private.auth.signal_policy import owner_uid, refusal_to_signal
 from vgpud._private.backend.base import BackendError, GpuBackend, ProcessGpuUse
 from vgpud._private.config_watchdog import WatchdogConfig
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import Isolation, LeaseState
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.write_batch import Overlay
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.store.base import StoreError
-from vgpud._private.write_batch import Overlay
 
 log = structlog.get_logger("vgpud.watchdog")
 

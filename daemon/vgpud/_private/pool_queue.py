@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.allocator import AcquireSpec, Allocator
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.queued import QueuedRequest
+from vgpud._private.grants.allocator import AcquireSpec, Allocator
 from vgpud._private.pool_view import PoolView
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys

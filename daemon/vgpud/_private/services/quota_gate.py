@@ -10,9 +10,9 @@ daemon's grants (project_gate.py), and a grant refused there goes through the qu
 from __future__ import annotations
 
 from vgpu._private import reasons
-from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.projects import DEFAULT_PROJECT, Usage, project_of, usage_by_project
 from vgpud._private.core.queue_order import asked
+from vgpud._private.grants.allocator import AcquireSpec
 from vgpud._private.refusal import Refusal
 from vgpud._private.services.serving import Serving
 

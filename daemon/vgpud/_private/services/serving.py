@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from vgpud._private.allocator import Allocator
 from vgpud._private.auth.access import Access
 from vgpud._private.auth.audit import AuditTrail
 from vgpud._private.auth.gate import Gate
@@ -14,8 +13,9 @@ from vgpud._private.config_scheduling import SchedulingConfig
 from vgpud._private.core.burst import gpu_otherwise_idle
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.lease_transitions import LeaseTransitions
 from vgpud._private.idle_leases import IdleLeases
-from vgpud._private.lease_transitions import LeaseTransitions
 from vgpud._private.node_watchdog import NodeWatchdog
 from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView

@@ -16,11 +16,11 @@ from vgpu._private.process_identity import PREFIX as IDENTITY_PREFIX
 from vgpu._private.units import MILLI_PER_GPU, format_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
 from vgpud._private import process_map
-from vgpud._private.allocator import AcquireSpec
 from vgpud._private.core.mig_placement import profile_key
 from vgpud._private.core.model import GpuMode, Isolation, Owner, ShapeRequest
 from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.core.projects import DEFAULT_PROJECT
+from vgpud._private.grants.allocator import AcquireSpec
 from vgpud._private.refusal import Refusal
 
 MAX_SLICE_MEMORY: Final = 16 * 1024**4

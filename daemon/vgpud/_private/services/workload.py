@@ -14,13 +14,13 @@ from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
 from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
-from vgpud._private.allocator import AcquireSpec
 from vgpud._private.auth.access import check_owner, sees_everything
 from vgpud._private.auth.gate import caller
 from vgpud._private.auth.owner import owner_of
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.projects import DEFAULT_PROJECT
+from vgpud._private.grants.allocator import AcquireSpec
 from vgpud._private.lease_tokens import lease_identity, lease_token
 from vgpud._private.pool_view import Versioned
 from vgpud._private.refusal import Refusal

@@ -22,16 +22,16 @@ from vgpud._private.core.model import GpuMode, GpuState, LeaseState, NodeConfig,
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable
 from vgpud._private.core.placement_policy import PlacementPolicy
 from vgpud._private.core.queue_order import place_local, place_request
-from vgpud._private.gpu_modes import mode_change, switchable_now
-from vgpud._private.granted_slices import slices_of
+from vgpud._private.grants.gpu_modes import mode_change, switchable_now
+from vgpud._private.grants.granted_slices import slices_of
+from vgpud._private.grants.liveness_leases import LivenessLeases
+from vgpud._private.grants.project_gate import within_limit
+from vgpud._private.grants.write_batch import Fence, Overlay, WriteBatcher
 from vgpud._private.lease_tokens import check_token, hash_secret, lease_identity, lease_token
-from vgpud._private.liveness_leases import LivenessLeases
 from vgpud._private.pool_view import PoolView, Queued, Versioned
-from vgpud._private.project_gate import within_limit
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Delete, Put, Store, StoreError, StoreUnavailableError
-from vgpud._private.write_batch import Fence, Overlay, WriteBatcher
 
 log = structlog.get_logger("vgpud.allocator")
 T = TypeVar("T")

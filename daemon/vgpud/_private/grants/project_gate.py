@@ -40,7 +40,7 @@ from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 
 if TYPE_CHECKING:
-    from vgpud._private.write_batch import Overlay
+    from vgpud._private.grants.write_batch import Overlay
 
 _GATE = "projgate"
 

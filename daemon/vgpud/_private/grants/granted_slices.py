@@ -7,7 +7,7 @@ from typing import Any
 from vgpud._private.core.lease_record import SliceRecord
 from vgpud._private.core.model import Claim
 from vgpud._private.core.placement import Placement
-from vgpud._private.write_batch import Overlay
+from vgpud._private.grants.write_batch import Overlay
 
 
 def slices_of(placement: Placement, overlay: Overlay | None = None) -> tuple[SliceRecord, ...]:

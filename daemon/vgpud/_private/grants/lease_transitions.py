@@ -14,16 +14,16 @@ from dataclasses import replace
 import structlog
 
 from vgpu._private import reasons
-from vgpud._private.allocator import Allocator
 from vgpud._private.core.lease_record import LeaseRecord, SliceRecord
 from vgpud._private.core.lease_state import check_transition
 from vgpud._private.core.model import Claim, Isolation, LeaseState
 from vgpud._private.core.placement import GpuView, Placement, Unplaceable
 from vgpud._private.core.queue_order import asked, place_local, place_request
-from vgpud._private.granted_slices import slices_of
-from vgpud._private.project_gate import grown_share, more_slices_within, within_limit
+from vgpud._private.grants.allocator import Allocator
+from vgpud._private.grants.granted_slices import slices_of
+from vgpud._private.grants.project_gate import grown_share, more_slices_within, within_limit
+from vgpud._private.grants.write_batch import Overlay
 from vgpud._private.refusal import Refusal
-from vgpud._private.write_batch import Overlay
 
 log = structlog.get_logger("vgpud.lease_transitions")
 

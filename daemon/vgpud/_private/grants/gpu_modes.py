@@ -8,8 +8,8 @@ from dataclasses import replace
 from vgpu._private import reasons
 from vgpud._private.core.mig_records import MigState
 from vgpud._private.core.model import GpuMode, GpuRecord, GpuState
+from vgpud._private.grants.write_batch import Overlay
 from vgpud._private.refusal import Refusal
-from vgpud._private.write_batch import Overlay
 
 
 def mode_change(record: GpuRecord | None, uuid: str, mode: GpuMode) -> Callable[[Overlay], GpuState]:

@@ -23,8 +23,8 @@ from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuState, NodeConfig
 from vgpud._private.core.project_limits import held_by
 from vgpud._private.core.projects import Usage, project_of
+from vgpud._private.grants.project_gate import caught_up, check_raise, is_gate, limit_of
 from vgpud._private.pool_view import PoolView, Versioned
-from vgpud._private.project_gate import caught_up, check_raise, is_gate, limit_of
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Compare, ModRevisionIs, Op, Put, Store, StoreError
