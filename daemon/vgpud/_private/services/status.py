@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn, TypeVar, cast
 
 import grpc
 import structlog
@@ -22,7 +22,7 @@ from vgpu._private import reasons
 from vgpud._private.auth.audit import AuditTrail
 from vgpud._private.auth.gate import Gate, current_caller
 from vgpud._private.auth.identity import Identity
-from vgpud._private.auth.rules import rule_for
+from vgpud._private.auth.rules import rule_for, short
 from vgpud._private.refusal import Refusal
 from vgpud._private.store.base import StoreError
 
@@ -66,13 +66,6 @@ _AUDITED: Final = reasons.AUTHENTICATION_REASONS | reasons.PERMISSION_REASONS
 """Refusals that leave an audit record (folded per caller, so a flood of them cannot flood the log)."""
 
 
-def _report(servicer: object, method: str, refusal: Refusal) -> None:
-    """Tell the servicer's `report_error(method, code_name)` hook (metrics), if it has one."""
-    hook = getattr(servicer, "report_error", None)
-    if callable(hook):
-        hook(method, CODES.get(refusal.reason, grpc.StatusCode.UNKNOWN).name)
-
-
 async def abort(context: grpc.aio.ServicerContext[Any, Any], refusal: Refusal) -> NoReturn:
     """End the call with the refusal's status code, message and ErrorInfo."""
     code = CODES.get(refusal.reason, grpc.StatusCode.UNKNOWN)
@@ -97,23 +90,6 @@ S = TypeVar("S")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Ctx = grpc.aio.ServicerContext[Any, Any]
-
-
-class Door(Protocol):
-    """What the guards need of a servicer: its service name, the gate, the audit trail, error counts."""
-
-    service_name: ClassVar[str]
-
-    @property
-    def gate(self) -> Gate:
-        """Authentication and the authorization table."""
-
-    @property
-    def audit(self) -> AuditTrail | None:
-        """Where admin mutations and refusals are recorded (None: not recorded, e.g. in unit tests)."""
-
-    def report_error(self, method: str, code: str) -> None:
-        """Count an error answer (metrics)."""
 
 
 class GuardedServicer:
@@ -156,31 +132,35 @@ def target_of(request: object) -> str:
 _TARGET_FIELDS: Final = frozenset({"lease_id", "project", "node", "gpu_uuid", "identity"})
 
 
-async def _enter(servicer: Door, method: str, context: Ctx) -> Identity:
+async def _enter(servicer: GuardedServicer, method: str, context: Ctx) -> Identity:
     structlog.contextvars.bind_contextvars(rpc=method, peer=context.peer())
     identity = await servicer.gate.admit(f"{servicer.service_name}/{method}", context)
     structlog.contextvars.bind_contextvars(user=identity.name)
     return identity
 
 
-def _audit_allowed(servicer: Door, method: str, identity: Identity, request: object) -> None:
+def _audit_allowed(servicer: GuardedServicer, method: str, identity: Identity, request: object) -> None:
     """Record an admin mutation that went through."""
     audit = servicer.audit
-    rule = rule_for(f"{servicer.service_name}/{method}")
+    full = f"{servicer.service_name}/{method}"
+    rule = rule_for(full)
     if audit is not None and rule is not None and rule.mutation:
         summary = text_format.MessageToString(request, as_one_line=True) if isinstance(request, Message) else ""
-        audit.allowed(identity, f"{servicer.service_name.rsplit('.', 1)[-1]}/{method}", target_of(request), summary)
+        audit.allowed(identity, short(full), target_of(request), summary)
 
 
-def _refused(servicer: Door, method: str, request: object, context: Ctx, exc: Exception, *, started: float) -> Refusal:
+def _refused(
+    servicer: GuardedServicer, method: str, request: object, context: Ctx, exc: Exception, *, started: float
+) -> Refusal:
     """The refusal for a failed call: counted, then audited or logged.
 
     Audited: identity and permission refusals, and admin mutations refused for any other reason.
     """
     refusal = _as_refusal(exc, method)
-    _report(servicer, method, refusal)
+    servicer.report_error(method, CODES.get(refusal.reason, grpc.StatusCode.UNKNOWN).name)
     who = current_caller()
-    rule = rule_for(f"{servicer.service_name}/{method}")
+    full = f"{servicer.service_name}/{method}"
+    rule = rule_for(full)
     mutation = rule is not None and rule.mutation and who is not None and who.role in rule.roles
     if refusal.reason in _AUDITED or mutation:
         audit = servicer.audit
@@ -188,7 +168,7 @@ def _refused(servicer: Door, method: str, request: object, context: Ctx, exc: Ex
             audit.refused(
                 who,
                 peer=context.peer() or "",
-                method=f"{servicer.service_name.rsplit('.', 1)[-1]}/{method}",
+                method=short(full),
                 target=target_of(request),
                 reason=refusal.reason,
                 message=refusal.message,
@@ -210,7 +190,7 @@ class guarded_unary:  # noqa: N801 -- used as a decorator, named like one
 
         @functools.wraps(handler)
         async def run(servicer: S, request: Req, context: Ctx) -> Resp:
-            door = cast("Door", servicer)
+            door = cast("GuardedServicer", servicer)
             started = time.perf_counter()
             try:
                 identity = await _enter(door, method, context)
@@ -243,7 +223,7 @@ class guarded_stream:  # noqa: N801 -- used as a decorator, named like one
 
         @functools.wraps(handler)
         async def run(servicer: S, request: Req, context: Ctx) -> AsyncIterator[Resp]:
-            door = cast("Door", servicer)
+            door = cast("GuardedServicer", servicer)
             started = time.perf_counter()
             try:
                 identity = await _enter(door, method, context)
