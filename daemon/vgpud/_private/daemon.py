@@ -168,15 +168,17 @@ class Daemon:
             await store.close()
 
     async def _serve_with(self, store: Store) -> int:
+        # Before anything is registered: a bad TLS file or credential key must not leave a node record behind.
+        auth = build_auth(self._config, store, self._metrics, _STORE_TIMEOUT)
         await self._check_pool(store)
         self._mps, pipes = await self._parts.start_mps(self._gpus)
         try:
-            return await self._serve_registered(store, pipes)
+            return await self._serve_registered(store, pipes, auth)
         finally:
             if self._mps is not None:
                 await asyncio.to_thread(self._mps.stop)
 
-    async def _serve_registered(self, store: Store, pipes: dict[str, str]) -> int:
+    async def _serve_registered(self, store: Store, pipes: dict[str, str], auth: AuthParts) -> int:
         cfg = self._config
         records = [self._gpu_record(g, pipes.get(g.uuid, "")) for g in self._gpus]
         await register_gpus(store, self._keys, self._config.node_name, records, timeout=_STORE_TIMEOUT)
@@ -238,7 +240,6 @@ class Daemon:
             ranking=QueueRanking(view, classes, time.time),
             stopping=stopping,
         )
-        auth = build_auth(cfg, store, self._metrics, _STORE_TIMEOUT)
         serving = Serving(
             store=store,
             keys=self._keys,
