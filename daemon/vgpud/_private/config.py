@@ -22,6 +22,7 @@ from vgpud._private.auth.config import AuditConfig, AuthConfig, TlsServerConfig,
 from vgpud._private.backend.base import BackendError
 from vgpud._private.backend.sim import parse_spec
 from vgpud._private.config_accounting import AccountingConfig, validate_accounting
+from vgpud._private.config_limits import LimitsConfig, validate_limits
 from vgpud._private.config_mps import MpsConfig, validate_mps
 from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
 from vgpud._private.config_scheduling import SchedulingConfig, validate_scheduling
@@ -156,6 +157,8 @@ class DaemonConfig:
     """[tls] table."""
     audit: AuditConfig = field(default_factory=AuditConfig)
     """[audit] table."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """[limits] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
     """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
 
@@ -173,6 +176,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "auth": AuthConfig,
     "tls": TlsServerConfig,
     "audit": AuditConfig,
+    "limits": LimitsConfig,
 }
 _CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -368,6 +372,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     validate_watchdog(cfg.watchdog, fail)
     validate_accounting(cfg.accounting, fail)
     validate_mps(cfg.mps, fail)
+    validate_limits(cfg.limits, fail)
     validate_auth(cfg.auth, cfg.tls, cfg.audit, tcp=cfg.tcp_listen is not None, sim=cfg.backend == "sim", fail=fail)
     if cfg.sim_spec is not None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
@@ -9,6 +10,7 @@ from typing import NoReturn
 from vgpud._private.core.placement_mix import PlacementName
 
 _MAX_WINDOW = 100_000
+_MAX_WAITING = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,10 @@ class SchedulingConfig:
     """How many of the pool's most recent requests make up the task mix FGD places against."""
     placement_refresh_s: float = 5.0
     """The task mix is rebuilt at most this often, when the pool changed (0: on every change)."""
+    max_waiting_per_user: int = 100
+    """Most waiting acquire requests of one identity (user or certificate) pool-wide; more are refused."""
+    position_update_interval_s: float = 1.0
+    """A waiting client hears its queue position at most this often (and only when it changed)."""
 
 
 def validate_scheduling(
@@ -50,5 +56,9 @@ def validate_scheduling(
             fail(f"scheduling.{key}", f"{getattr(sched, key)} must not be negative")
     if not 0 <= sched.idle_utilization <= 1:
         fail("scheduling.idle_utilization", f"{sched.idle_utilization} must be a share from 0 to 1")
+    if not 1 <= sched.max_waiting_per_user <= _MAX_WAITING:
+        fail("scheduling.max_waiting_per_user", f"{sched.max_waiting_per_user} must be from 1 to {_MAX_WAITING}")
+    if not (math.isfinite(sched.position_update_interval_s) and 0.05 <= sched.position_update_interval_s <= 60):
+        fail("scheduling.position_update_interval_s", f"{sched.position_update_interval_s} must be from 0.05 to 60 s")
     if not 1 <= sched.placement_window <= _MAX_WINDOW:
         fail("scheduling.placement_window", f"{sched.placement_window} must be from 1 to {_MAX_WINDOW} requests")
