@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-enforce security-check gpu-wheelhouse gpu-check clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-loss bench-flood bench-enforce security-check gpu-wheelhouse gpu-check clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,17 @@ bench-mig: $(STAMP)
 # Preemption protocol latency against a real daemon (decision -> slices freed -> resumed), with a floor (~10 s).
 bench-preempt: $(STAMP)
 	$(BIN)/python bench/preempt.py
+
+# Loss notice: vgpuctl evicts a held lease, time until on_lost runs (sync and asyncio, 20 each; p50, max) beside
+# the old heartbeat-interval baseline and a GetLease floor. Needs root (vgpuctl evict is an admin command).
+bench-loss: $(STAMP)
+	$(BIN)/python bench/loss_latency.py
+
+# Flood: 10,000 waiting acquires from 10 local users (root drops each process to its own uid); health-check
+# p50/p99 during the flood beside the idle p99, daemon CPU, position messages, server cancellations (must be 0),
+# cap refusals, and the queue back to 0 after the clients leave.
+bench-flood: $(STAMP)
+	$(BIN)/python bench/flood.py
 
 # Compute-share accuracy, overhead at full share, memory-limit exactness (CuPy on a GPU, else NumPy).
 bench-enforce: $(STAMP)

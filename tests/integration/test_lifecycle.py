@@ -68,6 +68,16 @@ def test_heartbeats_keep_a_lease_past_its_ttl(small_daemon: LocalPool) -> None:
         admin.close()
 
 
+def reconnected(pool: vgpu.Pool) -> bool:
+    """Whether the pool reaches the restarted daemon: its leases' event streams tried to while it was down,
+    so the channel may still sit out its reconnect backoff (at most 2 s) when the daemon serves again."""
+    try:
+        pool.leases()
+    except vgpu.DaemonUnavailableError:
+        return False
+    return True
+
+
 @pytest.mark.parametrize("how", ["sigterm", "sigkill"])
 def test_restarted_daemon_finds_every_lease(daemon: LocalPool, how: str) -> None:
     with daemon.pool() as pool:
@@ -78,6 +88,7 @@ def test_restarted_daemon_finds_every_lease(daemon: LocalPool, how: str) -> None
         else:
             daemon.kill()
             daemon.start()
+        wait_until(lambda: reconnected(pool), timeout=10, what="the client to reconnect")
         for lease in leases:
             lease.refresh()
             assert lease.status == "granted"

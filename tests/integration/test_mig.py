@@ -159,6 +159,16 @@ def test_mig_slots_are_never_given_twice_under_concurrent_acquires(daemon: Local
             lease.release()
 
 
+def refreshed(lease: vgpu.Lease) -> bool:
+    """lease.refresh() once the client reaches the restarted daemon: the lease's event stream tried to while it
+    was down, so the channel may still sit out its reconnect backoff (at most 2 s) when the daemon serves again."""
+    try:
+        lease.refresh()
+    except vgpu.DaemonUnavailableError:
+        return False
+    return True
+
+
 def test_instances_outlive_a_daemon_crash_and_foreign_ones_are_never_touched(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -183,7 +193,7 @@ def test_instances_outlive_a_daemon_crash_and_foreign_ones_are_never_touched(
             assert by_state[READY].uuid == mig_uuid
             assert by_state[FOREIGN].uuid == foreign.mig_uuid
             assert by_state[FOREIGN].lease_id == ""
-            lease.refresh()
+            wait_until(lambda: refreshed(lease), timeout=10, what="the client to reconnect")
             assert lease.status == "granted"
             lease.release()
             wait_until(lambda: [i.state for i in instances(admin)] == [FOREIGN], what="our instance destroyed")

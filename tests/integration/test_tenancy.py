@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 
+import vgpu
 from tests.as_user import run_as
 from tests.integration.conftest import config_args, vgpuctl, wait_until
 from tests.support import free_ports
@@ -386,7 +387,16 @@ def test_the_sdk_fetches_a_new_credential_when_the_daemon_key_changed(shared_hos
         pool.stop()
         (pool.state_dir / "auth" / "credential.key").unlink()
         pool.start()
-        assert client.get_lease(before.id, before.token).state == "granted"  # refused once, renewed, retried
+
+        def state() -> str | None:
+            """The lease's state once the client reaches the new daemon (its channel may sit out a reconnect
+            backoff: the lease's event stream tried to reach the daemon while it was down)."""
+            try:
+                return client.get_lease(before.id, before.token).state  # refused once, renewed, retried
+            except vgpu.DaemonUnavailableError:
+                return None
+
+        assert wait_until(state, timeout=10, what="the client to reconnect") == "granted"
         after = client.acquire(memory="1GiB", compute=0.1, wait=False)
         assert after.status == "granted"
     assert "the vgpu credential was refused: it was minted by another vgpud" in "\n".join(

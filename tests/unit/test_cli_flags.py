@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -137,3 +140,73 @@ def test_main_runs_the_daemon_with_the_config(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(vgpud._private, "daemon", fake, raising=False)
     assert main(["--sim", "", "--node-name", "n1"]) == 3
     assert [(c.node_name, c.backend, c.sim_spec) for c in seen] == [("n1", "sim", "")]
+
+
+def _config_file(tmp_path: Path, content: bytes) -> str:
+    path = tmp_path / "vgpud.toml"
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'node_name = "\xff\xfe"\n', r"vgpud\.toml: not UTF-8 text \(line 1, byte 14\); save it as UTF-8"),
+        (b"# ok\nx = " + b"[" * 100_000 + b"\n", r"vgpud\.toml: not valid TOML: arrays or inline tables nested too"),
+        (b"x = " + b"{a = " * 5_000 + b"\n", r"vgpud\.toml: not valid TOML: arrays or inline tables nested too"),
+        (b"# " + b"x" * (1024 * 1024) + b"\n", r"vgpud\.toml: larger than 1 MiB; a vgpud config holds a few KiB"),
+        (b"max_queue_length = 1" + b"0" * 5000 + b"\n", r"vgpud\.toml: not valid TOML: Exceeds the limit \(4300"),
+        (b"[mig]\nkeep_warm_s = nan\n", r"vgpud\.toml: mig\.keep_warm_s: expected a finite number, got nan"),
+    ],
+    ids=["not utf-8", "deep arrays", "deep inline tables", "too large", "huge integer", "nan"],
+)
+def test_bad_config_files_exit_2_with_one_line(
+    tmp_path: Path, content: bytes, expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", _config_file(tmp_path, content)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert re.match(r"vgpud: error: \S+" + expected, captured.err)
+    assert captured.err.count("\n") == 1
+
+
+def test_a_directory_as_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"vgpud: error: cannot read config file {tmp_path}: Is a directory\n"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads a file whatever its mode")
+def test_an_unreadable_config_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _config_file(tmp_path, b'node_name = "n"\n')
+    Path(path).chmod(0)
+    assert main(["--config", path]) == 2
+    assert capsys.readouterr().err == f"vgpud: error: cannot read config file {path}: Permission denied\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--mig-keep-warm", "nan"], "--mig-keep-warm: mig.keep_warm_s: expected a finite number, got nan"),
+        (["--mig-keep-warm", "inf"], "--mig-keep-warm: mig.keep_warm_s: expected a finite number, got inf"),
+        (["--mig-keep-warm", "-5"], "--mig-keep-warm: mig.keep_warm_s: -5.0 must be from 0 to 604800 seconds"),
+        (["--lease-ttl", str(2**64)], "--lease-ttl: lease.default_ttl_s: expected an integer that fits in 64 bits"),
+        (["--metrics-port", str(2**63)], "--metrics-port: metrics.port: expected an integer that fits in 64 bits"),
+    ],
+)
+def test_absurd_numeric_flags_exit_2_with_one_line(
+    argv: list[str], expected: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"vgpud: error: {expected}")
+    assert captured.err.count("\n") == 1
+
+
+def test_the_console_script_prints_one_line_not_a_traceback(tmp_path: Path) -> None:
+    path = _config_file(tmp_path, b"x = " + b"[" * 100_000 + b"\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "vgpud", "--config", path], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == f"vgpud: error: {path}: not valid TOML: arrays or inline tables nested too deeply\n"

@@ -190,6 +190,33 @@ def test_wrong_types_name_key_and_type(tmp_path: Path, toml: str, expected: str)
     assert str(info.value).startswith(str(path))
 
 
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[mig]\nkeep_warm_s = nan", r"mig.keep_warm_s: expected a finite number, got nan"),
+        ("[mig]\nkeep_warm_s = -5", r"mig.keep_warm_s: -5.0 must be from 0 to 604800 seconds"),
+        ("[scheduling]\ngrow_interval_s = nan", r"scheduling.grow_interval_s: expected a finite number, got nan"),
+        ("[scheduling]\nbackfill_bound_s = inf", r"scheduling.backfill_bound_s: expected a finite number, got inf"),
+        ("[watchdog]\nkill_grace_s = -inf", r"watchdog.kill_grace_s: expected a finite number, got -inf"),
+        ("max_queue_length = 18446744073709551617", r"max_queue_length: expected an integer that fits in 64 bits"),
+        ("[lease]\nhistory_retention_s = 4611686018427387904", r"lease.history_retention_s: 4611686018427387904 must"),
+        (
+            "[priority_classes.x]\nvalue = 3000000000",
+            r"priority_classes.x.value: expected an integer from -1000000000 to 1000000000",
+        ),
+        ("[priority_classes.x]\nvalue = 1\npreempt_grace_s = nan", r"priority_classes.x.preempt_grace_s: expected"),
+        ("".join(f"[priority_classes.c{i}]\nvalue = {i}\n" for i in range(101)), r"101 classes is more than 100"),
+    ],
+    ids=lambda v: v if len(v) < 60 else v[:40],
+)
+def test_values_out_of_range_in_the_file(tmp_path: Path, toml: str, expected: str) -> None:
+    path = write(tmp_path, toml + "\n")
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(path, {})
+    assert str(info.value).startswith(str(path))
+    assert "\n" not in str(info.value)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read config file .*nope.toml: No such file"):
         load_config(tmp_path / "nope.toml", {})
@@ -215,7 +242,12 @@ def test_invalid_toml(tmp_path: Path) -> None:
             {"lease.min_ttl_s": 100, "lease.max_ttl_s": 50},
             r"lease.min_ttl_s: 100 is above lease.max_ttl_s = 50",
         ),
-        ({"lease.history_retention_s": -1}, r"history_retention_s: -1 must not be negative"),
+        ({"lease.history_retention_s": -1}, r"history_retention_s: -1 must be from 2 to 31536000 seconds"),
+        ({"lease.history_retention_s": 0}, r"history_retention_s: 0 must be from 2 to 31536000 seconds"),
+        # etcd's largest lease TTL is 9e9 s: beyond it every Release failed on the history lease
+        ({"lease.history_retention_s": 2**62}, r"history_retention_s: 4611686018427387904 must be from 2 to 31536000"),
+        ({"lease.history_retention_s": 9_000_000_001}, r"it is the TTL of an etcd lease"),
+        ({"lease.default_ttl_s": 2**63}, r"lease.default_ttl_s: expected an integer that fits in 64 bits"),
     ],
 )
 def test_bad_ttls(overrides: dict[str, object], expected: str) -> None:
@@ -261,7 +293,28 @@ def test_bad_cluster_name() -> None:
         ("etcd.connect_timeout_s", 0.0, r"etcd.connect_timeout_s: 0.0 must be above 0"),
         ("etcd.ca_file", "/ca.pem", r"etcd.ca_file: TLS files need an external etcd"),
         ("shutdown_grace_s", -1.0, r"shutdown_grace_s: -1.0 must be from 0 to 300"),
-        ("max_queue_length", 0, r"max_queue_length: 0 must be at least 1"),
+        ("max_queue_length", 0, r"max_queue_length: 0 must be from 1 to 1000000 requests"),
+        ("max_queue_length", 1_000_001, r"max_queue_length: 1000001 must be from 1 to 1000000 requests"),
+        ("max_queue_length", 2**64 + 1, r"max_queue_length: expected an integer that fits in 64 bits, got 1844"),
+        ("max_queue_length", 10**400, r"max_queue_length: expected an integer .* got an integer of 1329 bits$"),
+        ("mig.keep_warm_s", -5.0, r"mig.keep_warm_s: -5.0 must be from 0 to 604800 seconds \(7 days\)"),
+        ("mig.keep_warm_s", 1e9, r"mig.keep_warm_s: 1000000000.0 must be from 0 to 604800"),
+        ("mig.keep_warm_s", float("nan"), r"mig.keep_warm_s: expected a finite number, got nan"),
+        ("scheduling.grow_interval_s", float("nan"), r"scheduling.grow_interval_s: expected a finite number, got nan"),
+        ("scheduling.grow_interval_s", 1e6, r"scheduling.grow_interval_s: 1000000.0 must be from 0 to 86400 seconds"),
+        ("scheduling.backfill_bound_s", float("inf"), r"backfill_bound_s: expected a finite number, got inf"),
+        ("scheduling.backfill_bound_s", 1e300, r"scheduling.backfill_bound_s: 1e\+300 must be from 0 to 86400 seconds"),
+        ("scheduling.idle_after_s", 1e9, r"scheduling.idle_after_s: 1000000000.0 must be from 0 to 604800 seconds"),
+        ("scheduling.placement_refresh_s", 3601, r"scheduling.placement_refresh_s: 3601.0 must be from 0 to 3600"),
+        ("scheduling.idle_utilization", float("-inf"), r"scheduling.idle_utilization: expected a finite number"),
+        ("shutdown_grace_s", float("nan"), r"shutdown_grace_s: expected a finite number, got nan"),
+        ("etcd.connect_timeout_s", float("inf"), r"etcd.connect_timeout_s: expected a finite number, got inf"),
+        ("watchdog.interval_s", float("nan"), r"watchdog.interval_s: expected a finite number"),
+        ("accounting.flush_interval_s", float("inf"), r"accounting.flush_interval_s: expected a finite number"),
+        ("mps.start_timeout_s", float("nan"), r"mps.start_timeout_s: expected a finite number"),
+        ("auth.credential_ttl_s", float("inf"), r"auth.credential_ttl_s: expected a finite number"),
+        ("metrics.port", 2**70, r"metrics.port: expected an integer that fits in 64 bits"),
+        ("audit.retention_days", -(2**70), r"audit.retention_days: expected an integer that fits in 64 bits"),
         ("sim_spec", "h100-80gb:0", r"sim_spec: bad sim spec 'h100-80gb:0': count '0'"),
         ("sim_spec", "k80", r"sim_spec: bad sim spec 'k80': unknown GPU model 'k80'; known models"),
         ("watchdog.interval_s", 0.0, r"watchdog.interval_s: 0.0 must be from 0.1 to 600 seconds"),
@@ -273,10 +326,10 @@ def test_bad_cluster_name() -> None:
         ("mps.pipe_root", "run/mps", r"mps.pipe_root: .*absolute"),
         ("mps.start_timeout_s", 0.0, r"mps.start_timeout_s: "),
         ("scheduling.default_priority", "urgent", r"scheduling.default_priority: 'urgent' is not a priority class"),
-        ("scheduling.backfill_bound_s", -1.0, r"scheduling.backfill_bound_s: -1.0 must not be negative"),
+        ("scheduling.backfill_bound_s", -1.0, r"scheduling.backfill_bound_s: -1.0 must be from 0 to 86400 seconds"),
         ("scheduling.idle_utilization", 1.5, r"scheduling.idle_utilization: 1.5 must be a share from 0 to 1"),
         ("scheduling.placement_window", 0, r"scheduling.placement_window: 0 must be from 1 to 100000 requests"),
-        ("scheduling.placement_refresh_s", -1.0, r"scheduling.placement_refresh_s: -1.0 must not be negative"),
+        ("scheduling.placement_refresh_s", -1.0, r"scheduling.placement_refresh_s: -1.0 must be from 0 to 3600 s"),
     ],
 )
 def test_bad_values(key: str, value: object, expected: str) -> None:
@@ -284,6 +337,20 @@ def test_bad_values(key: str, value: object, expected: str) -> None:
         load_config(None, {"node_name": "n", key: value}, override_names={key: "--flag"})
     assert str(info.value).startswith("--flag: ")
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("state_dir", "/" + "x" * 5000, r"state_dir: 5001 characters is longer than 4096"),
+        ("etcd.endpoints", ("h:1",) * 1001, r"etcd.endpoints: 1001 items is more than 1000"),
+        ("auth.admin_groups", ("g" * 5000,), r"auth.admin_groups: an item of 5000 characters is longer than 4096"),
+    ],
+    ids=["long string", "many items", "long item"],
+)
+def test_strings_and_lists_are_bounded(key: str, value: object, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(None, {"node_name": "n", key: value}, override_names={key: "--flag"})
 
 
 def test_good_endpoints_and_listen() -> None:
@@ -362,7 +429,7 @@ def test_placement_defaults_to_fgd_and_a_file_can_choose_best_fit(tmp_path: Path
         ),
         ({"auth.admin_groups": ("ok", "bad group")}, r"auth.admin_groups: 'bad group' is not a group name"),
         ({"auth.credential_ttl_s": 1.0}, r"auth.credential_ttl_s: 1.0 must be from 10 to 86400 seconds"),
-        ({"auth.credential_ttl_s": float("nan")}, r"auth.credential_ttl_s: nan must be from 10"),
+        ({"auth.credential_ttl_s": float("nan")}, r"auth.credential_ttl_s: expected a finite number, got nan"),
         ({"audit.retention_days": 0}, r"audit.retention_days: 0 must be from 1 to 3650 days"),
     ],
 )

@@ -24,16 +24,23 @@ from tests.unit.test_sdk_support import (
     queued,
     short_tmp_dir,
 )
-from vgpu._private import reasons
+from vgpu._private import loss_notice, reasons
 from vgpu.api.v1 import types_pb2, workload_pb2
 
 WAIT = 10.0
+REVOKED = types_pb2.LEASE_STATE_REVOKED
 
 
 @pytest.fixture
 def daemon() -> Iterator[tuple[FakeWorkload, str]]:
     with fake_daemon() as (servicer, endpoint, _):
         yield servicer, endpoint
+
+
+@pytest.fixture
+def events_read_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test reads the scripted streams itself: leases open no stream of their own to hear of a loss."""
+    monkeypatch.setattr(loss_notice, "LOSS_WATCH_DELAY", None)
 
 
 async def test_acquire_with_queue_updates_then_release(daemon: tuple[FakeWorkload, str]) -> None:
@@ -155,6 +162,39 @@ async def test_heartbeats_stop_after_release(daemon: tuple[FakeWorkload, str]) -
     assert beat.time_remaining <= 1.0
 
 
+async def test_a_pushed_end_is_heard_by_the_follower_task_and_the_block_raises(
+    daemon: tuple[FakeWorkload, str],
+) -> None:
+    servicer, endpoint = daemon
+    servicer.acquire_scripts = [[granted(ttl=60)]]
+    servicer.watch_scripts = [
+        [event(1, workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT), event(2, workload_pb2.LEASE_EVENT_TYPE_REVOKED, REVOKED)]
+    ]
+    revoked = make_lease(state=REVOKED, token="", end_reason=reasons.END_EVICTED)
+    servicer.unary_scripts["Release"] = [workload_pb2.ReleaseResponse(lease=revoked)]  # as vgpud answers then
+    lost = asyncio.Event()
+    seen: list[str] = []
+
+    async def on_lost(reason: str) -> None:
+        seen.append(reason)
+        lost.set()
+
+    async def block(lease: vgpu.AsyncLease) -> None:
+        async with lease:
+            await asyncio.wait_for(lost.wait(), WAIT)
+
+    async with vgpu.AsyncPool(endpoint) as pool:
+        lease = await pool.acquire(memory="1GiB", compute=0.1, on_lost=on_lost)
+        with pytest.raises(vgpu.LeaseLostError, match="was lost before the with block ended"):
+            await block(lease)
+        assert (lease.status, lease.released) == ("revoked", True)
+        quiet = await pool.acquire(memory="1GiB", compute=0.1, raise_on_lost=False)
+        assert quiet.raise_on_lost is False
+    assert seen == [f"lease {LEASE_ID} was revoked"]
+    assert servicer.calls_of("Heartbeat") == []
+
+
+@pytest.mark.usefixtures("events_read_by_the_test")
 async def test_events_resume_and_end_with_the_lease(daemon: tuple[FakeWorkload, str]) -> None:
     servicer, endpoint = daemon
     servicer.watch_scripts = [
@@ -169,6 +209,7 @@ async def test_events_resume_and_end_with_the_lease(daemon: tuple[FakeWorkload, 
     assert [c.request.after_sequence for c in servicer.calls_of("WatchLease")] == [0, 3]
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 async def test_events_still_deliver_the_end_when_the_heartbeat_heard_of_it_first(
     daemon: tuple[FakeWorkload, str],
 ) -> None:
@@ -186,6 +227,7 @@ async def test_events_still_deliver_the_end_when_the_heartbeat_heard_of_it_first
     assert seen == [(2, "revoked")]
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 async def test_release_ends_an_open_event_stream(daemon: tuple[FakeWorkload, str]) -> None:
     servicer, endpoint = daemon
     hold = Hold()
@@ -209,6 +251,7 @@ async def test_release_ends_an_open_event_stream(daemon: tuple[FakeWorkload, str
     hold.release.set()
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 async def test_cancelling_the_consumer_still_cancels_it(daemon: tuple[FakeWorkload, str]) -> None:
     servicer, endpoint = daemon
     hold = Hold()

@@ -17,6 +17,9 @@ BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (reasons.UNKNOWN_GPU_MODEL, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
     (reasons.UNKNOWN_MIG_PROFILE, grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
     (reasons.NO_CAPACITY, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.NoCapacityError),
+    (reasons.QUEUE_FULL, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.QueueFullError),
+    (reasons.TOO_MANY_WAITING, grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.QueueFullError),
+    (reasons.TOO_MANY_CONNECTIONS, grpc.StatusCode.UNAVAILABLE, vgpu.DaemonUnavailableError),
     (reasons.NEVER_FITS, grpc.StatusCode.FAILED_PRECONDITION, vgpu.NeverFitsError),
     (reasons.QUEUE_TIMEOUT, grpc.StatusCode.DEADLINE_EXCEEDED, vgpu.QueueTimeoutError),
     (reasons.LEASE_NOT_FOUND, grpc.StatusCode.NOT_FOUND, vgpu.LeaseNotFoundError),
@@ -57,7 +60,7 @@ BY_REASON: list[tuple[str, grpc.StatusCode, type[vgpu.VgpuError]]] = [
 
 BY_CODE: list[tuple[grpc.StatusCode, type[vgpu.VgpuError]]] = [
     (grpc.StatusCode.INVALID_ARGUMENT, vgpu.InvalidRequestError),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.NoCapacityError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, vgpu.DaemonUnavailableError),  # gRPC's own overload refusal: retried
     (grpc.StatusCode.NOT_FOUND, vgpu.LeaseNotFoundError),
     (grpc.StatusCode.PERMISSION_DENIED, vgpu.PermissionDeniedError),
     (grpc.StatusCode.UNAUTHENTICATED, vgpu.AuthenticationError),
@@ -152,8 +155,8 @@ def test_missing_socket_is_daemon_unavailable_at_once() -> None:
             # wait=True with the default 10-minute queue wait must still fail at once: nothing answers.
             with pytest.raises(vgpu.DaemonUnavailableError) as info:
                 pool.acquire(memory="1GiB", compute=0.1)
-            assert str(info.value) == (
-                f"cannot reach vgpud at {endpoint}: is it running? set VGPU_ENDPOINT or pass endpoint="
+            assert str(info.value).startswith(
+                f"cannot reach vgpud at {endpoint}: is it running? set VGPU_ENDPOINT or pass endpoint= ("
             )
             assert info.value.code == "UNAVAILABLE"
             with pytest.raises(vgpu.DaemonUnavailableError):

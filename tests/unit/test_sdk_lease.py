@@ -22,7 +22,7 @@ from tests.unit.test_sdk_support import (
     make_gang_lease,
     make_lease,
 )
-from vgpu._private import reasons
+from vgpu._private import loss_notice, reasons
 from vgpu._private.heartbeat_policy import UNREACHABLE_REASON
 from vgpu.api.v1 import types_pb2, workload_pb2
 
@@ -38,6 +38,12 @@ def daemon() -> Iterator[tuple[FakeWorkload, vgpu.Pool]]:
 
 def heartbeat_threads(lease_id: str = LEASE_ID) -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"vgpu-heartbeat-{lease_id}"]
+
+
+@pytest.fixture
+def events_read_by_the_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test reads the scripted streams itself: leases open no stream of their own to hear of a loss."""
+    monkeypatch.setattr(loss_notice, "LOSS_WATCH_DELAY", None)
 
 
 def test_release_is_idempotent(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
@@ -132,6 +138,76 @@ def test_heartbeat_answer_with_an_ended_state_marks_lost(daemon: tuple[FakeWorkl
     assert lease.lost_reason == f"lease {LEASE_ID} was revoked: {reasons.END_EVICTED}"
 
 
+def test_a_pushed_end_marks_the_lease_lost_at_once(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    """The follower reads the lease's REVOKED event: lost, status and on_lost without waiting for a heartbeat."""
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[granted(ttl=60)]]  # heartbeats 20 s apart, and the fake's say "granted"
+    servicer.watch_scripts = [
+        [
+            event(1, workload_pb2.LEASE_EVENT_TYPE_SNAPSHOT),
+            event(2, workload_pb2.LEASE_EVENT_TYPE_REVOKED, types_pb2.LEASE_STATE_REVOKED),
+            Hold(),  # the stream is not ended: the final event alone marks the loss
+        ]
+    ]
+    lost = threading.Event()
+    seen: list[tuple[str, str]] = []
+
+    def on_lost(reason: str) -> None:
+        seen.append((reason, threading.current_thread().name))
+        lost.set()
+
+    lease = pool.acquire(memory="1GiB", compute=0.1, on_lost=on_lost)
+    assert lost.wait(WAIT)
+    assert (lease.lost, lease.status) == (True, "revoked")
+    lease.release()
+    assert seen == [(f"lease {LEASE_ID} was revoked", f"vgpu-follow-{LEASE_ID}")]
+    assert servicer.calls_of("Heartbeat") == []
+
+
+@pytest.mark.usefixtures("events_read_by_the_test")
+def test_a_heartbeat_refused_as_ended_shows_the_end_state(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    servicer, pool = daemon
+    servicer.acquire_scripts = [[granted(ttl=1)]]
+    servicer.heartbeat = lambda _r: Fail(grpc.StatusCode.FAILED_PRECONDITION, reasons.LEASE_ENDED, "revoked by admin")
+    servicer.lease = make_lease(state=types_pb2.LEASE_STATE_REVOKED, end_reason=reasons.END_EVICTED)
+    statuses: list[str] = []
+    lost = threading.Event()
+    lease = pool.acquire(memory="1GiB", compute=0.1)
+
+    def on_lost(_reason: str) -> None:
+        statuses.append(lease.status)
+        lost.set()
+
+    lease.on_lost = on_lost
+    assert lost.wait(WAIT)
+    assert statuses == ["revoked"]  # read (GetLease) before on_lost ran
+    assert lease.end_reason == reasons.END_EVICTED
+
+
+@pytest.mark.usefixtures("events_read_by_the_test")
+def test_a_with_block_ending_after_an_unheard_revocation_raises(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
+    """Release answers with the lease revoked before it: lost, on_lost once, and the block raises."""
+    servicer, pool = daemon
+    revoked = make_lease(state=types_pb2.LEASE_STATE_REVOKED, token="", end_reason=reasons.END_EVICTED)
+    servicer.unary_scripts["Release"] = [workload_pb2.ReleaseResponse(lease=revoked)] * 2
+    reasons_seen: list[str] = []
+    lease = pool.acquire(memory="1GiB", compute=0.1, on_lost=reasons_seen.append)
+
+    def block() -> None:
+        with lease:
+            pass
+
+    with pytest.raises(vgpu.LeaseLostError, match="was lost before the with block ended") as caught:
+        block()
+    assert caught.value.reason == reasons.END_EVICTED
+    assert (lease.released, lease.lost, lease.status) == (True, True, "revoked")
+    assert reasons_seen == [f"lease {LEASE_ID} was revoked: {reasons.END_EVICTED}"]
+    quiet = pool.acquire(memory="1GiB", compute=0.1, raise_on_lost=False)
+    with quiet:
+        pass
+    assert quiet.lost
+
+
 def test_heartbeat_gives_up_after_a_ttl_without_answers(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
     servicer, pool = daemon
     servicer.acquire_scripts = [[granted(ttl=1)]]
@@ -205,6 +281,7 @@ def test_refresh_of_a_lease_ended_under_us_marks_it_lost(daemon: tuple[FakeWorkl
     lease.release()
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 def test_events_resume_after_a_break_with_the_last_sequence(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
     servicer, pool = daemon
     servicer.watch_scripts = [
@@ -232,6 +309,7 @@ def test_events_resume_after_a_break_with_the_last_sequence(daemon: tuple[FakeWo
     assert second.time_remaining is not None
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 def test_events_start_after_the_given_sequence_and_can_show_keepalives(
     daemon: tuple[FakeWorkload, vgpu.Pool],
 ) -> None:
@@ -253,6 +331,7 @@ def _heartbeat_refused_as_ended(servicer: FakeWorkload) -> None:
 
 
 @pytest.mark.parametrize("heartbeat_hears_end", [_heartbeat_says_revoked, _heartbeat_refused_as_ended])
+@pytest.mark.usefixtures("events_read_by_the_test")
 def test_events_still_deliver_the_end_when_the_heartbeat_heard_of_it_first(
     daemon: tuple[FakeWorkload, vgpu.Pool], heartbeat_hears_end: Callable[[FakeWorkload], None]
 ) -> None:
@@ -273,6 +352,7 @@ def test_events_still_deliver_the_end_when_the_heartbeat_heard_of_it_first(
     assert len(servicer.calls_of("WatchLease")) == 1
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 def test_events_of_a_lease_lost_without_an_end_raise(daemon: tuple[FakeWorkload, vgpu.Pool]) -> None:
     servicer, pool = daemon
     servicer.acquire_scripts = [[granted(ttl=1)]]
@@ -286,6 +366,7 @@ def test_events_of_a_lease_lost_without_an_end_raise(daemon: tuple[FakeWorkload,
     assert servicer.calls_of("WatchLease") == []
 
 
+@pytest.mark.usefixtures("events_read_by_the_test")
 def test_release_from_another_thread_ends_an_open_event_stream(
     daemon: tuple[FakeWorkload, vgpu.Pool],
 ) -> None:

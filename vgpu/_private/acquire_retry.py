@@ -18,7 +18,7 @@ from vgpu._private.lease_records import QueueInfo
 _FIRST_BACKOFF: Final = 0.1
 _MAX_BACKOFF: Final = 2.0
 _RETRYABLE_REASONS: Final = frozenset(
-    {reasons.SHUTTING_DOWN, reasons.STORE_UNAVAILABLE, reasons.CONFLICT, reasons.NO_LEADER}
+    {reasons.SHUTTING_DOWN, reasons.STORE_UNAVAILABLE, reasons.CONFLICT, reasons.NO_LEADER, errors.DAEMON_OVERLOADED}
 )
 
 

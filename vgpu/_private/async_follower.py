@@ -1,7 +1,8 @@
 """The asyncio side of the preemption protocol for one `AsyncLease`: its follower task, checkpoint() and ack.
 
 The twin of `vgpu._private.follower`: the same rules (`vgpu._private.preemption`), on the event loop. The
-follower task ("vgpu-follow-<lease id>") reads `AsyncLease.events()`. Callbacks may be coroutine functions
+follower task ("vgpu-follow-<lease id>") reads `AsyncLease.events()`; every lease has one, so the lease's
+end is heard at once (`vgpu._private.loss_notice`). Callbacks may be coroutine functions
 (awaited) or plain functions (called on the loop thread: a long synchronous save blocks the loop, so make
 it `async def` or hand the work to `asyncio.to_thread` inside it).
 """
@@ -39,6 +40,21 @@ async def _call(callback: Callable[..., object], *args: object) -> None:
         await result
 
 
+async def finish_or_cancel(task: asyncio.Task[None], *, let_finish: bool, grace: float) -> None:
+    """End a lease's background task: cancel it, or first give it `grace` seconds to end by itself.
+
+    `let_finish` is for a lost lease, whose tasks end on their own and may be running on_lost: cancelling would
+    cut the user's callback short.
+    """
+    if let_finish:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), grace)
+    if not task.done():
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class AsyncFollower:
     """Follows one lease's events in a task and runs its part of the preemption protocol."""
 
@@ -57,6 +73,8 @@ class AsyncFollower:
         self.changed = asyncio.Event()
         """Set whenever the lease's preemption phase or liveness changes; a waiter clears it first."""
         self._checkpointing = asyncio.Lock()
+        self._go = asyncio.Event()
+        """Set when the stream must open now (preemption use, or the lease let go): cuts a start delay short."""
         self._loop = asyncio.get_running_loop()
         """The lease's loop (its heartbeat task runs there); the follower task runs there too."""
         self.task: asyncio.Task[None] | None = None
@@ -66,26 +84,39 @@ class AsyncFollower:
         """Whether callbacks were given, so the task should run from the start."""
         return any(cb is not None for cb in (self._on_preempt, self._on_resume, self._on_resize))
 
-    def start(self) -> None:
-        """Start the task once, on the lease's loop (when called there) and unless the lease is let go."""
+    def start(self, *, delay: float = 0.0) -> None:
+        """Start the task once, on the lease's loop (when called there) and unless the lease is let go.
+
+        It opens the stream after `delay` seconds; a later start without delay (preemption use) cuts it short.
+        """
         lease = self._lease
-        if self.task is not None or lease._stop.is_set():
-            return
+        if lease._stop.is_set() or (self.task is not None and (delay or self._go.is_set())):
+            return  # the common case: preempt_requested may be read every iteration
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # read outside the loop (e.g. a property from another thread): nothing to start
             return
-        if running is self._loop:
-            self.task = asyncio.create_task(self._follow(), name=f"vgpu-follow-{lease.id}")
+        if running is not self._loop:
+            return
+        if not delay:
+            self._go.set()
+        if self.task is None:
+            self.task = asyncio.create_task(self._follow(delay), name=f"vgpu-follow-{lease.id}")
 
-    async def stop(self) -> None:
-        """Cancel the task (unless it is the caller: a callback releasing its own lease) and wait for it."""
-        task = self.task
+    def wake(self) -> None:
+        """Let a waiting checkpoint() (or the task's start delay) look at the lease again: it was let go."""
+        self._go.set()
         self.changed.set()
+
+    async def stop(self, grace: float) -> None:
+        """End the task (unless it is the caller: a callback releasing its own lease) and wait for it.
+
+        A lost lease's task ends by itself (it may be running on_lost): it gets `grace` seconds before it is cancelled.
+        """
+        task = self.task
+        self.wake()
         if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await finish_or_cancel(task, let_finish=self._lease.lost, grace=grace)
 
     # -- checkpoint() and ack_preempt() -----------------------------------------------------------
     async def checkpoint(self) -> bool:
@@ -227,18 +258,24 @@ class AsyncFollower:
         return gone_error(lease)
 
     # -- the task ---------------------------------------------------------------------------------
-    async def _follow(self) -> None:
-        """Read the lease's events (resuming after breaks) and act on them until the lease is let go."""
+    async def _follow(self, delay: float) -> None:
+        """Read the lease's events (resuming after breaks) and act on them until the lease ends or is let go."""
         lease = self._lease
         last = 0
         backoff = 0.1
         try:
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._go.wait(), delay)
             while not lease._stop.is_set():
                 try:
-                    async for event in lease.events(last, keepalives=True):
-                        last = max(last, event.sequence)
-                        backoff = 0.1
-                        await self._after_event(event)
+                    async with contextlib.aclosing(lease.events(last, keepalives=True)) as events:
+                        async for event in events:
+                            last = max(last, event.sequence)
+                            backoff = 0.1
+                            await self._after_event(event)
+                            if lease._ended:
+                                break  # the final event: the loss is marked below, without waiting for the stream end
                 except (LeaseLostError, *GONE):
                     break  # the lease is marked lost, which woke any waiter
                 except VgpuError as error:

@@ -1,8 +1,9 @@
 """`AsyncLease`: the asyncio twin of `Lease`, kept alive by a heartbeat task on the running loop.
 
-Preemption adds a follower task (`vgpu._private.async_follower`) that reads the lease's events; it starts
-when on_preempt/on_resume/on_resize is given, or on first use of `preempt_requested`, `checkpoint()` or
-`ack_preempt()`.
+A follower task (`vgpu._private.async_follower`) reads the lease's events: it hears of the lease's end at
+once and takes part in preemption. It opens its stream at once when on_preempt/on_resume/on_resize is given
+or on first use of `preempt_requested`, `checkpoint()` or `ack_preempt()`, else shortly after the grant.
+Leaving an `async with` block after a loss raises LeaseLostError (see `vgpu._private.loss_notice`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from types import TracebackType
 from typing import Final
 
-from vgpu._private import errors
+from vgpu._private import errors, loss_notice
 from vgpu._private.async_client import AsyncClient
-from vgpu._private.async_follower import AsyncFollower, AsyncOnLeaseChange, AsyncOnPreempt
+from vgpu._private.async_follower import AsyncFollower, AsyncOnLeaseChange, AsyncOnPreempt, finish_or_cancel
 from vgpu._private.errors import (
     DaemonUnavailableError,
     LeaseEndedError,
@@ -26,8 +27,9 @@ from vgpu._private.errors import (
     VgpuError,
 )
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
-from vgpu._private.lease_base import Cancellers, LeaseBase, log
+from vgpu._private.lease_base import LeaseBase, log
 from vgpu._private.lease_records import LeaseEvent, PreemptNotice
+from vgpu._private.loss_notice import Cancellers, LostCallback
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu.api.v1 import types_pb2
 
@@ -42,6 +44,7 @@ class AsyncLease(LeaseBase):
     Callbacks (coroutine functions are awaited, plain ones called on the loop) run in the task that calls
     `await checkpoint()` once the workload has called it (cooperative mode), else in the follower task,
     which then saves and acknowledges by itself (callback mode); see `Lease` for the thread flavour.
+    `on_lost` (plain or coroutine function) runs once, in whichever task notices the loss first.
     """
 
     def __init__(
@@ -55,9 +58,11 @@ class AsyncLease(LeaseBase):
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> None:
-        super().__init__(msg, token)
+        super().__init__(msg, token, on_lost=on_lost, raise_on_lost=raise_on_lost)
         self._runtime_options = runtime or RuntimeOptions()
         self._client = client
         self.release_on_exit = release_on_exit
@@ -71,10 +76,15 @@ class AsyncLease(LeaseBase):
         self._task = asyncio.create_task(self._heartbeat_loop(), name=f"vgpu-heartbeat-{self.id}")
         if self._follower.wanted:
             self._follower.start()
+        elif loss_notice.LOSS_WATCH_DELAY is not None:
+            self._follower.start(delay=loss_notice.LOSS_WATCH_DELAY)
 
     # -- ending -----------------------------------------------------------------------------------
     async def release(self) -> None:
-        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
+        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost.
+
+        A lease the daemon revoked or expired before this call, unheard of so far, is marked lost (on_lost runs).
+        """
         if self.released:
             return
         self._releasing = True
@@ -88,6 +98,8 @@ class AsyncLease(LeaseBase):
                 raise
         else:
             self._apply(msg)
+            if self._ended_under_us():  # revoked or expired before this release, and not yet heard of
+                await self._lose(self._ended_reason())
         if self._mark_released():
             self._finish()
 
@@ -102,26 +114,26 @@ class AsyncLease(LeaseBase):
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Release (or let go) the lease; raise LeaseLostError if it was lost, unless the body raised."""
         if not self.release_on_exit:
             await self.close()
-            return
-        if exc is None:
+        elif exc is None:
             await self.release()
-            return
-        try:
-            await self.release()
-        except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
-            log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
-            await self.close()
+        else:
+            try:
+                await self.release()
+            except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
+                log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
+                await self.close()
+        self._raise_if_lost(body_raised=exc is not None)
 
     async def _stop_following(self) -> None:
         self._stop.set()
         self._cancel_watches()
+        grace = self._client.timeout + 1
         if self._task is not asyncio.current_task() and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self._follower.stop()
+            await finish_or_cancel(self._task, let_finish=self.lost, grace=grace)
+        await self._follower.stop(grace)
 
     def _cancel_watches(self) -> None:
         self._cancellers.cancel_all()
@@ -156,7 +168,7 @@ class AsyncLease(LeaseBase):
         if self._ended:
             await self._lose(self._ended_reason())
 
-    async def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> AsyncIterator[LeaseEvent]:
+    async def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> AsyncGenerator[LeaseEvent, None]:
         """Events of this lease, resuming after breaks; ends with the lease's final event.
 
         Raises LeaseLostError when the lease is lost for another reason than ending.
@@ -258,6 +270,8 @@ class AsyncLease(LeaseBase):
                 verdict = policy.failed(error)
                 if verdict.lost_reason is not None:
                     self._end_heard = isinstance(error, LeaseEndedError)
+                    if self._end_heard:
+                        await self._describe_end()  # so that `status` shows how it ended before on_lost runs
                     await self._lose(verdict.lost_reason)
                     return
                 delay = verdict.retry_in
@@ -281,7 +295,7 @@ class AsyncLease(LeaseBase):
             return
         self._stop.set()
         self._cancel_watches()
-        self._follower.changed.set()  # a checkpoint() waiting for the resume raises LeaseLostError
+        self._follower.wake()  # a checkpoint() waiting for the resume raises LeaseLostError
         callback = self.on_lost
         if callback is None:
             return

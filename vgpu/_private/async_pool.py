@@ -13,6 +13,7 @@ from vgpu._private.async_lease import AsyncLease
 from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
+from vgpu._private.loss_notice import LostCallback
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.tls import TlsConfig
 
@@ -58,6 +59,8 @@ class AsyncPool:
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> AsyncLease:
         """Acquire slices (same arguments as `Pool.acquire`; the callbacks may also be coroutine functions).
@@ -65,7 +68,8 @@ class AsyncPool:
         `node`: "" (the default) the node of the daemon asked, a name that node, None any node (the pool
         leader decides); `gang=True` makes the slices one all-or-nothing unit, spanning nodes with node=None.
         compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
-        on_resume take part in preemption (see `AsyncLease.checkpoint()`).
+        on_resume take part in preemption (see `AsyncLease.checkpoint()`). `on_lost` and `raise_on_lost` as
+        for `Pool.acquire`: an `async with` block that ends after a loss raises LeaseLostError.
         """
         request = build_acquire_request(
             memory=memory,
@@ -95,6 +99,8 @@ class AsyncPool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            on_lost=on_lost,
+            raise_on_lost=raise_on_lost,
             runtime=runtime,
         )
         self._leases.add(lease)
@@ -108,6 +114,8 @@ class AsyncPool:
         on_preempt: AsyncOnPreempt | None = None,
         on_resume: AsyncOnLeaseChange | None = None,
         on_resize: AsyncOnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> AsyncLease:
         """Take over following a lease by its token ('<lease_id>.<secret>', the VGPU_LEASE value).
@@ -130,6 +138,8 @@ class AsyncPool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            on_lost=on_lost,
+            raise_on_lost=raise_on_lost,
             runtime=runtime,
         )
         self._leases.add(lease)

@@ -18,6 +18,9 @@ CHANNEL_OPTIONS: Final[tuple[tuple[str, int], ...]] = (
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # One connection per Pool, not one shared by every Pool of the process: vgpud bounds the calls of one
+    # connection ([limits] max_streams_per_connection), so a process that needs more calls opens more Pools.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 

@@ -17,6 +17,8 @@ DAEMON_TIMEOUT: Final = "DAEMON_TIMEOUT"
 """vgpud did not answer before the call's deadline."""
 LEASE_LOST: Final = "LEASE_LOST"
 """The SDK stopped being able to keep the lease alive (it ended, or the daemon was gone past the TTL)."""
+DAEMON_OVERLOADED: Final = "DAEMON_OVERLOADED"
+"""gRPC itself turned the call away before vgpud saw it (too many calls pending): safe to retry after a pause."""
 CLIENT_CLOSED: Final = "CLIENT_CLOSED"
 """The Pool (or the lease's own client) was closed before or during the call."""
 CANCELLED: Final = "CANCELLED"
@@ -53,6 +55,12 @@ class NoCapacityError(VgpuError):
     """Nothing fits right now (fail-fast acquire); the message says what would fit."""
 
     default_reason = reasons.NO_CAPACITY
+
+
+class QueueFullError(NoCapacityError):
+    """The queue is full, pool-wide or for this user (`reason` says which): retry later or cancel a waiting request."""
+
+    default_reason = reasons.QUEUE_FULL
 
 
 class NeverFitsError(VgpuError):
@@ -168,6 +176,7 @@ class InternalError(VgpuError):
 
 ERROR_CLASSES: Final[tuple[type[VgpuError], ...]] = (
     VgpuError,
+    QueueFullError,
     InvalidRequestError,
     QuotaExceededError,
     NotPreemptibleError,

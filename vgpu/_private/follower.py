@@ -1,13 +1,15 @@
 """The thread side of the preemption protocol for one `Lease`: its follower thread, checkpoint() and ack.
 
 The follower ("vgpu-follow-<lease id>") reads the lease's events through `Lease.events()` (which resumes
-with after_sequence after a broken stream), so notices, suspensions, resumes and resizes reach the lease
-whether or not user code reads events itself. The rules of who acts on a notice live in
+with after_sequence after a broken stream), so notices, suspensions, resumes, resizes and the lease's end
+reach the lease whether or not user code reads events itself. Every lease has one: it is how a revocation,
+expiry or eviction is heard at once (`vgpu._private.loss_notice`). The rules of who acts on a notice live in
 `vgpu._private.preemption`; this module blocks, calls back and talks to the daemon.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -71,6 +73,8 @@ class Follower:
         """Notified (under the lease lock) whenever the lease's preemption phase or liveness changes."""
         self._checkpointing = threading.Lock()
         """One checkpoint() at a time: a second caller waits for the first, then finds nothing pending."""
+        self._go = threading.Event()
+        """Set when the stream must open now (preemption use, or the lease let go): cuts a start delay short."""
         self.thread: threading.Thread | None = None
 
     @property
@@ -78,19 +82,27 @@ class Follower:
         """Whether callbacks were given, so the thread should run from the start."""
         return any(cb is not None for cb in (self._on_preempt, self._on_resume, self._on_resize))
 
-    def start(self) -> None:
-        """Start the thread once, unless the lease is already let go."""
+    def start(self, *, delay: float = 0.0) -> None:
+        """Start the thread once, unless the lease is already let go; it opens the stream after `delay` seconds.
+
+        A later start without delay (preemption use) cuts a delay still running short.
+        """
         lease = self._lease
+        if not delay and not self._go.is_set():
+            self._go.set()
         if self.thread is not None:
             return  # the common case, without the lock: preempt_requested may be read every iteration
         with lease._lock:
             if self.thread is not None or lease._stop.is_set():
                 return
-            self.thread = threading.Thread(target=self._follow, name=f"vgpu-follow-{lease.id}", daemon=True)
+            self.thread = threading.Thread(
+                target=self._follow, args=(delay,), name=f"vgpu-follow-{lease.id}", daemon=True
+            )
             self.thread.start()
 
     def wake(self) -> None:
-        """Let a waiting checkpoint() look at the lease again (it was lost, released or closed)."""
+        """Let a waiting checkpoint() (or the thread's start delay) look at the lease again: it was let go."""
+        self._go.set()
         with self.changed:
             self.changed.notify_all()
 
@@ -229,17 +241,22 @@ class Follower:
         return gone_error(lease)
 
     # -- the thread -------------------------------------------------------------------------------
-    def _follow(self) -> None:
-        """Read the lease's events (resuming after breaks) and act on them until the lease is let go."""
+    def _follow(self, delay: float) -> None:
+        """Read the lease's events (resuming after breaks) and act on them until the lease ends or is let go."""
         lease = self._lease
+        if delay:
+            self._go.wait(delay)
         last = 0
         backoff = 0.1
         while not lease._stop.is_set():
             try:
-                for event in lease.events(last, keepalives=True):
-                    last = max(last, event.sequence)
-                    backoff = 0.1
-                    self._after_event(event)
+                with contextlib.closing(lease.events(last, keepalives=True)) as events:
+                    for event in events:
+                        last = max(last, event.sequence)
+                        backoff = 0.1
+                        self._after_event(event)
+                        if lease._ended:
+                            break  # the final event: the loss is marked below, without waiting for the stream end
             except (LeaseLostError, *GONE):
                 break  # the lease is marked lost, which woke any waiter
             except VgpuError as error:

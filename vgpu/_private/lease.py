@@ -1,22 +1,24 @@
 """`Lease`: a granted lease held by this process, kept alive by a heartbeat thread.
 
 The thread lives exactly as long as the lease is held: release(), close() or loss stop it. Leaving a
-`with` block releases the lease (or only stops following it, for an attached lease).
+`with` block releases the lease (or only stops following it, for an attached lease), and raises
+LeaseLostError when the lease was lost meanwhile (see `vgpu._private.loss_notice`).
 
-Preemption (see `vgpu._private.preemption` for the protocol) adds a second thread, the follower
-("vgpu-follow-<id>"), that reads the lease's events. It starts when on_preempt/on_resume/on_resize is given,
-or on first use of `preempt_requested`, `checkpoint()` or `ack_preempt()`.
+A second thread, the follower ("vgpu-follow-<id>"), reads the lease's events: it hears of the lease's end at
+once and takes part in preemption (see `vgpu._private.preemption`). It opens its stream at once when
+on_preempt/on_resume/on_resize is given or on first use of `preempt_requested`, `checkpoint()` or
+`ack_preempt()`, else shortly after the grant (`LOSS_WATCH_DELAY`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Final
 
-from vgpu._private import errors
+from vgpu._private import errors, loss_notice
 from vgpu._private.errors import (
     DaemonUnavailableError,
     LeaseEndedError,
@@ -27,8 +29,9 @@ from vgpu._private.errors import (
 )
 from vgpu._private.follower import Follower, OnLeaseChange, OnPreempt
 from vgpu._private.heartbeat_policy import HeartbeatPolicy
-from vgpu._private.lease_base import Cancellers, LeaseBase, log
+from vgpu._private.lease_base import LeaseBase, log
 from vgpu._private.lease_records import LeaseEvent, PreemptNotice
+from vgpu._private.loss_notice import Cancellers, LostCallback
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
 from vgpu.api.v1 import types_pb2
@@ -44,8 +47,9 @@ class Lease(LeaseBase):
     Callbacks and the threads that run them: `on_preempt` runs on the thread that calls `checkpoint()`
     once the workload has called it at least once (cooperative mode), else on the follower thread
     (callback mode: the follower saves and acknowledges by itself). `on_resume` runs on the thread whose
-    `checkpoint()` waited for the resume, else on the follower thread; `on_resize` and `on_lost` run on
-    the follower and heartbeat threads. A callback that raises on a background thread is logged.
+    `checkpoint()` waited for the resume, else on the follower thread; `on_resize` runs on the follower
+    thread, `on_lost` on whichever thread notices the loss first (follower, heartbeat, or the one calling
+    release()), once. A callback that raises on a background thread is logged.
     """
 
     def __init__(
@@ -60,9 +64,11 @@ class Lease(LeaseBase):
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> None:
-        super().__init__(msg, token)
+        super().__init__(msg, token, on_lost=on_lost, raise_on_lost=raise_on_lost)
         self._runtime_options = runtime or RuntimeOptions()
         self._client = client
         self.release_on_exit = release_on_exit
@@ -78,11 +84,16 @@ class Lease(LeaseBase):
         self._thread.start()
         if self._follower.wanted:
             self._follower.start()
+        elif loss_notice.LOSS_WATCH_DELAY is not None:
+            self._follower.start(delay=loss_notice.LOSS_WATCH_DELAY)
         self._start_runtime_for_gpu_libraries()
 
     # -- ending -----------------------------------------------------------------------------------
     def release(self) -> None:
-        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost."""
+        """Give the lease back. Idempotent, and quiet for a lease that already ended or was lost.
+
+        A lease the daemon revoked or expired before this call, unheard of so far, is marked lost (on_lost runs).
+        """
         if self.released:
             return
         self._releasing = True
@@ -96,6 +107,8 @@ class Lease(LeaseBase):
                 raise
         else:
             self._apply(msg)
+            if self._ended_under_us():  # revoked or expired before this release, and not yet heard of
+                self._lose(self._ended_reason())
         if self._mark_released():
             self._finish()
 
@@ -110,17 +123,18 @@ class Lease(LeaseBase):
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        """Release (or let go) the lease; raise LeaseLostError if it was lost, unless the body raised."""
         if not self.release_on_exit:
             self.close()
-            return
-        if exc is None:
+        elif exc is None:
             self.release()
-            return
-        try:
-            self.release()
-        except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
-            log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
-            self.close()
+        else:
+            try:
+                self.release()
+            except VgpuError as error:  # keep the body's exception; the lease expires after its TTL anyway
+                log.warning("vgpu lease %s: release failed while handling %s: %s", self.id, exc_type, error)
+                self.close()
+        self._raise_if_lost(body_raised=exc is not None)
 
     def _stop_following(self) -> None:
         self._stop.set()
@@ -163,7 +177,7 @@ class Lease(LeaseBase):
         if self._ended:
             self._lose(self._ended_reason())
 
-    def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> Iterator[LeaseEvent]:
+    def events(self, after_sequence: int = 0, *, keepalives: bool = False) -> Generator[LeaseEvent, None, None]:
         """Events of this lease (state changes, preemption notices), resuming after breaks.
 
         Ends after the lease's final event or when this process releases/closes it; raises
@@ -270,6 +284,8 @@ class Lease(LeaseBase):
                 verdict = policy.failed(error)
                 if verdict.lost_reason is not None:
                     self._end_heard = isinstance(error, LeaseEndedError)
+                    if self._end_heard:
+                        self._describe_end()  # so that `status` shows how it ended before on_lost runs
                     self._lose(verdict.lost_reason)
                     return
                 delay = verdict.retry_in

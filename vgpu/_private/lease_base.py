@@ -29,46 +29,24 @@ from vgpu._private.lease_records import (
     timestamp_or_none,
 )
 from vgpu._private.lease_runtime import LeaseRuntime
+from vgpu._private.loss_notice import LossNotice, LostCallback
 from vgpu._private.preemption import PreemptionTracker
 from vgpu._private.units import MILLI_PER_GPU, UnitError, parse_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
 
 log = logging.getLogger("vgpu")
 
-LostCallback = Callable[[str], object]
-
 
 def _nothing() -> None:
     return None
 
 
-class Cancellers(set[Callable[[], object]]):
-    """The cancels of a lease's open watch streams; once closed, a stream that opens late is cancelled at once.
-
-    Closing (release, close, loss) can race with a stream just opening on another thread (the follower):
-    the stream adds its cancel and then looks at `closed`; closing sets `closed` and then cancels what is
-    there, so one of the two always sees the other and no stream is left open.
-    """
-
-    closed = False
-
-    def add(self, cancel: Callable[[], object]) -> None:
-        """Remember an open stream's cancel (or cancel it now, once closed)."""
-        super().add(cancel)
-        if self.closed:
-            cancel()
-
-    def cancel_all(self) -> None:
-        """Cancel every open stream, and any that opens from now on."""
-        self.closed = True
-        for cancel in list(self):
-            cancel()
-
-
-class LeaseBase(LeaseRuntime):
+class LeaseBase(LeaseRuntime, LossNotice):
     """Fields and lost-tracking of a lease this process holds (has the token of)."""
 
-    def __init__(self, msg: types_pb2.Lease, token: str) -> None:
+    def __init__(
+        self, msg: types_pb2.Lease, token: str, *, on_lost: LostCallback | None = None, raise_on_lost: bool = True
+    ) -> None:
         self._lock = threading.Lock()
         self._id = msg.id
         self._token = token
@@ -99,14 +77,10 @@ class LeaseBase(LeaseRuntime):
         """Where the node watchdog can learn this process's pid (reported on every heartbeat)."""
         self._notify: Callable[[], None] = _nothing
         """Wakes whoever waits on the lease (a checkpoint() call); called with the lock held."""
-        self._lost_reason: str | None = None
-        self._end_heard = False
-        """The daemon said the lease ended (a heartbeat's LEASE_ENDED) before its end event was read."""
         self._released = False
         self._releasing = False
         """release() has begun (it stops following before the RPC): waiters learn it was released."""
-        self.on_lost: LostCallback | None = None
-        """Called once with the reason when the SDK marks the lease lost (from the heartbeat thread/task)."""
+        self._init_loss(on_lost, raise_on_lost)
         self._apply(msg)
 
     # -- read-only fields -------------------------------------------------------------------------
@@ -162,7 +136,10 @@ class LeaseBase(LeaseRuntime):
 
     @property
     def status(self) -> str:
-        """The lease's last known lifecycle state: 'granted', 'preempting', 'suspended', 'released', ..."""
+        """The lease's last known lifecycle state: 'granted', 'preempting', 'suspended', 'released', ...
+
+        Once the lease is lost because the daemon ended it, the state it ended in ('revoked', 'expired').
+        """
         return self._state
 
     @property
@@ -244,16 +221,6 @@ class LeaseBase(LeaseRuntime):
     def end_reason(self) -> str:
         """Why the lease ended (a reason constant), once it has."""
         return self._end_reason
-
-    @property
-    def lost(self) -> bool:
-        """True once the SDK stopped being able to keep the lease (ended under us, daemon gone past TTL)."""
-        return self._lost_reason is not None
-
-    @property
-    def lost_reason(self) -> str | None:
-        """Why the lease was marked lost, in words."""
-        return self._lost_reason
 
     @property
     def released(self) -> bool:
@@ -390,15 +357,6 @@ class LeaseBase(LeaseRuntime):
         text = f"lease {self._id} was {self._state}"
         detail = self._end_message or self._end_reason
         return f"{text}: {detail}" if detail else text
-
-    def _mark_lost(self, reason: str) -> bool:
-        """Record the loss; True for the first caller only (who then calls on_lost)."""
-        with self._lock:
-            if self._lost_reason is not None or self._released:
-                return False
-            self._lost_reason = reason
-        log.warning("vgpu lease %s lost: %s", self._id, reason)
-        return True
 
     def _mark_released(self) -> bool:
         """Record the release; True the first time."""

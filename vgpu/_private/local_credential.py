@@ -94,6 +94,9 @@ class LocalCredential:
         self.path = credential_socket_path(socket_path)
         self._clock = clock
         self._lock = threading.Lock()
+        self._fetching = threading.Lock()
+        """One fetch at a time: a thousand concurrent first calls share one credential, not a thousand connects."""
+        self._fetching_async: asyncio.Lock | None = None
         self._value: str | None = None
         self._renew_at = 0.0
 
@@ -116,7 +119,12 @@ class LocalCredential:
             return fresh
         if not self.path.exists():
             return ()
-        return self._keep(*fetch(self.path, timeout))
+        if not self._fetching.acquire(timeout=max(timeout, 0.0)):
+            raise CredentialError(f"cannot get a credential from {self.path}: another fetch did not finish in time")
+        try:
+            return self._fresh() or self._keep(*fetch(self.path, timeout))
+        finally:
+            self._fetching.release()
 
     async def metadata_async(self, timeout: float) -> Metadata:
         """The asyncio twin of `metadata`."""
@@ -125,7 +133,19 @@ class LocalCredential:
             return fresh
         if not self.path.exists():
             return ()
-        return self._keep(*await fetch_async(self.path, timeout))
+        if self._fetching_async is None:
+            self._fetching_async = asyncio.Lock()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._fetching_async.acquire()
+        except TimeoutError:
+            raise CredentialError(
+                f"cannot get a credential from {self.path}: another fetch did not finish in time"
+            ) from None
+        try:
+            return self._fresh() or self._keep(*await fetch_async(self.path, timeout))
+        finally:
+            self._fetching_async.release()
 
     def drop_if_stale(self, reason: str) -> bool:
         """Whether a refusal with `reason` means this credential went stale; if so it is dropped for a retry.

@@ -18,6 +18,7 @@ from vgpu._private.follower import OnLeaseChange, OnPreempt
 from vgpu._private.lease import Lease
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
+from vgpu._private.loss_notice import LostCallback
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
 from vgpu._private.tls import TlsConfig
@@ -79,6 +80,8 @@ class Pool:
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> Lease:
         """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False.
@@ -96,6 +99,11 @@ class Pool:
         `on_resume(lease)` restores once the lease holds GPUs again (see `Lease.checkpoint()` for which
         thread runs them). `runtime=vgpu.RuntimeOptions(...)` tunes the in-process runtime (backend,
         throttle policy, where checkpoints spill): see `lease.runtime`.
+
+        Loss: the lease hears within a second when the pool revokes, expires or evicts it; `lease.lost` turns
+        True, `lease.status` shows the end state, `on_lost(reason)` runs once, and a `with` block that ends
+        afterwards raises LeaseLostError (unless its body raised). raise_on_lost=False leaves that check
+        to code that reads `lease.lost` itself.
         """
         request = build_acquire_request(
             memory=memory,
@@ -127,6 +135,8 @@ class Pool:
                 on_preempt=on_preempt,
                 on_resume=on_resume,
                 on_resize=on_resize,
+                on_lost=on_lost,
+                raise_on_lost=raise_on_lost,
                 runtime=runtime,
             )
         )
@@ -139,11 +149,14 @@ class Pool:
         on_preempt: OnPreempt | None = None,
         on_resume: OnLeaseChange | None = None,
         on_resize: OnLeaseChange | None = None,
+        on_lost: LostCallback | None = None,
+        raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
     ) -> Lease:
         """Take over following a lease by its token ('<lease_id>.<secret>'), e.g. in a child process.
 
-        The callbacks are as for `acquire`: a child that holds the training state checkpoints itself.
+        The callbacks (and raise_on_lost) are as for `acquire`: a child that holds the training state
+        checkpoints itself.
         """
         lease_id, _, secret = token.partition(".")
         if not lease_id or not secret:
@@ -162,6 +175,8 @@ class Pool:
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            on_lost=on_lost,
+            raise_on_lost=raise_on_lost,
             runtime=runtime,
         )
         return self._track(lease)
@@ -233,6 +248,8 @@ def acquire(
     on_preempt: OnPreempt | None = None,
     on_resume: OnLeaseChange | None = None,
     on_resize: OnLeaseChange | None = None,
+    on_lost: LostCallback | None = None,
+    raise_on_lost: bool = True,
     runtime: RuntimeOptions | None = None,
 ) -> Lease:
     """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`).
@@ -241,7 +258,7 @@ def acquire(
     node (the pool leader decides), node="name" that node; gang=True makes the slices one all-or-nothing
     unit, which with node=None may span nodes (see `lease.nodes` and `lease.environment(node)`).
     compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
-    on_resume take part in preemption (see `Lease.checkpoint()`).
+    on_resume take part in preemption (see `Lease.checkpoint()`); on_lost and raise_on_lost as `Pool.acquire`.
     """
     pool = Pool._single_use(endpoint)
     try:
@@ -266,6 +283,8 @@ def acquire(
             on_preempt=on_preempt,
             on_resume=on_resume,
             on_resize=on_resize,
+            on_lost=on_lost,
+            raise_on_lost=raise_on_lost,
             runtime=runtime,
         )
     except BaseException:
@@ -282,6 +301,8 @@ def attach(
     on_preempt: OnPreempt | None = None,
     on_resume: OnLeaseChange | None = None,
     on_resize: OnLeaseChange | None = None,
+    on_lost: LostCallback | None = None,
+    raise_on_lost: bool = True,
     runtime: RuntimeOptions | None = None,
 ) -> Lease:
     """Pick up the lease this process was started with (VGPU_LEASE, VGPU_ENDPOINT) and heartbeat it.
@@ -297,7 +318,14 @@ def attach(
     pool = Pool._single_use(endpoint, timeout)
     try:
         return pool.attach(
-            value, release=release, on_preempt=on_preempt, on_resume=on_resume, on_resize=on_resize, runtime=runtime
+            value,
+            release=release,
+            on_preempt=on_preempt,
+            on_resume=on_resume,
+            on_resize=on_resize,
+            on_lost=on_lost,
+            raise_on_lost=raise_on_lost,
+            runtime=runtime,
         )
     except BaseException:
         pool.close()

@@ -19,6 +19,8 @@ from vgpu._private.errors import VgpuError
 from vgpu._private.tls import TlsConfig
 
 _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
+_DOOR_REFUSED: Final = "got frame type 7"
+"""How gRPC reports a connection whose first frame is a GOAWAY: what vgpud's door sends to a caller over a cap."""
 
 _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.INVALID_REQUEST: errors.InvalidRequestError,
@@ -34,6 +36,9 @@ _BY_REASON: Final[dict[str, type[VgpuError]]] = {
     reasons.NOT_PREEMPTING: errors.LeaseStateError,
     reasons.PROJECT_BUSY: errors.ConflictError,
     reasons.NO_CAPACITY: errors.NoCapacityError,
+    reasons.QUEUE_FULL: errors.QueueFullError,
+    reasons.TOO_MANY_WAITING: errors.QueueFullError,
+    reasons.TOO_MANY_CONNECTIONS: errors.DaemonUnavailableError,
     reasons.NEVER_FITS: errors.NeverFitsError,
     reasons.QUEUE_TIMEOUT: errors.QueueTimeoutError,
     reasons.LEASE_NOT_FOUND: errors.LeaseNotFoundError,
@@ -134,16 +139,31 @@ def credential_error(error: Exception, endpoint: str) -> VgpuError:
 
 
 def _unavailable(failure: RpcFailure, endpoint: str, tls: TlsConfig | None) -> VgpuError:
-    """No answer: a TLS handshake vgpud refused (said in words), else a daemon that is not there."""
+    """No answer: gRPC's overload refusal, a connection cap, a TLS handshake vgpud refused, or no daemon there."""
     code_name = failure.code.name if failure.code is not None else None
+    if failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED:  # gRPC's own overload refusal (vgpud's carry a reason)
+        return errors.DaemonUnavailableError(
+            f"vgpud at {endpoint} is overloaded and turned the call away ({failure.message}); retry shortly",
+            reason=errors.DAEMON_OVERLOADED,
+            code=code_name,
+        )
     diagnosis = tls.diagnose(failure.message) if tls is not None else None
     if diagnosis is not None:
         reason, meaning = diagnosis
         return errors.AuthenticationError(
             f"cannot talk to vgpud at {endpoint}: {meaning}", reason=reason, code=code_name
         )
+    if _DOOR_REFUSED in failure.message:  # vgpud's door answered a new connection with GOAWAY: a cap, not a crash
+        return errors.DaemonUnavailableError(
+            f"vgpud at {endpoint} refused a new connection: this user holds too many connections to it "
+            "([limits] max_connections_per_uid, or max_connections in all); close idle Pools or share one",
+            reason=reasons.TOO_MANY_CONNECTIONS,
+            code=code_name,
+        )
     return errors.DaemonUnavailableError(
-        unreachable_message(endpoint), reason=failure.reason or errors.DAEMON_UNREACHABLE, code=code_name
+        f"{unreachable_message(endpoint)} ({failure.message[:200]})",
+        reason=failure.reason or errors.DAEMON_UNREACHABLE,
+        code=code_name,
     )
 
 
@@ -155,7 +175,7 @@ def error_for(failure: RpcFailure, *, endpoint: str, timeout: float | None, tls:
         if cls is not None:
             return cls(failure.message or failure.reason, reason=failure.reason, code=code_name)
     code = failure.code
-    if code == grpc.StatusCode.UNAVAILABLE:
+    if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.RESOURCE_EXHAUSTED and failure.reason is None):
         return _unavailable(failure, endpoint, tls)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         waited = f" within {timeout:g}s" if timeout is not None else " before the call's deadline"

@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import NoReturn
 
+from vgpud import service_files
 from vgpud._private.config import ConfigError, DaemonConfig, load_config
 
 EXIT_BAD_CONFIG = 2
@@ -65,7 +66,7 @@ def _endpoints(text: str) -> tuple[str, ...]:
 def build_parser() -> argparse.ArgumentParser:
     """The flags of vgpud; every one overrides the matching key of the config file."""
     p = _Parser(prog="vgpud", description="vgpu node daemon: pools this host's GPUs into the vgpu cluster.")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (see systemd/vgpud.toml)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config file (vgpud --print-config shows one)")
     gpu = p.add_mutually_exclusive_group()
     gpu.add_argument("--sim", metavar="SPEC", help='simulate GPUs, e.g. "h100-80gb:2,a100-40gb:1" ("" for none)')
     gpu.add_argument("--backend", choices=["nvml", "sim"], help="GPU backend (default nvml; --sim implies sim)")
@@ -104,12 +105,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="log level (default info)",
     )
     p.add_argument("--version", action="version", version=f"vgpud {_vgpu_version()}")
+    shipped = p.add_mutually_exclusive_group()
+    shipped.add_argument(
+        "--print-unit",
+        action="store_true",
+        help="print the systemd unit, its ExecStart naming this vgpud, and exit",
+    )
+    shipped.add_argument("--print-config", action="store_true", help="print the example config file and exit")
     return p
 
 
 def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
     """The config that `vgpud ARGV` would run with; ConfigError for bad flags or a bad file."""
-    args = build_parser().parse_args(argv)
+    return _config_of(build_parser().parse_args(argv))
+
+
+def _config_of(args: argparse.Namespace) -> DaemonConfig:
     overrides = {key: getattr(args, dest) for dest, (key, _flag) in _OVERRIDES.items()}
     names = dict(_OVERRIDES.values())
     return load_config(args.config, overrides, override_names=names)
@@ -118,7 +129,11 @@ def parse_config(argv: Sequence[str] | None = None) -> DaemonConfig:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `vgpud` console script; the process exit code."""
     try:
-        config = parse_config(argv)
+        args = build_parser().parse_args(argv)
+        if args.print_unit or args.print_config:
+            _print_shipped(args.print_unit)
+            return 0
+        config = _config_of(args)
     except ConfigError as exc:
         print(f"vgpud: error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
@@ -127,3 +142,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     from vgpud._private import daemon  # noqa: PLC0415 -- heavy (grpc, etcd); flag parsing must not need it
 
     return daemon.run(config)
+
+
+def _print_shipped(unit: bool) -> None:
+    """Write the unit (or the example config) to stdout as bytes, so the config comes out byte for byte."""
+    data = service_files.unit_text(running_vgpud()).encode() if unit else service_files.read(service_files.CONFIG_FILE)
+    sys.stdout.flush()
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def running_vgpud() -> list[str]:
+    """How systemd should start the vgpud that is running now: its console script, else `python -m vgpud`.
+
+    Not resolved through links: a virtualenv's python is a link out of the virtualenv, and its site-packages
+    would be lost.
+    """
+    script = Path(sys.argv[0])
+    if script.name == "vgpud" and script.is_file():
+        return [str(script.absolute())]
+    return [sys.executable, "-m", "vgpud"]

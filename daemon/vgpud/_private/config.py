@@ -1,7 +1,8 @@
 """vgpud's configuration: frozen dataclasses filled from one TOML file, then from command-line flags.
 
 The TOML keys are the field names below (top level, then the [etcd], [lease], [metrics] and [log]
-tables); systemd/vgpud.toml shows every one. `load_config` rejects unknown keys and wrong types with a
+tables); systemd/vgpud.toml shows every one. `load_config` rejects unknown keys, wrong types and values out
+of range (each field's docstring states its range; config_values.py holds the rules for every key) with a
 one-line ConfigError that names the key and where it came from.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import socket
-import tomllib
-import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from vgpud._private.config_limits import LimitsConfig, validate_limits
 from vgpud._private.config_mps import MpsConfig, validate_mps
 from vgpud._private.config_priorities import PriorityConfigError, parse_priority_classes
 from vgpud._private.config_scheduling import SchedulingConfig, validate_scheduling
+from vgpud._private.config_values import MAX_PORT, convert, endpoint_problem, read_toml
+from vgpud._private.config_values import ConfigError as ConfigError  # noqa: PLC0414 -- explicit re-export (mypy)
 from vgpud._private.config_watchdog import WatchdogConfig, validate_watchdog
 from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
 
@@ -37,7 +38,9 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,63}")
 _NAME_RULE = "1 to 63 characters from A-Z a-z 0-9 . _ -"
 _MIN_ETCD_TTL_S = 2  # etcd raises shorter lease TTLs to its minimum (1.5 x election timeout) anyway
 _MAX_TTL_S = 7 * 24 * 3600
-_MAX_PORT = 65535
+_MAX_HISTORY_S = 365 * 24 * 3600  # a year; etcd's own cap on a lease TTL (MaxLeaseTTL) is 9,000,000,000 s
+_MAX_KEEP_WARM_S = 7 * 24 * 3600.0
+_MAX_QUEUE = 1_000_000
 _MAX_GRACE_S = 300.0
 _MAX_CONNECT_TIMEOUT_S = 600.0
 
@@ -45,10 +48,6 @@ _MAX_CONNECT_TIMEOUT_S = 600.0
 def _host_name() -> str:
     """The default node name, looked up when a config is built (not when this module is imported)."""
     return socket.gethostname()
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; the message is one line saying what to change."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +63,7 @@ class EtcdConfig:
     key_file: Path | None = None
     """Private key of cert_file."""
     connect_timeout_s: float = 10.0
-    """How long start-up waits for etcd before giving up (exit code 3)."""
+    """How long start-up waits for etcd before giving up (exit code 3); above 0, at most 600 seconds."""
     cluster: str = "default"
     """Pool name: keys live under /vgpu/<cluster>/. vgpud refuses an etcd that holds another pool's keys."""
 
@@ -74,13 +73,14 @@ class LeaseConfig:
     """Lease liveness and history ([lease] table)."""
 
     default_ttl_s: int = 30
-    """Heartbeat deadline of a lease whose client asks for none; a lease is expired after it."""
+    """Heartbeat deadline of a lease whose client asks for none; a lease is expired after it (min..max_ttl_s)."""
     min_ttl_s: int = 2
-    """Shortest TTL a client may ask for."""
+    """Shortest TTL a client may ask for; at least 2 seconds (etcd's shortest lease)."""
     max_ttl_s: int = 3600
-    """Longest TTL a client may ask for."""
+    """Longest TTL a client may ask for; at most 604800 seconds (7 days)."""
     history_retention_s: int = 3600
-    """How long ended leases stay readable (vgpuctl, SDK status) before etcd drops them."""
+    """How long ended leases stay readable (vgpuctl, SDK status) before etcd drops them: the TTL of an etcd
+    lease, so from 2 to 31536000 seconds (365 days)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +88,8 @@ class MigConfig:
     """MIG instances ([mig] table)."""
 
     keep_warm_s: float = 0.0
-    """How long an ended lease's instance stays created for the next request of its profile (0: destroy at once)."""
+    """How long an ended lease's instance stays created for the next request of its profile (0: destroy at once);
+    at most 604800 seconds (7 days)."""
     auto_mode: bool = False
     """Let the leader switch an idle MIG-capable GPU to the mode waiting requests need (shared or MIG)."""
 
@@ -98,7 +99,7 @@ class MetricsConfig:
     """Prometheus endpoint ([metrics] table)."""
 
     port: int | None = None
-    """TCP port for /metrics; absent means no metrics endpoint."""
+    """TCP port for /metrics (1 to 65535); absent means no metrics endpoint."""
     host: str = "127.0.0.1"
     """Address to bind the metrics endpoint to ("0.0.0.0" to let a remote Prometheus scrape)."""
 
@@ -130,9 +131,9 @@ class DaemonConfig:
     sim_spec: str | None = None
     """Simulated GPUs, e.g. "h100-80gb:2,a100-40gb:1" ("" for none); implies backend "sim"."""
     shutdown_grace_s: float = 5.0
-    """How long in-flight RPCs may finish on SIGTERM before they are cancelled."""
+    """How long in-flight RPCs may finish on SIGTERM before they are cancelled; 0 to 300 seconds."""
     max_queue_length: int = 10000
-    """Most waiting acquire requests; more are refused with RESOURCE_EXHAUSTED."""
+    """Most waiting acquire requests; more are refused with RESOURCE_EXHAUSTED. 1 to 1000000."""
     etcd: EtcdConfig = field(default_factory=EtcdConfig)
     """[etcd] table."""
     lease: LeaseConfig = field(default_factory=LeaseConfig)
@@ -160,7 +161,8 @@ class DaemonConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """[limits] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
-    """[priority_classes.NAME] tables: value, preemptible, in_quota_only, preempt_grace_s, min_runtime_s."""
+    """[priority_classes.NAME] tables (at most 100): value (-1e9 to 1e9), preemptible, in_quota_only,
+    preempt_grace_s and min_runtime_s (0 to 604800 seconds), projects (at most 1000)."""
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -190,61 +192,6 @@ def _field_types(cls: type[Any]) -> dict[str, Any]:
     return hints
 
 
-def _is_optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (types.UnionType, typing.Union)
-
-
-def _non_none(hint: Any) -> Any:
-    """X from `X | None`."""
-    (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
-    return inner
-
-
-_SCALARS: dict[Any, tuple[str, Callable[[object], bool], Callable[[Any], object]]] = {
-    # type: (how it reads in an error, accepts?, convert)
-    str: ("a string", lambda v: isinstance(v, str), str),
-    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool), int),
-    float: ("a number", lambda v: isinstance(v, int | float) and not isinstance(v, bool), float),
-    bool: ("true or false", lambda v: isinstance(v, bool), bool),
-    Path: ("a path (string)", lambda v: isinstance(v, Path) or (isinstance(v, str) and v != ""), Path),
-}
-
-
-def _describe(hint: Any) -> str:
-    """How a type reads in an error message."""
-    if _is_optional(hint):
-        return _describe(_non_none(hint))
-    if typing.get_origin(hint) is Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
-    if typing.get_origin(hint) is tuple:
-        return "a list of strings"
-    return _SCALARS[hint][0]
-
-
-def _accepts(hint: Any, value: object) -> bool:
-    if typing.get_origin(hint) is Literal:
-        return isinstance(value, str) and value.lower() in typing.get_args(hint)
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-    return _SCALARS[hint][1](value)
-
-
-def _convert(key: str, value: object, hint: Any, origin: str) -> object:
-    """`value` as the field type `hint`; ConfigError naming key, expected type and origin otherwise."""
-    if _is_optional(hint):
-        if value is None:
-            return None
-        hint = _non_none(hint)
-    if not _accepts(hint, value):
-        got = f"{type(value).__name__} {value!r}"[:200]
-        raise ConfigError(f"{origin}: {key}: expected {_describe(hint)}, got {got}")
-    if typing.get_origin(hint) is Literal:
-        return str(value).lower()
-    if isinstance(value, list | tuple):  # the only accepted shape of a tuple field
-        return tuple(value)
-    return _SCALARS[hint][2](value)
-
-
 class _Layers:
     """Values gathered from defaults, the file and flags, remembering where each came from."""
 
@@ -264,7 +211,7 @@ class _Layers:
         if name not in hints:
             where = f"in [{section}]" if section else "at the top level"
             raise ConfigError(f"{origin}: unknown key {key!r}; known keys {where}: {', '.join(hints)}")
-        self.values[key] = _convert(key, value, hints[name], origin)
+        self.values[key] = convert(key, value, hints[name], origin)
         self.origins[key] = origin
         self.layers[key] = layer
 
@@ -277,13 +224,7 @@ class _Layers:
 
 def _read_file(path: Path, layers: _Layers) -> None:
     origin = str(path)
-    try:
-        with path.open("rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path)
     for key, value in data.items():
         if key == _CLASSES_TABLE:
             try:
@@ -367,6 +308,7 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
         fail("node_name", f"{cfg.node_name!r} is not a valid node name{hint}: use {_NAME_RULE}")
     _validate_etcd(cfg.etcd, fail)
     _validate_leases(cfg.lease, fail)
+    _validate_mig(cfg.mig, fail)
     _validate_serving(cfg, fail)
     validate_scheduling(cfg.scheduling, [c.name for c in cfg.priority_classes], fail)
     validate_watchdog(cfg.watchdog, fail)
@@ -385,7 +327,7 @@ def _validate_etcd(etcd: EtcdConfig, fail: _Fail) -> None:
     if not _NAME_RE.fullmatch(etcd.cluster):
         fail("etcd.cluster", f"{etcd.cluster!r} is not a valid cluster name: use {_NAME_RULE}")
     for endpoint in etcd.endpoints:
-        problem = _endpoint_problem(endpoint, schemes=("http", "https"))
+        problem = endpoint_problem(endpoint, schemes=("http", "https"))
         if problem:
             fail("etcd.endpoints", f"{endpoint!r}: {problem}; use http(s)://HOST:PORT or HOST:PORT")
     for key in ("ca_file", "cert_file", "key_file"):
@@ -413,42 +355,34 @@ def _validate_leases(lease: LeaseConfig, fail: _Fail) -> None:
             "lease.default_ttl_s",
             f"{lease.default_ttl_s} is outside lease.min_ttl_s..lease.max_ttl_s = {bounds}",
         )
-    if lease.history_retention_s < 0:
-        fail("lease.history_retention_s", f"{lease.history_retention_s} must not be negative")
+    if not _MIN_ETCD_TTL_S <= lease.history_retention_s <= _MAX_HISTORY_S:
+        fail(
+            "lease.history_retention_s",
+            f"{lease.history_retention_s} must be from {_MIN_ETCD_TTL_S} to {_MAX_HISTORY_S} seconds (365 days): "
+            "it is the TTL of an etcd lease",
+        )
+
+
+def _validate_mig(mig: MigConfig, fail: _Fail) -> None:
+    if not 0 <= mig.keep_warm_s <= _MAX_KEEP_WARM_S:
+        fail("mig.keep_warm_s", f"{mig.keep_warm_s} must be from 0 to {_MAX_KEEP_WARM_S:.0f} seconds (7 days)")
 
 
 def _validate_serving(cfg: DaemonConfig, fail: _Fail) -> None:
     if cfg.tcp_listen is not None:
-        problem = _endpoint_problem(cfg.tcp_listen, schemes=())
+        problem = endpoint_problem(cfg.tcp_listen, schemes=())
         if problem:
             fail("tcp_listen", f"{cfg.tcp_listen!r}: {problem}; use HOST:PORT, e.g. 0.0.0.0:7070 or [::]:7070")
-    if cfg.metrics.port is not None and not 1 <= cfg.metrics.port <= _MAX_PORT:
-        fail("metrics.port", f"{cfg.metrics.port} is not a TCP port: use 1 to {_MAX_PORT}")
+    if cfg.metrics.port is not None and not 1 <= cfg.metrics.port <= MAX_PORT:
+        fail("metrics.port", f"{cfg.metrics.port} is not a TCP port: use 1 to {MAX_PORT}")
     if not cfg.metrics.host:
         fail("metrics.host", "must not be empty; use 127.0.0.1, or 0.0.0.0 for remote scrapes")
     if not 0 <= cfg.shutdown_grace_s <= _MAX_GRACE_S:
         fail("shutdown_grace_s", f"{cfg.shutdown_grace_s} must be from 0 to {_MAX_GRACE_S} seconds")
-    if cfg.max_queue_length < 1:
-        fail("max_queue_length", f"{cfg.max_queue_length} must be at least 1")
+    if not 1 <= cfg.max_queue_length <= _MAX_QUEUE:
+        fail("max_queue_length", f"{cfg.max_queue_length} must be from 1 to {_MAX_QUEUE} requests")
     if not str(cfg.socket_path).strip():
         fail("socket_path", "must not be empty")
-
-
-def _endpoint_problem(text: str, schemes: tuple[str, ...]) -> str:
-    """Why `text` is not [scheme://]HOST:PORT; "" when it is fine."""
-    rest = text
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme not in schemes:
-            return f"scheme {scheme!r} is not supported" if schemes else "no scheme expected"
-    host, sep, port = rest.rstrip("/").rpartition(":")
-    if not sep or not host or host == "[]":
-        return "missing HOST or PORT"
-    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
-        return "IPv6 addresses need brackets, e.g. [::1]:2379"
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= _MAX_PORT):
-        return f"port {port!r} is not 1 to {_MAX_PORT}"
-    return ""
 
 
 def config_keys() -> list[str]:

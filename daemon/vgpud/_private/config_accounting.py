@@ -17,12 +17,13 @@ class AccountingConfig:
     enabled: bool = True
     """Sample this node's leases and write their hourly usage to etcd."""
     sample_interval_s: float = 5.0
-    """How often held capacity and measured use are sampled (use comes from the node watchdog)."""
+    """How often held capacity and measured use are sampled (use comes from the node watchdog); 0.1 to 600
+    seconds."""
     flush_interval_s: float = 10.0
     """How often the current hour's usage is written to etcd: `vgpuctl top` is at most this stale for other
-    nodes (one small write per node per interval)."""
+    nodes (one small write per node per interval). From sample_interval_s to 600 seconds."""
     retention_days: int = 35
-    """How long hourly usage is kept; older hours are deleted."""
+    """How long hourly usage is kept; older hours are deleted. 1 to 3660 days."""
 
 
 def validate_accounting(cfg: AccountingConfig, fail: Callable[[str, str], NoReturn]) -> None:

@@ -26,7 +26,7 @@ class MpsConfig:
     """Where the daemons' logs go, one directory per GPU: `<log_root>/<gpu uuid>/control.log`."""
     start_timeout_s: float = 10.0
     """How long one GPU's control daemon may take to start (its `control` pipe to appear); also bounds each
-    command sent to a daemon (query, quit)."""
+    command sent to a daemon (query, quit). Above 0, at most 600 seconds."""
 
 
 def validate_mps(cfg: MpsConfig, fail: Callable[[str, str], NoReturn]) -> None:

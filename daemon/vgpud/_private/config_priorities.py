@@ -10,6 +10,8 @@ from vgpud._private.core.priorities import PriorityClass
 _CLASS_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 _MAX_S = 7 * 24 * 3600.0
 _MAX_PROJECTS = 1000
+_MAX_CLASSES = 100
+_MAX_VALUE = 1_000_000_000  # the API's PriorityClass.value is an int32
 _PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -21,6 +23,8 @@ def parse_priority_classes(value: object, origin: str) -> tuple[PriorityClass, .
     """Classes from the [priority_classes] table; they replace the built-in inference/train/best-effort."""
     if not isinstance(value, dict) or not value:
         raise PriorityConfigError(f"{origin}: priority_classes: expected tables [priority_classes.NAME]")
+    if len(value) > _MAX_CLASSES:
+        raise PriorityConfigError(f"{origin}: priority_classes: {len(value)} classes is more than {_MAX_CLASSES}")
     out = []
     for name, table in value.items():
         where = f"{origin}: priority_classes.{name}"
@@ -38,8 +42,10 @@ def _one(name: str, table: dict[str, Any], where: str) -> PriorityClass:
     if unknown:
         raise PriorityConfigError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
     value = table.get("value")
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise PriorityConfigError(f"{where}.value: expected an integer (higher is served first)")
+    if not isinstance(value, int) or isinstance(value, bool) or not -_MAX_VALUE <= value <= _MAX_VALUE:
+        raise PriorityConfigError(
+            f"{where}.value: expected an integer from {-_MAX_VALUE} to {_MAX_VALUE} (higher is served first)"
+        )
     flags: dict[str, bool] = {}
     for key, default in (("preemptible", True), ("in_quota_only", False)):
         flag = table.get(key, default)

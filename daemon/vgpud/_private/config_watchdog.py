@@ -17,14 +17,15 @@ class WatchdogConfig:
     enabled: bool = True
     """Watch this host's lease processes at all."""
     interval_s: float = 2.0
-    """How often processes are mapped to leases and measured."""
+    """How often processes are mapped to leases and measured; 0.1 to 600 seconds."""
     over_budget_grace_s: float = 30.0
-    """How long a lease's processes may stay over its memory budget after the warning before it is revoked."""
+    """How long a lease's processes may stay over its memory budget after the warning before it is revoked;
+    0 to 86400 seconds."""
     kill: bool = True
     """Stop (SIGTERM, then SIGKILL) the processes of leases revoked for a missed preemption deadline or
     their memory budget; false only logs them."""
     kill_grace_s: float = 10.0
-    """How long a process has between SIGTERM and SIGKILL."""
+    """How long a process has between SIGTERM and SIGKILL; 0 to 86400 seconds."""
     signal_root_processes: bool = False
     """Also stop processes running as root in a non-root user's lease; false leaves them (and logs it).
     Processes of any other uid than the lease owner's are never signalled."""

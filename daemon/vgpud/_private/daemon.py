@@ -28,6 +28,8 @@ from vgpud._private.backend import make_backend
 from vgpud._private.backend.base import BackendError, DiscoveredGpu, GpuBackend
 from vgpud._private.backend.geometry import all_models, known_models
 from vgpud._private.config import DaemonConfig
+from vgpud._private.connections.file_limit import raise_file_limit
+from vgpud._private.connections.unix_door import UnixDoor
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
 from vgpud._private.core.projects import usage_by_project
@@ -36,12 +38,13 @@ from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grpc_server import prepare_socket, start_grpc_server
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
+from vgpud._private.log_limit import LogLimit
 from vgpud._private.metrics import DaemonMetrics
 from vgpud._private.mps_control import MpsDaemons
 from vgpud._private.node_parts import NodeParts, StartupError
 from vgpud._private.placement_source import PlacementSource
-from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
+from vgpud._private.queueing.pool_queue import PoolQueue
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys, register_gpus
 from vgpud._private.services.serving import Serving
@@ -63,6 +66,8 @@ _STORE_TIMEOUT = 5.0
 def run(config: DaemonConfig) -> int:
     """Run the daemon until SIGTERM/SIGINT; the process exit code."""
     configure_logging(config.log.format, config.log.level)
+    open_files = raise_file_limit()
+    log.debug("open-file limit", soft=open_files)
     embedded: EmbeddedEtcd | None = None
     try:
         _prepare_state_dir(config.state_dir)
@@ -239,8 +244,14 @@ class Daemon:
             timeout=_STORE_TIMEOUT,
             ranking=QueueRanking(view, classes, time.time),
             stopping=stopping,
+            max_length=cfg.max_queue_length,
+            max_per_user=cfg.scheduling.max_waiting_per_user,
+            update_interval=cfg.scheduling.position_update_interval_s,
+            on_position_message=self._metrics.count_position_message,
+            on_cap_refusal=self._metrics.count_queue_refusal,
         )
         serving = Serving(
+            log_limit=LogLimit(cfg.limits.bad_input_log_per_s, on_dropped=self._metrics.count_log_dropped),
             store=store,
             keys=self._keys,
             view=view,
@@ -270,6 +281,7 @@ class Daemon:
             usage_retention_days=cfg.accounting.retention_days,
         )
         self._tasks.start(leadership.run(), "leadership")
+        self._tasks.start(queue.board.run(), "queue-positions")
         self._tasks.start(allocator.liveness.run(), "liveness-leases")
         self._tasks.start(self._reap(allocator), "reaper")
         self._parts.start_realiser(view, allocator)
@@ -279,7 +291,7 @@ class Daemon:
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
         audit_task = await auth.start(stopping)
-        server, health_servicer = await start_grpc_server(serving, self._config, auth.tls)
+        server, health_servicer, door = await start_grpc_server(serving, self._config, auth.tls, self._metrics)
         self._install_signals(auth)
         sdnotify.ready()
         sdnotify.status(f"serving {len(self._gpus)} GPU(s) on {self.endpoint}")
@@ -288,7 +300,9 @@ class Daemon:
             self._tasks.start(self._watchdog(interval / 2), "watchdog")
         log.info("vgpud ready", node=cfg.node_name, endpoint=self.endpoint, gpus=len(self._gpus))
         await self._stop.wait()
-        await self._shut_down(server, health_servicer, serving, queue, leadership)
+        await self._shut_down(
+            server, health_servicer=health_servicer, door=door, serving=serving, queue=queue, leadership=leadership
+        )
         await auth.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(audit_task, _STORE_TIMEOUT)  # `stopping` is set: it writes what is left
@@ -297,7 +311,9 @@ class Daemon:
     async def _shut_down(
         self,
         server: grpc.aio.Server,
+        *,
         health_servicer: health.aio.HealthServicer,
+        door: UnixDoor,
         serving: Serving,
         queue: PoolQueue,
         leadership: Leadership,
@@ -307,7 +323,9 @@ class Daemon:
         sdnotify.stopping()
         await health_servicer.enter_graceful_shutdown()
         serving.stopping.set()
+        door.stop_accepting()
         await server.stop(self._config.shutdown_grace_s)
+        await door.close()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_STORE_TIMEOUT):
                 await queue.settled()  # waiters the stop turned away leave the queue now, not at lease lapse
@@ -456,7 +474,7 @@ class Daemon:
                 )
             counts = Counter(v.value.state.value for v in view.live_leases())
             self._metrics.set_leases({s.value: counts.get(s.value, 0) for s in LeaseState if not s.ended})
-            self._metrics.set_queue_length(len(view.queue()) + len(view.suspended()))
+            self._metrics.set_queue_length(view.waiting_count() + len(view.suspended()))
             held = {name: used.milli for name, used in usage_by_project(v.value for v in view.live_leases()).items()}
             self._seen_projects |= set(held)
             self._metrics.set_project_allocation({name: held.get(name, 0) for name in self._seen_projects})

@@ -21,7 +21,7 @@ from vgpud._private.core.priorities import PriorityClass, PriorityClasses
 from vgpud._private.core.projects import lease_usage, project_of, usage_by_project
 from vgpud._private.core.queue_order import Admit, Decision, Fairness, Hold, Waiting, decide, serving_order, take
 from vgpud._private.core.reclaim import Action, Running, plan
-from vgpud._private.pool_view import PoolView, Queued
+from vgpud._private.pool_view import PoolView, Queued, waiter_of
 
 GRANT_WINDOW_S = 300.0
 """Grant throughput is measured over this window (Little's law: wait = position / rate)."""
@@ -41,9 +41,31 @@ def priority_of(classes: PriorityClasses, name: str) -> PriorityClass:
     return classes.by_name.get(name or classes.default) or classes.get("")
 
 
-def waiting_entries(view: PoolView, classes: PriorityClasses) -> list[Waiting]:
+class WaitingCache:
+    """Waiting entries kept between passes: a queue of thousands is re-read each pass, but few of them change."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, tuple[Queued, Waiting]] = {}
+
+    def entry(self, queued: Queued, classes: PriorityClasses, fresh: dict[str, tuple[Queued, Waiting]]) -> Waiting:
+        """The entry of `queued`, rebuilt only when its record changed (kept in `fresh` for the next pass)."""
+        lease_id = queued.request.lease_id
+        known = self._by_id.get(lease_id)
+        waiting = known[1] if known is not None and known[0] is queued else _from_queue(queued, classes)
+        fresh[lease_id] = (queued, waiting)
+        return waiting
+
+    def replace(self, fresh: dict[str, tuple[Queued, Waiting]]) -> None:
+        """Keep only what this pass saw."""
+        self._by_id = fresh
+
+
+def waiting_entries(view: PoolView, classes: PriorityClasses, cache: WaitingCache | None = None) -> list[Waiting]:
     """Queued requests (not yet refused) and suspended leases, as the core orders them."""
-    out = [_from_queue(q, classes) for q in view.queue() if not q.request.refused]
+    memo = cache or WaitingCache()
+    fresh: dict[str, tuple[Queued, Waiting]] = {}
+    out = [memo.entry(q, classes, fresh) for q in view.queue() if not q.request.refused]
+    memo.replace(fresh)
     for versioned in view.live_leases():
         lease = versioned.value
         if lease.state is LeaseState.SUSPENDED:
@@ -65,6 +87,7 @@ def _from_queue(entry: Queued, classes: PriorityClasses) -> Waiting:
         priority=cls.value,
         since=lease.created_at,
         in_quota_only=cls.in_quota_only,
+        owner=waiter_of(entry.request),
     )
 
 
@@ -82,6 +105,7 @@ def _from_suspended(lease: LeaseRecord, classes: PriorityClasses) -> Waiting:
         since=since,
         in_quota_only=cls.in_quota_only,
         resume=True,
+        owner=lease.owner.user or lease.owner.identity,
     )
 
 
@@ -155,9 +179,10 @@ def decide_pass(
     backfill_bound_s: float,
     reclaim: bool,
     policy: PlacementPolicy | None = None,
+    cache: WaitingCache | None = None,
 ) -> PassResult:
     """Decide the queue (placing with `policy`, default best fit), then plan reclaim for what capacity holds back."""
-    entries = waiting_entries(view, classes)
+    entries = waiting_entries(view, classes, cache)
     fair = fairness(view, now=now, backfill_bound_s=backfill_bound_s)
     decisions = decide(entries, nodes, down, fair, policy)
     actions: list[Action] = []
@@ -173,9 +198,11 @@ def decide_pass(
     return PassResult(decisions, actions)
 
 
-def queue_positions(view: PoolView, classes: PriorityClasses, *, now: float) -> list[Waiting]:
+def queue_positions(
+    view: PoolView, classes: PriorityClasses, *, now: float, cache: WaitingCache | None = None
+) -> list[Waiting]:
     """The queue in the order the leader serves it (every daemon can compute this from its view)."""
-    return serving_order(waiting_entries(view, classes), fairness(view, now=now, backfill_bound_s=0.0))
+    return serving_order(waiting_entries(view, classes, cache), fairness(view, now=now, backfill_bound_s=0.0))
 
 
 def grant_rate(leases: Iterable[LeaseRecord], now: float) -> float:
@@ -198,13 +225,14 @@ class QueueRanking:
         self._classes = classes
         self._clock = clock
         self._cached: tuple[int, list[str], float] | None = None
+        self._entries = WaitingCache()
 
     def __call__(self) -> tuple[list[str], float]:
         """(lease ids in serving order, grants per second lately)."""
         generation = self._view.generation
         if self._cached is None or self._cached[0] != generation:
             now = self._clock()
-            order = [w.lease_id for w in queue_positions(self._view, self._classes, now=now)]
+            order = [w.lease_id for w in queue_positions(self._view, self._classes, now=now, cache=self._entries)]
             leases = [v.value for v in self._view.live_leases()] + [v.value for v in self._view.ended_leases()]
             self._cached = (generation, order, grant_rate(leases, now))
         return self._cached[1], self._cached[2]

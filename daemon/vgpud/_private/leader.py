@@ -22,7 +22,7 @@ from vgpud._private.core.model import LeaseState
 from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.core.queue_order import Admit, Hold, Reject
 from vgpud._private.core.reclaim import Action, Resize
-from vgpud._private.fair_pass import decide_pass, priority_of
+from vgpud._private.fair_pass import WaitingCache, decide_pass, priority_of
 from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grants.elastic_growth import growable
 from vgpud._private.grants.lease_transitions import LeaseTransitions
@@ -70,6 +70,8 @@ class Leadership:
         self._valid_until = 0.0
         self.holds: dict[str, str] = {}
         """Why each held request waits, from the last decision pass (for queue positions)."""
+        self._entries = WaitingCache()
+        """The queue as the core sees it, kept between passes."""
         self._classes = classes
         self._scheduling = scheduling or SchedulingConfig()
         self._last_grow = 0.0
@@ -159,11 +161,14 @@ class Leadership:
     async def _decide_loop(self, allocator: Allocator) -> None:
         while True:
             generation = self._view.generation
+            started = time.perf_counter()
             try:
                 await self.decide_once(allocator)
             except (StoreError, Refusal) as exc:
                 log.warning("leader pass failed; retrying", error=str(exc))
-            await asyncio.sleep(_PASS_GAP_S)  # what changes meanwhile is seen by the wait below
+            # Twice as long as the pass took: under a flood of queue changes passes take at most a third of the
+            # loop, and what changes meanwhile is seen by the wait below.
+            await asyncio.sleep(max(_PASS_GAP_S, 2 * (time.perf_counter() - started)))
             await self._view.wait_changed(generation, timeout=_IDLE_PASS_S)
 
     async def decide_once(self, allocator: Allocator) -> None:
@@ -193,6 +198,7 @@ class Leadership:
             backfill_bound_s=sched.backfill_bound_s,
             reclaim=sched.reclaim,
             policy=allocator.placement_policy(),
+            cache=self._entries,
         )
         self.holds = {d.lease_id: d.message for d in result.decisions if isinstance(d, Hold)}
         writes += [self._apply(allocator, transitions, d) for d in result.decisions if not isinstance(d, Hold)]

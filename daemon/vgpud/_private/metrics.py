@@ -104,6 +104,28 @@ class DaemonMetrics:
             ["action"],
             registry=r,
         )
+        self._position_messages = Counter(
+            "vgpu_queue_position_messages", "Queue position updates sent to waiting clients", registry=r
+        )
+        self._queue_refusals = Counter(
+            "vgpu_queue_refusals",
+            "Acquire requests refused by a queue cap (max_queue_length, ...)",
+            ["cap"],
+            registry=r,
+        )
+        self._connections = Gauge("vgpu_socket_connections", "Open connections to the Unix socket", registry=r)
+        self._connection_refusals = Counter(
+            "vgpu_socket_connection_refusals",
+            "Unix socket connections closed at once by a [limits] cap, by cap",
+            ["cap"],
+            registry=r,
+        )
+        self._log_dropped = Counter(
+            "vgpu_log_dropped",
+            "Log lines left out by rate limiting (the events were counted), by event",
+            ["event"],
+            registry=r,
+        )
         self._lease_series: set[tuple[str, str]] = set()
         self._build = Info("vgpu_build", "vgpud build", registry=r)
         self._build.info({"version": _vgpu_version(), "python": platform.python_version()})
@@ -173,6 +195,26 @@ class DaemonMetrics:
     def count_rpc_error(self, method: str, code: str) -> None:
         """One RPC that failed with gRPC status `code`."""
         self._rpc_errors.labels(method, code).inc()
+
+    def count_position_message(self) -> None:
+        """One queue position update sent."""
+        self._position_messages.inc()
+
+    def count_queue_refusal(self, cap: str) -> None:
+        """One acquire refused by the queue cap `cap`."""
+        self._queue_refusals.labels(cap).inc()
+
+    def set_socket_connections(self, n: int) -> None:
+        """Connections open on the Unix socket now."""
+        self._connections.set(n)
+
+    def count_connection_refusal(self, cap: str) -> None:
+        """One connection closed at once by the cap `cap`."""
+        self._connection_refusals.labels(cap).inc()
+
+    def count_log_dropped(self, event: str, n: int = 1) -> None:
+        """Log lines about `event` left out by rate limiting."""
+        self._log_dropped.labels(event).inc(n)
 
     def render(self) -> bytes:
         """The exposition text a scrape would get."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -51,6 +51,14 @@ class _Tables:
     projects: dict[str, Versioned[Quota]] = field(default_factory=dict)
     suspended: dict[str, str] = field(default_factory=dict)
     """Suspended lease id -> the node it must resume on ("" for any node)."""
+    waiting_by_owner: dict[str, int] = field(default_factory=dict)
+    """Live (not refused) queued requests per owner (`waiter_of`), for the per-user cap."""
+
+
+def waiter_of(request: QueuedRequest) -> str:
+    """Whom a queued request counts against for the per-user cap: its verified owner."""
+    owner = request.lease.owner
+    return owner.user or owner.identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +89,7 @@ class PoolView:
         self._change = asyncio.Event()
         self._generation = 0
         self._lease_listeners: dict[str, set[asyncio.Queue[Versioned[LeaseRecord]]]] = {}
+        self._request_listeners: dict[str, set[asyncio.Event]] = {}
         self.on_liveness_lost: Callable[[str], None] = lambda _lease_id: None
         """Called with a lease id whose alive key vanished while the lease was live (expiry)."""
 
@@ -147,6 +156,15 @@ class PoolView:
         """Waiting requests of the whole pool in arrival order."""
         return sorted(self._t.queue.values(), key=lambda q: q.created)
 
+    def waiting_count(self, owner: str | None = None) -> int:
+        """Live (not refused) queued requests: of the whole pool, or of one owner (`waiter_of`)."""
+        counts = self._t.waiting_by_owner
+        return counts.get(owner, 0) if owner is not None else sum(counts.values())
+
+    def queue_entries(self) -> Collection[Queued]:
+        """Waiting requests of the whole pool, unordered (cheaper than `queue()` where order does not matter)."""
+        return self._t.queue.values()
+
     def queued(self, lease_id: str) -> Queued | None:
         """One waiting request, if it is still queued."""
         return self._t.queue.get(lease_id)
@@ -202,6 +220,35 @@ class PoolView:
             if not listeners:
                 del self._lease_listeners[lease_id]
 
+    def listen_request(self, lease_id: str) -> asyncio.Event:
+        """An event set whenever queue/<lease_id> or leases/<lease_id> changes; call unlisten_request when done."""
+        event = asyncio.Event()
+        self._request_listeners.setdefault(lease_id, set()).add(event)
+        return event
+
+    def unlisten_request(self, lease_id: str, event: asyncio.Event) -> None:
+        """Stop setting `event`."""
+        listeners = self._request_listeners.get(lease_id)
+        if listeners is not None:
+            listeners.discard(event)
+            if not listeners:
+                del self._request_listeners[lease_id]
+
+    def _request_changed(self, lease_id: str) -> None:
+        for event in self._request_listeners.get(lease_id, ()):
+            event.set()
+
+    def _count_waiting(self, queued: Queued | None, step: int) -> None:
+        if queued is None or queued.request.refused:
+            return
+        owner = waiter_of(queued.request)
+        counts = self._t.waiting_by_owner
+        left = counts.get(owner, 0) + step
+        if left > 0:
+            counts[owner] = left
+        else:
+            counts.pop(owner, None)
+
     # -- upkeep ------------------------------------------------------------------------------------
     async def run(self) -> None:
         """List, then watch; re-list after compaction or a broken watch. Runs until cancelled."""
@@ -254,6 +301,9 @@ class PoolView:
         self._tombstones.clear()
         for kv in kvs:
             self._put(kv.key, kv.value, kv.mod_revision, notify=False, kv=kv)
+        for events in self._request_listeners.values():  # a re-list may have dropped or changed any request
+            for event in events:
+                event.set()
         self._revision = max(self._revision, revision)
         self._ready.set()
         self._bump()
@@ -318,7 +368,10 @@ class PoolView:
             earlier = t.queue.get(name)
             created = (kv.create_revision if kv else 0) or (earlier.created if earlier else revision)
             store_lease = kv.lease if kv else (earlier.store_lease if earlier else 0)
+            self._count_waiting(earlier, -1)
             t.queue[name] = Queued(request, created, revision, store_lease)
+            self._count_waiting(t.queue[name], +1)
+            self._request_changed(name)
         elif kind == "leader":
             t.leader = Versioned(value.decode(errors="replace"), revision)
         elif kind == "projects":
@@ -358,6 +411,7 @@ class PoolView:
             if notify:
                 for queue in self._lease_listeners.get(name, ()):
                     queue.put_nowait(record)
+            self._request_changed(name)
 
     def _delete(self, key: str, revision: int) -> None:  # noqa: PLR0912 -- one branch per key kind, as in _store_record
         if self._stale(key, revision):
@@ -383,8 +437,10 @@ class PoolView:
             t.leases.pop(name, None)
             t.suspended.pop(name, None)
             self._ended.pop(name, None)
+            self._request_changed(name)
         elif kind == "queue":
-            t.queue.pop(name, None)
+            self._count_waiting(t.queue.pop(name, None), -1)
+            self._request_changed(name)
         elif kind == "leader":
             t.leader = None
         elif kind == "projects":

@@ -48,7 +48,7 @@ Weight = Annotated[
         "--over-quota-weight",
         metavar="W",
         parser=parse_weight,
-        help="Its share of idle GPUs beyond deserved, relative to other projects' weights (above 0).",
+        help="Its share of idle GPUs beyond deserved, relative to other projects' weights (0.001 to 1000000).",
         show_default=False,
     ),
 ]

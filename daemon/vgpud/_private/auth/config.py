@@ -22,11 +22,12 @@ class AuthConfig:
     """Authenticate every call. false is only for simulated GPUs without --listen (benchmarks' baseline): every
     local caller is then an admin."""
     admin_groups: tuple[str, ...] = ("vgpu-admin",)
-    """Local groups whose members are admins (root always is)."""
+    """Local groups whose members are admins (root always is); at most 100."""
     open_default_project: bool = True
     """Every user may acquire in the `default` project; false: only its members do."""
     credential_ttl_s: float = 300.0
-    """How long a credential from the credential socket is good for; clients renew it at two thirds."""
+    """How long a credential from the credential socket is good for; clients renew it at two thirds. 10 to
+    86400 seconds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,7 @@ class AuditConfig:
     """The audit trail ([audit] table)."""
 
     retention_days: int = 90
-    """How long audit records stay in etcd (every daemon prunes older ones)."""
+    """How long audit records stay in etcd (every daemon prunes older ones); 1 to 3650 days."""
 
 
 _Fail = Callable[[str, str], NoReturn]

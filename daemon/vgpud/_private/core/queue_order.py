@@ -43,6 +43,9 @@ class Waiting:
     """Its class is granted only within the project's deserved quota."""
     resume: bool = False
     """A suspended lease: granting it resumes the lease."""
+    owner: str = ""
+    """Who asked (the verified user): within a project and class, owners take turns, so one user's flood
+    of requests does not push everyone else's behind it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +114,43 @@ def _ordered(queue: Sequence[Waiting], fairness: Fairness | None, gained: dict[s
         yield from queue
         return
     lanes: dict[str, list[Waiting]] = {}
-    for entry in sorted(queue, key=lambda e: (-e.priority, e.since)):
+    for entry in _taking_turns(queue):
         lanes.setdefault(entry.project, []).append(entry)
     heads = dict.fromkeys(lanes, 0)
+
+    def rank(project: str) -> tuple[int, float, float]:
+        head = lanes[project][heads[project]]
+        quota = fairness.quotas.get(project) or default_quota(project)
+        used = fairness.used.get(project, Usage()) + gained.get(project, Usage())
+        return (*project_rank(quota, used, asked(head.request), fairness.capacity), head.since)
+
+    # Only the project that just yielded changes rank (its head moved, and what it gained may have grown).
+    ranks = {project: rank(project) for project in heads}
     while heads:
-
-        def rank(project: str) -> tuple[int, float, float]:
-            head = lanes[project][heads[project]]
-            quota = fairness.quotas.get(project) or default_quota(project)
-            used = fairness.used.get(project, Usage()) + gained.get(project, Usage())
-            return (*project_rank(quota, used, asked(head.request), fairness.capacity), head.since)
-
-        project = min(heads, key=rank)
+        project = min(heads, key=ranks.__getitem__) if len(heads) > 1 else next(iter(heads))
         yield lanes[project][heads[project]]
         heads[project] += 1
         if heads[project] == len(lanes[project]):
             del heads[project]
+            del ranks[project]
+        elif len(heads) > 1:
+            ranks[project] = rank(project)
+
+
+def _taking_turns(queue: Sequence[Waiting]) -> list[Waiting]:
+    """By class, then each owner's first request before anyone's second (round robin), then age.
+
+    With one owner this is plain (class, age) order.
+    """
+    turns: dict[tuple[str, int, str], int] = {}
+    keyed = []
+    for entry in sorted(queue, key=lambda e: (-e.priority, e.since)):
+        group = (entry.project, entry.priority, entry.owner)
+        turn = turns.get(group, 0)
+        turns[group] = turn + 1
+        keyed.append(((-entry.priority, turn, entry.since), entry))
+    keyed.sort(key=lambda pair: pair[0])
+    return [entry for _, entry in keyed]
 
 
 def decide(
@@ -146,6 +170,9 @@ def decide(
     blocked: dict[str, str] = {}
     gained: dict[str, Usage] = {}
     out: list[Decision] = []
+    unplaceable: dict[tuple[ShapeRequest, tuple[str, ...], bool], Unplaceable] = {}
+    """Requests found not to fit since the last admit: an identical one behind them does not fit either
+    (a flood of equal requests costs one placement per pass, not one each)."""
     for entry in _ordered(queue, fairness, gained):
         if entry.target_node and entry.target_node not in working:
             if entry.target_node in known_nodes:
@@ -159,8 +186,10 @@ def decide(
             out.append(Hold(entry.lease_id, f"waiting behind {ahead[0]}"))
             _block(blocked, candidates, ahead[0], entry, fairness)
             continue
-        result = place_elastic(entry, {n: working[n] for n in candidates}, policy)
+        shape_key = (entry.request, tuple(candidates), entry.span)
+        result = unplaceable.get(shape_key) or place_elastic(entry, {n: working[n] for n in candidates}, policy)
         if isinstance(result, Unplaceable):
+            unplaceable[shape_key] = result
             if result.never:
                 out.append(Reject(entry.lease_id, reasons.NEVER_FITS, result.message))
             elif not entry.wait:
@@ -182,6 +211,7 @@ def decide(
         out.append(Admit(entry.lease_id, result))
         gained[entry.project] = gained.get(entry.project, Usage()) + placed_use(result)
         take(working, result)
+        unplaceable.clear()
     return out
 
 

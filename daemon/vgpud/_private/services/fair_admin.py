@@ -8,6 +8,7 @@ from collections import Counter
 from google.protobuf import duration_pb2
 
 from vgpu._private import reasons
+from vgpu._private.units import MILLI_PER_GPU, format_memory
 from vgpu.api.v1 import admin_pb2, types_pb2
 from vgpud._private.auth.access import check_members, sees_everything
 from vgpud._private.auth.gate import current_caller
@@ -24,6 +25,12 @@ from vgpud._private.store.base import Delete, ModRevisionIs, Put
 
 _MAX_MILLI = 10**9
 """A million GPUs: anything above is a unit mistake."""
+_MAX_MEMORY = validation.MAX_SLICE_MEMORY * 2**16
+"""1 EiB (65,536 GPUs of the largest slice, or a million GPUs of 1 TiB): anything above is a unit mistake."""
+_WEIGHT_RANGE = (1e-3, 1e6)
+"""Over-quota weights besides 0: a denormal or huge weight makes the fair-share divisions overflow."""
+_SMALL_MEMORY_LIMIT = 1024**3
+"""A memory limit below this is allowed but warned about: no GPU has so little."""
 _MAX_GRACE_S = 3600
 _MIN_GRACE_S = 1
 
@@ -32,12 +39,28 @@ def _quota_in(raw: types_pb2.Quota) -> Quota:
     name = validation.node_name(raw.project) if raw.project else ""
     if not name:
         raise Refusal(reasons.INVALID_REQUEST, "quota.project is required: the project's name")
-    weight = raw.over_quota_weight
-    if not math.isfinite(weight) or weight < 0:
-        raise Refusal(reasons.INVALID_REQUEST, f"over_quota_weight {weight} must be a number >= 0 (default 1)")
+    weight = raw.over_quota_weight or 0.0  # -0.0 is stored as 0
+    low, high = _WEIGHT_RANGE
+    if weight != 0 and not (math.isfinite(weight) and low <= weight <= high):
+        raise Refusal(
+            reasons.INVALID_REQUEST,
+            f"over_quota_weight {weight!r} must be 0 (no share of idle capacity) or from {low:g} to {high:.0f} "
+            "(1: an equal share)",
+        )
     for field in ("deserved_milli", "limit_milli"):
         if getattr(raw, field) > _MAX_MILLI:
-            raise Refusal(reasons.INVALID_REQUEST, f"{field} {getattr(raw, field)} is beyond any pool; check the unit")
+            raise Refusal(
+                reasons.INVALID_REQUEST,
+                f"{field} {getattr(raw, field)} is beyond any pool (at most {_MAX_MILLI}, a million GPUs); "
+                "check the unit: 1000 milli-GPU is one GPU",
+            )
+    for field in ("deserved_memory_bytes", "limit_memory_bytes"):
+        if getattr(raw, field) > _MAX_MEMORY:
+            raise Refusal(
+                reasons.INVALID_REQUEST,
+                f"{field} {getattr(raw, field)} is beyond any pool (at most {_MAX_MEMORY} bytes, 1 EiB); "
+                "check the unit: the value is in bytes",
+            )
     if raw.limit_milli and raw.limit_milli < raw.deserved_milli:
         raise Refusal(
             reasons.INVALID_REQUEST,
@@ -112,6 +135,27 @@ def _warnings(quotas: dict[str, Quota], capacity_milli: int) -> list[str]:
     return []
 
 
+def _small_limit_warnings(q: Quota) -> list[str]:
+    """What a limit below one GPU (or 1 GiB) shuts out: such a limit is allowed, but most likely a unit slip.
+
+    A request that alone is above the limit is refused at once (OVER_QUOTA), never queued for ever; the
+    admin hears here, when setting it, which requests that will be.
+    """
+    out = []
+    if q.limit_milli and q.limit_milli < MILLI_PER_GPU:
+        out.append(
+            f"project {q.project}'s limit of {q.limit_milli / MILLI_PER_GPU:g} GPU is less than one GPU: whole-GPU "
+            f"requests, and slices with a compute share above {q.limit_milli} milli-GPU, are refused at once "
+            f"(OVER_QUOTA); if that is a unit slip, set it in GPUs: vgpuctl quota set {q.project} --limit 1gpu"
+        )
+    if q.limit_memory_bytes and q.limit_memory_bytes < _SMALL_MEMORY_LIMIT:
+        out.append(
+            f"project {q.project}'s memory limit of {format_memory(q.limit_memory_bytes)} is less than 1GiB: "
+            "requests for more memory (and every whole GPU) are refused at once (OVER_QUOTA)"
+        )
+    return out
+
+
 async def set_quota(s: Serving, request: admin_pb2.SetQuotaRequest) -> admin_pb2.SetQuotaResponse:
     """Create or replace a project's quota (guarded by the key's revision)."""
     quota = _quota_in(request.quota)
@@ -124,7 +168,8 @@ async def set_quota(s: Serving, request: admin_pb2.SetQuotaRequest) -> admin_pb2
     s.view.apply_committed([put], txn.revision, {key: quota})
     statuses, capacity, _ = _statuses(s)
     status = next(p for p in statuses if p.quota.project == quota.project)
-    return admin_pb2.SetQuotaResponse(project=status, warnings=_warnings(s.view.quotas(), capacity))
+    warnings = _small_limit_warnings(quota) + _warnings(s.view.quotas(), capacity)
+    return admin_pb2.SetQuotaResponse(project=status, warnings=warnings)
 
 
 async def get_quota(s: Serving, request: admin_pb2.GetQuotaRequest) -> admin_pb2.GetQuotaResponse:

@@ -16,9 +16,10 @@ from vgpud._private.core.priorities import STANDARD, PriorityClasses
 from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grants.lease_transitions import LeaseTransitions
 from vgpud._private.idle_leases import IdleLeases
+from vgpud._private.log_limit import LogLimit
 from vgpud._private.node_watchdog import NodeWatchdog
-from vgpud._private.pool_queue import PoolQueue
 from vgpud._private.pool_view import PoolView
+from vgpud._private.queueing.pool_queue import PoolQueue
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Store
 from vgpud._private.usage_ledger import UsageLedger
@@ -73,6 +74,8 @@ class Serving:
     """How far back `vgpuctl audit` may ask ([audit] retention_days)."""
     access: Access = field(default_factory=Access)
     """Project membership, priority classes limited to projects, the default project's openness."""
+    log_limit: LogLimit = field(default_factory=lambda: LogLimit(1.0))
+    """Refusals of client input are logged through this, at a bounded rate."""
 
     def mps_pipes(self, lease: LeaseRecord) -> dict[str, str]:
         """GPU UUID -> MPS pipe directory of the lease's GPUs whose nodes run MPS for them (lease environments)."""

@@ -43,6 +43,8 @@ CODES: Final[dict[str, grpc.StatusCode]] = {
     reasons.PROJECT_BUSY: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.PROJECT_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
     reasons.NO_CAPACITY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.QUEUE_FULL: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.TOO_MANY_WAITING: grpc.StatusCode.RESOURCE_EXHAUSTED,
     reasons.NEVER_FITS: grpc.StatusCode.FAILED_PRECONDITION,
     reasons.QUEUE_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     reasons.LEASE_NOT_FOUND: grpc.StatusCode.NOT_FOUND,
@@ -174,7 +176,12 @@ def _refused(
                 message=refusal.message,
             )
     else:
-        log.info("rpc refused", reason=refusal.reason, ms=round((time.perf_counter() - started) * 1e3, 2))
+        servicer._s.log_limit.info(
+            "rpc refused",
+            event=f"refused:{refusal.reason}",
+            reason=refusal.reason,
+            ms=round((time.perf_counter() - started) * 1e3, 2),
+        )
     return refusal
 
 

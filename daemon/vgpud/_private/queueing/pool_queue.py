@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import structlog
 
@@ -21,27 +21,18 @@ from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import LeaseState
 from vgpud._private.core.queued import QueuedRequest
 from vgpud._private.grants.allocator import AcquireSpec, Allocator
-from vgpud._private.pool_view import PoolView
+from vgpud._private.pool_view import PoolView, waiter_of
+from vgpud._private.queueing.positions import Position, PositionBoard
 from vgpud._private.refusal import Refusal
 from vgpud._private.registry import Keys
 from vgpud._private.store.base import Delete, ModRevisionIs, Put, Store, StoreError
 
 log = structlog.get_logger("vgpud.pool_queue")
 
-_RECHECK_S = 2.0
+_RECHECK_S = 60.0
+"""A waiting stream looks at its request this often even without a change (a safety net, not the signal)."""
 _WITHDRAW_RETRY_S = 0.5
 _WITHDRAW_RETRY_MAX_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class Position:
-    """Where a waiting request stands, for QueueStatus."""
-
-    position: int
-    length: int
-    reason: str
-    estimated_wait_s: float = 0.0
-    """Position / recent grant rate (Little's law); 0 when no grant was seen lately."""
 
 
 class PoolQueue:
@@ -60,6 +51,11 @@ class PoolQueue:
         timeout: float,
         ranking: Callable[[], tuple[list[str], float]] | None = None,
         stopping: asyncio.Event,
+        max_length: int = 10_000,
+        max_per_user: int = 100,
+        update_interval: float = 1.0,
+        on_position_message: Callable[[], object] = lambda: None,
+        on_cap_refusal: Callable[[str], object] = lambda _cap: None,
     ) -> None:
         self._store = store
         self._stopping = stopping
@@ -74,21 +70,69 @@ class PoolQueue:
         self._ranking = ranking
         """The leader's serving order (queued and suspended ids) and the grant rate, when fair sharing is on."""
         self._withdrawing: set[asyncio.Future[None]] = set()
+        self._max_length = max_length
+        self._max_per_user = max_per_user
+        self._on_cap_refusal = on_cap_refusal
+        self._submitting: Counter[str] = Counter()
+        self._submitting_total = 0
+        self.board = PositionBoard(
+            view, ranking or self._arrival_order, holds, interval=update_interval, on_message=on_position_message
+        )
+        """Who of this daemon's waiting clients hears a new position, and when."""
+
+    def _arrival_order(self) -> tuple[list[str], float]:
+        return [q.request.lease_id for q in self._view.queue() if not q.request.refused], 0.0
 
     def waiting_for(self, node: str) -> bool:
         """Whether any live request in the queue could take capacity on `node` (so a newcomer must queue)."""
         if any(target in ("", node) for target in self._view.suspended().values()):
             return True
         return any(
-            not q.request.refused and q.request.wait and q.request.target_node in ("", node) for q in self._view.queue()
+            not q.request.refused and q.request.wait and q.request.target_node in ("", node)
+            for q in self._view.queue_entries()
         )
 
     async def submit(self, spec: AcquireSpec, lease_id: str, token: str, *, wait: bool) -> QueuedRequest:
         """Put the request in the queue (or find it there from an earlier attempt of the same request id)."""
         pending = self._allocator.pending_record(spec, lease_id, token, self._node)
         request = QueuedRequest(pending, target_node="" if spec.any_node else spec.node, span=spec.span, wait=wait)
-        await self._put(request)
+        if self._view.queued(lease_id) is not None:
+            return request  # an earlier attempt of this request id still waits: keep its place
+        owner = waiter_of(request)
+        self._check_caps(owner)
+        self._submitting[owner] += 1  # counted until the view has it, so concurrent submissions cannot pass a cap
+        self._submitting_total += 1
+        try:
+            await self._put(request)
+        finally:
+            self._submitting_total -= 1
+            self._submitting[owner] -= 1
+            if not self._submitting[owner]:
+                del self._submitting[owner]
         return request
+
+    def _check_caps(self, owner: str) -> None:
+        """Refuse a newcomer past the pool's queue length or its owner's share of it (RESOURCE_EXHAUSTED).
+
+        Counted in this daemon's view: requests submitted at the same moment on other nodes may pass a cap
+        by the few that raced; none is ever lost or double-granted by that.
+        """
+        waiting = self._view.waiting_count() + self._submitting_total
+        if waiting >= self._max_length:
+            self._on_cap_refusal("max_queue_length")
+            raise Refusal(
+                reasons.QUEUE_FULL,
+                f"the pool's queue is full: {waiting} requests wait (max_queue_length = {self._max_length}); "
+                "retry later, or ask an admin to raise max_queue_length",
+            )
+        mine = self._view.waiting_count(owner) + self._submitting[owner]
+        if mine >= self._max_per_user:
+            self._on_cap_refusal("max_waiting_per_user")
+            raise Refusal(
+                reasons.TOO_MANY_WAITING,
+                f"{owner} already has {mine} requests waiting (max_waiting_per_user = {self._max_per_user}); "
+                "wait for some to be granted or cancel them first",
+            )
 
     async def _put(self, request: QueuedRequest) -> None:
         key = self._keys.queue(request.lease_id)
@@ -104,56 +148,52 @@ class PoolQueue:
             self._view.refresh_key(await self._store.get(guarded, timeout=self._timeout), guarded)
 
     def position(self, lease_id: str) -> Position:
-        """1-based place among live waiting requests, and why it waits."""
-        rate = 0.0
-        if self._ranking is not None:
-            ids, rate = self._ranking()
-        else:
-            ids = [q.request.lease_id for q in self._view.queue() if not q.request.refused]
-        if lease_id not in ids:
-            return Position(0, len(ids), "")
-        index = ids.index(lease_id)
-        if self._view.leader() is None:
-            reason = "no pool leader is elected right now; waiting for one"
-        else:
-            reason = self._holds().get(lease_id) or (f"{index} request(s) ahead" if index else "waiting for capacity")
-        return Position(index + 1, len(ids), reason, (index + 1) / rate if rate > 0 else 0.0)
+        """1-based place among live waiting requests, and why it waits (ranked now: for the admin listing)."""
+        return self.board.rank().get(lease_id) or Position(0, self._view.waiting_count(), "")
 
     async def follow(self, request: QueuedRequest, deadline: float) -> AsyncIterator[Position | LeaseRecord]:
-        """Positions while it waits, then the granted lease; Refusal when refused or past `deadline`."""
-        lease_id = request.lease_id
-        last: tuple[int, int, str] | None = None
-        while True:
-            granted = self._view.lease(lease_id)
-            if granted is not None:
-                if granted.value.state.ended:
-                    raise Refusal(reasons.INVALID_REQUEST, f"lease {lease_id} of this request id has ended")
-                yield granted.value
-                return
-            queued = self._view.queued(lease_id)
-            if queued is None:
-                await self._put(request)  # its node lease was replaced (etcd outage): queue again
-            elif queued.request.refused:
-                await self._delete(lease_id)
-                raise Refusal(queued.request.refusal_reason, queued.request.refusal_message)
-            pos = self.position(lease_id)
-            if (pos.position, pos.length, pos.reason) != last and pos.position:
-                last = (pos.position, pos.length, pos.reason)
-                yield pos
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._timed_out(request, pos)
-            await self._wait(min(remaining, _RECHECK_S))
+        """Positions while it waits (only when its own place changed), then the granted lease.
 
-    async def _wait(self, timeout: float) -> None:
-        """Until the view changes, the daemon stops, or `timeout`; Refusal when stopping."""
-        changed = asyncio.ensure_future(self._view.wait_changed(self._view.generation, timeout=timeout))
-        stopping = asyncio.ensure_future(self._stopping.wait())
+        Refusal when refused or past `deadline`. Wakes on changes of its own queue and lease keys (grants
+        and refusals at once) and on the board's say (positions); it never ranks the queue itself.
+        """
+        lease_id = request.lease_id
+        watch = self.board.watch(lease_id)
+        changed = self._view.listen_request(lease_id)
         try:
-            await asyncio.wait({changed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            while True:
+                granted = self._view.lease(lease_id)
+                if granted is not None:
+                    if granted.value.state.ended:
+                        raise Refusal(reasons.INVALID_REQUEST, f"lease {lease_id} of this request id has ended")
+                    yield granted.value
+                    return
+                queued = self._view.queued(lease_id)
+                if queued is None:
+                    await self._put(request)  # its node lease was replaced (etcd outage): queue again
+                elif queued.request.refused:
+                    await self._delete(lease_id)
+                    raise Refusal(queued.request.refusal_reason, queued.request.refusal_message)
+                pos = self.board.take(watch)
+                if pos is not None:
+                    yield pos
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self._timed_out(request, self.board.last(lease_id) or Position(0, 0, ""))
+                await self._wait((changed, watch.event), min(remaining, _RECHECK_S))
+                changed.clear()
         finally:
-            changed.cancel()
-            stopping.cancel()
+            self.board.unwatch(watch)
+            self._view.unlisten_request(lease_id, changed)
+
+    async def _wait(self, events: tuple[asyncio.Event, ...], timeout: float) -> None:
+        """Until one of `events` is set, the daemon stops, or `timeout`; Refusal when stopping."""
+        waiters = [asyncio.ensure_future(e.wait()) for e in (*events, self._stopping)]
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
         if self._stopping.is_set():
             raise Refusal(reasons.SHUTTING_DOWN, "vgpud is shutting down; retry to keep your place")
 

@@ -1,0 +1,1 @@
+"""What stands between clients and vgpud's services: the Unix socket door, gRPC's limits, the fd limit."""
