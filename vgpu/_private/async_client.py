@@ -70,14 +70,20 @@ class AsyncClient:
         return error_for(failure_of_aio_call(error), endpoint=self.endpoint, timeout=timeout, tls=self.tls)
 
     async def _unary(
-        self, rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp], request: Req, deadline: float | None = None
+        self,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        deadline: float | None = None,
+        *,
+        lease_call: bool = False,
     ) -> Resp:
+        """One call, renewing a stale credential once; `lease_call` waits for a reconnect (see SyncClient)."""
         if self.closed.is_set():
             raise self.closed_error()
         deadline = self.timeout if deadline is None else deadline
         for attempt in range(2):
             try:
-                return await rpc(request, timeout=deadline, metadata=await self.metadata())
+                return await rpc(request, timeout=deadline, metadata=await self.metadata(), wait_for_ready=lease_call)
             except grpc.aio.AioRpcError as exc:
                 failure = self.error(exc, timeout=deadline)
                 if attempt or not self._renewed(failure):
@@ -97,17 +103,17 @@ class AsyncClient:
     ) -> workload_pb2.HeartbeatResponse:
         """One heartbeat with its own (short) deadline, carrying the workload's last usage report if any."""
         request = workload_pb2.HeartbeatRequest(lease_id=lease_id, token=token, usage=usage)
-        return await self._unary(self._stub.Heartbeat, request, deadline)
+        return await self._unary(self._stub.Heartbeat, request, deadline, lease_call=True)
 
     async def ack_preempt(self, lease_id: str, token: str) -> types_pb2.Lease:
         """Acknowledge a preemption: the daemon frees the slices and answers with the suspended lease."""
         request = workload_pb2.AckPreemptRequest(lease_id=lease_id, token=token)
-        return (await self._unary(self._stub.AckPreempt, request)).lease
+        return (await self._unary(self._stub.AckPreempt, request, lease_call=True)).lease
 
     async def get_lease(self, lease_id: str, token: str) -> types_pb2.Lease:
         """The lease as the daemon sees it now."""
         request = workload_pb2.GetLeaseRequest(lease_id=lease_id, token=token)
-        return (await self._unary(self._stub.GetLease, request)).lease
+        return (await self._unary(self._stub.GetLease, request, lease_call=True)).lease
 
     async def list_leases(self, owner_user: str, project: str) -> list[types_pb2.Lease]:
         """Live leases, optionally filtered."""

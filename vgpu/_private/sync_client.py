@@ -69,13 +69,25 @@ class SyncClient:
             return self.closed_error()
         return error_for(failure_of_sync_call(error), endpoint=self.endpoint, timeout=timeout, tls=self.tls)
 
-    def _unary(self, rpc: grpc.UnaryUnaryMultiCallable[Req, Resp], request: Req, timeout: float | None = None) -> Resp:
+    def _unary(
+        self,
+        rpc: grpc.UnaryUnaryMultiCallable[Req, Resp],
+        request: Req,
+        timeout: float | None = None,
+        *,
+        lease_call: bool = False,
+    ) -> Resp:
+        """One call, renewing a stale credential once.
+
+        `lease_call`: about a lease this process holds, so the daemon was there; the call waits (within its
+        deadline) for a reconnect instead of failing at once (a daemon restart is not a lost lease).
+        """
         if self.closed.is_set():
             raise self.closed_error()
         deadline = self.timeout if timeout is None else timeout
         for attempt in range(2):
             try:
-                return rpc(request, timeout=deadline, metadata=self.metadata())
+                return rpc(request, timeout=deadline, metadata=self.metadata(), wait_for_ready=lease_call)
             except grpc.RpcError as exc:
                 failure = self.error(exc, timeout=deadline)
                 if attempt or not self._renewed(failure):
@@ -97,17 +109,17 @@ class SyncClient:
     ) -> workload_pb2.HeartbeatResponse:
         """One heartbeat with its own (short) deadline, carrying the workload's last usage report if any."""
         request = workload_pb2.HeartbeatRequest(lease_id=lease_id, token=token, usage=usage)
-        return self._unary(self._stub.Heartbeat, request, timeout)
+        return self._unary(self._stub.Heartbeat, request, timeout, lease_call=True)
 
     def ack_preempt(self, lease_id: str, token: str) -> types_pb2.Lease:
         """Acknowledge a preemption: the daemon frees the slices and answers with the suspended lease."""
         request = workload_pb2.AckPreemptRequest(lease_id=lease_id, token=token)
-        return self._unary(self._stub.AckPreempt, request).lease
+        return self._unary(self._stub.AckPreempt, request, lease_call=True).lease
 
     def get_lease(self, lease_id: str, token: str) -> types_pb2.Lease:
         """The lease as the daemon sees it now."""
         request = workload_pb2.GetLeaseRequest(lease_id=lease_id, token=token)
-        return self._unary(self._stub.GetLease, request).lease
+        return self._unary(self._stub.GetLease, request, lease_call=True).lease
 
     def list_leases(self, owner_user: str, project: str) -> list[types_pb2.Lease]:
         """Live leases, optionally filtered."""
