@@ -71,6 +71,8 @@ async def _worker(endpoint: str, count: int) -> dict[str, Any]:
             await lease.release()
 
     pools = [vgpu.AsyncPool(endpoint, timeout=60) for _ in range(CHANNELS)]
+    for pool in pools:  # connect first: 1,000 first calls at once on a CPU-starved client time out connecting
+        await pool.leases()
     tasks = [asyncio.create_task(one(pools[i % CHANNELS])) for i in range(count)]
     await queued.wait()
     print(json.dumps({"ready": True, "waiting": waiting, **outcomes}), flush=True)

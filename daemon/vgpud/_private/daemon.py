@@ -242,7 +242,9 @@ class Daemon:
             node_lease=lambda: self._node_lease,
             holds=lambda: leadership.holds,
             timeout=_STORE_TIMEOUT,
-            ranking=QueueRanking(view, classes, time.time),
+            ranking=QueueRanking(
+                view, classes, time.time, held_order=lambda: leadership.held_order if leadership.leading else None
+            ),
             stopping=stopping,
             max_length=cfg.max_queue_length,
             max_per_user=cfg.scheduling.max_waiting_per_user,

@@ -218,21 +218,36 @@ def grant_rate(leases: Iterable[LeaseRecord], now: float) -> float:
 
 
 class QueueRanking:
-    """The serving order and grant rate for queue positions, recomputed only when the view changed."""
+    """The serving order and grant rate for queue positions, recomputed only when the view changed.
 
-    def __init__(self, view: PoolView, classes: PriorityClasses, clock: Callable[[], float]) -> None:
+    Where this daemon leads, the order is the one its last decision pass held requests in (`held_order`):
+    ranking a long queue a second time would cost as much as the pass itself.
+    """
+
+    def __init__(
+        self,
+        view: PoolView,
+        classes: PriorityClasses,
+        clock: Callable[[], float],
+        held_order: Callable[[], list[str] | None] = lambda: None,
+    ) -> None:
         self._view = view
         self._classes = classes
         self._clock = clock
-        self._cached: tuple[int, list[str], float] | None = None
+        self._held_order = held_order
+        self._cached: tuple[tuple[int, int], list[str], float] | None = None
         self._entries = WaitingCache()
 
     def __call__(self) -> tuple[list[str], float]:
         """(lease ids in serving order, grants per second lately)."""
-        generation = self._view.generation
+        held = self._held_order()
+        generation = (self._view.generation, id(held))
         if self._cached is None or self._cached[0] != generation:
             now = self._clock()
-            order = [w.lease_id for w in queue_positions(self._view, self._classes, now=now, cache=self._entries)]
+            if held is not None:
+                order = held
+            else:
+                order = [w.lease_id for w in queue_positions(self._view, self._classes, now=now, cache=self._entries)]
             leases = [v.value for v in self._view.live_leases()] + [v.value for v in self._view.ended_leases()]
             self._cached = (generation, order, grant_rate(leases, now))
         return self._cached[1], self._cached[2]

@@ -72,6 +72,8 @@ class Leadership:
         """Why each held request waits, from the last decision pass (for queue positions)."""
         self._entries = WaitingCache()
         """The queue as the core sees it, kept between passes."""
+        self.held_order: list[str] = []
+        """The held requests in the order the last pass considered them (queue positions where this node leads)."""
         self._classes = classes
         self._scheduling = scheduling or SchedulingConfig()
         self._last_grow = 0.0
@@ -166,9 +168,9 @@ class Leadership:
                 await self.decide_once(allocator)
             except (StoreError, Refusal) as exc:
                 log.warning("leader pass failed; retrying", error=str(exc))
-            # Twice as long as the pass took: under a flood of queue changes passes take at most a third of the
-            # loop, and what changes meanwhile is seen by the wait below.
-            await asyncio.sleep(max(_PASS_GAP_S, 2 * (time.perf_counter() - started)))
+            # Three times as long as the pass took: under a flood of queue changes passes take at most a quarter of
+            # the loop, and what changes meanwhile is seen by the wait below.
+            await asyncio.sleep(max(_PASS_GAP_S, 3 * (time.perf_counter() - started)))
             await self._view.wait_changed(generation, timeout=_IDLE_PASS_S)
 
     async def decide_once(self, allocator: Allocator) -> None:
@@ -201,6 +203,7 @@ class Leadership:
             cache=self._entries,
         )
         self.holds = {d.lease_id: d.message for d in result.decisions if isinstance(d, Hold)}
+        self.held_order = list(self.holds)
         writes += [self._apply(allocator, transitions, d) for d in result.decisions if not isinstance(d, Hold)]
         writes += [self._act(transitions, action) for action in result.actions]
         if not result.decisions and now - self._last_grow >= sched.grow_interval_s:

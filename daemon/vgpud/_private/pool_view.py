@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ log = structlog.get_logger("vgpud.pool_view")
 T = TypeVar("T")
 
 _ENDED_KEPT = 4096
+_CREATED = operator.attrgetter("created")
 
 
 @dataclass(slots=True)
@@ -53,6 +55,16 @@ class _Tables:
     """Suspended lease id -> the node it must resume on ("" for any node)."""
     waiting_by_owner: dict[str, int] = field(default_factory=dict)
     """Live (not refused) queued requests per owner (`waiter_of`), for the per-user cap."""
+    holding_by_target: dict[str, int] = field(default_factory=dict)
+    """Live queued requests that wait for capacity (wait=True), per target node ("" for any node)."""
+
+
+def _bump_count(counts: dict[str, int], key: str, step: int) -> None:
+    left = counts.get(key, 0) + step
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def waiter_of(request: QueuedRequest) -> str:
@@ -154,7 +166,7 @@ class PoolView:
 
     def queue(self) -> list[Queued]:
         """Waiting requests of the whole pool in arrival order."""
-        return sorted(self._t.queue.values(), key=lambda q: q.created)
+        return sorted(self._t.queue.values(), key=_CREATED)
 
     def waiting_count(self, owner: str | None = None) -> int:
         """Live (not refused) queued requests: of the whole pool, or of one owner (`waiter_of`)."""
@@ -241,13 +253,14 @@ class PoolView:
     def _count_waiting(self, queued: Queued | None, step: int) -> None:
         if queued is None or queued.request.refused:
             return
-        owner = waiter_of(queued.request)
-        counts = self._t.waiting_by_owner
-        left = counts.get(owner, 0) + step
-        if left > 0:
-            counts[owner] = left
-        else:
-            counts.pop(owner, None)
+        _bump_count(self._t.waiting_by_owner, waiter_of(queued.request), step)
+        if queued.request.wait:
+            _bump_count(self._t.holding_by_target, queued.request.target_node, step)
+
+    def waiting_for_capacity(self, node: str) -> bool:
+        """Whether a live queued request waits for capacity that `node` could give (its own, or any node)."""
+        counts = self._t.holding_by_target
+        return counts.get("", 0) > 0 or counts.get(node, 0) > 0
 
     # -- upkeep ------------------------------------------------------------------------------------
     async def run(self) -> None:

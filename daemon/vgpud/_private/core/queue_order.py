@@ -12,6 +12,7 @@ in-quota-only classes are checked against the placement's real use.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -137,20 +138,28 @@ def _ordered(queue: Sequence[Waiting], fairness: Fairness | None, gained: dict[s
             ranks[project] = rank(project)
 
 
+_SINCE = operator.attrgetter("since")
+_PRIORITY = operator.attrgetter("priority")
+
+
 def _taking_turns(queue: Sequence[Waiting]) -> list[Waiting]:
     """By class, then each owner's first request before anyone's second (round robin), then age.
 
     With one owner this is plain (class, age) order.
     """
+    ordered = sorted(queue, key=_SINCE)
+    ordered.sort(key=_PRIORITY, reverse=True)  # stable: age order within a class
+    if len({entry.owner for entry in ordered}) <= 1:
+        return ordered
     turns: dict[tuple[str, int, str], int] = {}
     keyed = []
-    for entry in sorted(queue, key=lambda e: (-e.priority, e.since)):
+    for index, entry in enumerate(ordered):
         group = (entry.project, entry.priority, entry.owner)
         turn = turns.get(group, 0)
         turns[group] = turn + 1
-        keyed.append(((-entry.priority, turn, entry.since), entry))
-    keyed.sort(key=lambda pair: pair[0])
-    return [entry for _, entry in keyed]
+        keyed.append((-entry.priority, turn, index))
+    keyed.sort()
+    return [ordered[index] for _, _, index in keyed]
 
 
 def decide(

@@ -87,10 +87,7 @@ class PoolQueue:
         """Whether any live request in the queue could take capacity on `node` (so a newcomer must queue)."""
         if any(target in ("", node) for target in self._view.suspended().values()):
             return True
-        return any(
-            not q.request.refused and q.request.wait and q.request.target_node in ("", node)
-            for q in self._view.queue_entries()
-        )
+        return self._view.waiting_for_capacity(node)
 
     async def submit(self, spec: AcquireSpec, lease_id: str, token: str, *, wait: bool) -> QueuedRequest:
         """Put the request in the queue (or find it there from an earlier attempt of the same request id)."""

@@ -84,6 +84,7 @@ class PositionBoard:
         self._ranked_at = -1e9
         self._cost = 0.0
         self._poke = asyncio.Event()
+        self._unranked = False
         self.messages = 0
         """Position messages handed out so far (a metric and the flood benchmark read it)."""
 
@@ -159,6 +160,7 @@ class PositionBoard:
             started = time.perf_counter()
             self._ranked_generation = self._view.generation
             self._positions = self.rank() if self._watches else {}
+            self._unranked = any(lease_id not in self._positions for lease_id in self._watches)
             self._cost = time.perf_counter() - started
             self._ranked_at = self._clock()
             self._wake()
@@ -173,6 +175,9 @@ class PositionBoard:
             if self._view.generation != self._ranked_generation or self._poke.is_set():
                 return
             due = self._next_due()
+            if self._unranked:  # a waiter the last ranking did not have yet (the leader's next pass will)
+                soon = self._ranked_at + max(_MIN_GAP_S, _COST_FACTOR * self._cost)
+                due = soon if due is None else min(due, soon)
             timeout = None if due is None else max(0.0, due - self._clock())
             poked = asyncio.ensure_future(self._poke.wait())
             changed = asyncio.ensure_future(self._view.wait_changed(self._ranked_generation))
