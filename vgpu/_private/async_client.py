@@ -194,7 +194,9 @@ class AsyncClient:
             async for response in call:
                 yield response
         except grpc.aio.AioRpcError as exc:
-            raise self.error(exc, timeout=deadline) from None
+            failure = self.error(exc, timeout=deadline)
+            self._renewed(failure)  # a stale credential is dropped: the follower's next attempt fetches a new one
+            raise failure from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():

@@ -192,7 +192,9 @@ class SyncClient:
         try:
             yield from call
         except grpc.RpcError as exc:
-            raise self.error(exc, timeout=timeout) from None
+            failure = self.error(exc, timeout=timeout)
+            self._renewed(failure)  # a stale credential is dropped: the follower's next attempt fetches a new one
+            raise failure from None
         finally:
             cancellers.discard(call.cancel)
             call.cancel()
