@@ -29,6 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_floor import percentile
+
 from tests.support import free_ports
 from vgpu.testing import LocalPool, local_pool
 
@@ -124,12 +126,6 @@ def health_latencies(endpoint: str, seconds: float, every: float = 0.01) -> tupl
     return out, failed
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile (0..1) of `values`."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of process `pid` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -205,15 +201,15 @@ def _flood(daemon: LocalPool, port: int, args: argparse.Namespace) -> dict[str, 
         "cancelled_by_server": cancelled,
         "position_messages": metric(port, "vgpu_queue_position_messages_total"),
         "daemon_cpu_s_flood": round(cpu_flood, 2),
-        "health_idle_p99_ms": round(pct(idle, 0.99), 2),
-        "health_p50_ms": round(pct(during, 0.5), 2),
-        "health_p99_ms": round(pct(during, 0.99), 2),
+        "health_idle_p99_ms": round(percentile(idle, 0.99), 2),
+        "health_p50_ms": round(percentile(during, 0.5), 2),
+        "health_p99_ms": round(percentile(during, 0.99), 2),
         "health_failed": failed,
         "queue_after_leave": queue_after,
         "seconds_to_drain": round(drained_s, 2),
         "withdrawn": sum(d["after_stop"].get("withdrawn", 0) for d in done),
         "health_samples": len(during),
-        "health_p99_floor_ratio": round(pct(during, 0.99) / max(statistics.fmean(idle), 1e-6), 1),
+        "health_p99_floor_ratio": round(percentile(during, 0.99) / max(statistics.fmean(idle), 1e-6), 1),
     }
 
 

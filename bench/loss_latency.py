@@ -19,15 +19,15 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from preempt import stop_on_sigterm
 
 import vgpu
 from vgpu._private import loss_notice
@@ -130,15 +130,6 @@ def _figures(latencies: list[float]) -> dict[str, float]:
     }
 
 
-def _stop_on_sigterm() -> None:
-    """A SIGTERM (a timeout) unwinds like Ctrl-C, so the daemon and its etcd are stopped."""
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, handler)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20, help="evictions per flavour (sync, asyncio)")
@@ -146,7 +137,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    _stop_on_sigterm()
+    stop_on_sigterm()
     logging.getLogger("vgpu").setLevel(logging.ERROR)  # each round's loss is expected: no warning per eviction
     limit = 2 * HeartbeatPolicy(0).interval + 5  # a push that never comes still ends the round: a heartbeat hears it
     with LocalPool("h100-80gb:1") as daemon:

@@ -70,7 +70,7 @@ def _daemon(backend: str) -> LocalPool:
     return daemon
 
 
-def _stop_on_sigterm() -> None:
+def stop_on_sigterm() -> None:
     """A SIGTERM (timeout, gpu-check's budget) unwinds like Ctrl-C, so the daemon and its etcd are stopped."""
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -90,7 +90,7 @@ def main() -> int:
     if args.rounds < 0 or args.state_rounds < 1:
         parser.error("--rounds must be >= 0 and --state-rounds >= 1")
     sizes = [int(x) for x in args.state_mib.split(",") if x.strip()]
-    _stop_on_sigterm()
+    stop_on_sigterm()
     backend = _pick_backend(args.backend)
     result: dict[str, Any] = {"backend": backend, "protocol": None, "state": []}
     with _daemon(backend) as pool, pool.pool() as client:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import operator
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -172,10 +172,6 @@ class PoolView:
         """Live (not refused) queued requests: of the whole pool, or of one owner (`waiter_of`)."""
         counts = self._t.waiting_by_owner
         return counts.get(owner, 0) if owner is not None else sum(counts.values())
-
-    def queue_entries(self) -> Collection[Queued]:
-        """Waiting requests of the whole pool, unordered (cheaper than `queue()` where order does not matter)."""
-        return self._t.queue.values()
 
     def queued(self, lease_id: str) -> Queued | None:
         """One waiting request, if it is still queued."""

@@ -70,11 +70,6 @@ class UnixDoor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    @property
-    def open_connections(self) -> int:
-        """Connections piped now."""
-        return self._open
-
     async def start(self) -> None:
         """Listen on the public path (mode 0666: every local user may connect and is then counted).
 

@@ -23,6 +23,7 @@ from vgpud._private.auth.audit import AuditTrail
 from vgpud._private.auth.gate import Gate, current_caller
 from vgpud._private.auth.identity import Identity
 from vgpud._private.auth.rules import rule_for, short
+from vgpud._private.log_limit import LogLimit
 from vgpud._private.refusal import Refusal
 from vgpud._private.store.base import StoreError
 
@@ -113,6 +114,11 @@ class GuardedServicer:
         """Where admin mutations and refusals are recorded."""
         return self._s.audit
 
+    @property
+    def log_limit(self) -> LogLimit:
+        """Refusals are logged through this, at a bounded rate."""
+        return self._s.log_limit
+
     def report_error(self, method: str, code: str) -> None:
         """Count an error answer (the guards call this)."""
         self._s.on_error(method, code)
@@ -176,7 +182,7 @@ def _refused(
                 message=refusal.message,
             )
     else:
-        servicer._s.log_limit.info(
+        servicer.log_limit.info(
             "rpc refused",
             event=f"refused:{refusal.reason}",
             reason=refusal.reason,
