@@ -38,6 +38,7 @@ from vgpu._private.errors import (
 from vgpu._private.lease import Lease
 from vgpu._private.lease_records import LeaseEvent, LeaseInfo, Owner, PreemptNotice, QueueInfo, Slice
 from vgpu._private.pool import Pool, acquire, attach
+from vgpu._private.process_environment import AppliedEnvironment
 from vgpu._private.runtime.compute_throttle import ThrottlePolicy
 from vgpu._private.runtime.preemptible_kernel import (
     CudaPreemptibleKernel,
@@ -49,6 +50,7 @@ from vgpu._private.runtime.runtime import Runtime, RuntimeOptions
 from vgpu._private.tls import TlsConfig
 
 __all__ = [
+    "AppliedEnvironment",
     "AsyncLease",
     "AsyncPool",
     "AuthenticationError",

@@ -2,9 +2,12 @@
 
 from vgpu.testing import local_pool
 
-with local_pool("h100-80gb:2") as daemon, daemon.pool() as pool:
-    with pool.acquire(memory="20GiB", compute=0.5) as lease:
+with local_pool("h100-80gb:2") as daemon:  # VGPU_ENDPOINT names the daemon inside the block
+    with vgpu.acquire(memory="20GiB", compute=0.5) as lease:
         ...
+
+With pytest, the `vgpu_pool` fixture (vgpu's pytest plugin, loaded when vgpu is installed) gives each test
+one; `@pytest.mark.vgpu_pool("a100-40gb:1")` or the ini option `vgpu_pool_gpus` choose its GPUs.
 """
 
 from __future__ import annotations

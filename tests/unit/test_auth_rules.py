@@ -9,15 +9,17 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from vgpu.api.v1 import admin_pb2, workload_pb2
+from vgpu.api.v1 import admin_pb2, jobs_pb2, workload_pb2
 from vgpud._private.auth.identity import Role
 from vgpud._private.auth.rules import RULES, rule_for, short
+from vgpud._private.jobs.service import JobService
 from vgpud._private.services.admin import AdminService
 from vgpud._private.services.workload import WorkloadService
 
 SERVED: tuple[Any, ...] = (
     workload_pb2.DESCRIPTOR,
     admin_pb2.DESCRIPTOR,
+    jobs_pb2.DESCRIPTOR,
     health_pb2.DESCRIPTOR,
     reflection_pb2.DESCRIPTOR,
 )
@@ -40,10 +42,13 @@ def test_every_served_method_has_a_rule_and_the_table_has_no_stale_entry() -> No
     assert set(RULES) == set(methods), f"rules for methods nobody serves: {set(RULES) - set(methods)}"
 
 
-@pytest.mark.parametrize("servicer", [WorkloadService, AdminService])
-def test_every_servicer_method_is_guarded_under_its_own_name(servicer: type[WorkloadService | AdminService]) -> None:
+@pytest.mark.parametrize("servicer", [WorkloadService, AdminService, JobService])
+def test_every_servicer_method_is_guarded_under_its_own_name(
+    servicer: type[WorkloadService | AdminService | JobService],
+) -> None:
     service = servicer.service_name.rsplit(".", 1)[-1]
-    descriptor = (workload_pb2 if service == "WorkloadService" else admin_pb2).DESCRIPTOR.services_by_name[service]
+    module = {"WorkloadService": workload_pb2, "AdminService": admin_pb2, "JobService": jobs_pb2}[service]
+    descriptor = module.DESCRIPTOR.services_by_name[service]
     for method in descriptor.methods:
         handler = inspect.getattr_static(servicer, method.name)
         assert getattr(handler, "vgpu_guarded", None) == method.name, f"{service}/{method.name} bypasses the gate"
@@ -71,6 +76,11 @@ def test_reads_are_open_to_every_role_and_lease_calls_to_people() -> None:
         "grpc.health.v1.Health/List",
         "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
     }
+
+
+def test_jobs_are_for_people_and_their_relay_for_nodes_only() -> None:
+    assert RULES["vgpu.api.v1.JobService/RunJob"].roles == {Role.USER, Role.ADMIN}
+    assert RULES["vgpu.api.v1.JobService/RunOnNode"].roles == {Role.NODE}
 
 
 def test_short_names() -> None:

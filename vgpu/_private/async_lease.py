@@ -108,6 +108,18 @@ class AsyncLease(LeaseBase):
         await self._stop_following()
         self._finish()
 
+    async def _export_env_or_release(self) -> None:
+        """Export the environment for the lease's life (acquire's apply=True); when refused, release and raise."""
+        try:
+            self._export_env_for_life()
+        except VgpuError:
+            try:
+                await self.release()
+            except VgpuError as error:
+                log.warning("vgpu lease %s: release after a refused apply failed: %s", self.id, error)
+                await self.close()
+            raise
+
     async def __aenter__(self) -> AsyncLease:
         return self
 
@@ -144,6 +156,7 @@ class AsyncLease(LeaseBase):
         self._finished = True
         self._drop_identity()
         self._close_runtime()
+        self._restore_exported_env()
         if self._on_finish is not None:
             self._on_finish(self)
 

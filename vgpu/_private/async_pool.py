@@ -14,6 +14,7 @@ from vgpu._private.errors import InvalidRequestError, LeaseEndedError, VgpuError
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
 from vgpu._private.loss_notice import LostCallback
+from vgpu._private.progress import start_progress
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.tls import TlsConfig
 
@@ -62,6 +63,8 @@ class AsyncPool:
         on_lost: LostCallback | None = None,
         raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
+        progress: bool | None = None,
+        apply: bool = False,
     ) -> AsyncLease:
         """Acquire slices (same arguments as `Pool.acquire`; the callbacks may also be coroutine functions).
 
@@ -69,7 +72,8 @@ class AsyncPool:
         leader decides); `gang=True` makes the slices one all-or-nothing unit, spanning nodes with node=None.
         compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
         on_resume take part in preemption (see `AsyncLease.checkpoint()`). `on_lost` and `raise_on_lost` as
-        for `Pool.acquire`: an `async with` block that ends after a loss raises LeaseLostError.
+        for `Pool.acquire`: an `async with` block that ends after a loss raises LeaseLostError. `progress`
+        (the wait on stderr) and `apply` (export the lease's environment for its life) as for `Pool.acquire`.
         """
         request = build_acquire_request(
             memory=memory,
@@ -90,7 +94,16 @@ class AsyncPool:
         )
         deadline = acquire_timeout(timeout, wait=wait, call_timeout=self._client.timeout)
         attempts = AcquireAttempts(timeout=deadline, wait=wait, endpoint=self._client.endpoint)
-        msg = await self._client.acquire(request, attempts, on_queued)
+        shown = start_progress(progress, on_queued, request)
+        if shown is None:
+            msg = await self._client.acquire(request, attempts, on_queued)
+        else:
+            try:
+                msg = await self._client.acquire(request, attempts, shown.wrap(on_queued))
+            except BaseException as error:
+                shown.finish(error)
+                raise
+            shown.finish()
         lease = AsyncLease(
             self._client,
             msg,
@@ -104,6 +117,8 @@ class AsyncPool:
             runtime=runtime,
         )
         self._leases.add(lease)
+        if apply:
+            await lease._export_env_or_release()
         return lease
 
     async def attach(

@@ -72,9 +72,11 @@ def open_sync_channel(
     return grpc.secure_channel(target, tls.channel_credentials(), options=_options(target, tls, options))
 
 
-def open_aio_channel(target: str, tls: TlsConfig | None = None) -> grpc.aio.Channel:
+def open_aio_channel(
+    target: str, tls: TlsConfig | None = None, options: Options = SDK_CHANNEL_OPTIONS
+) -> grpc.aio.Channel:
     """The asyncio twin of `open_sync_channel`."""
-    opts = _options(target, tls, SDK_CHANNEL_OPTIONS)
+    opts = _options(target, tls, options)
     if tls is None:
         return grpc.aio.insecure_channel(target, options=opts)
     return grpc.aio.secure_channel(target, tls.channel_credentials(), options=opts)

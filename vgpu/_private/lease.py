@@ -67,7 +67,9 @@ class Lease(LeaseBase):
         on_lost: LostCallback | None = None,
         raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
+        apply: bool = False,
     ) -> None:
+        """`apply`: export the lease's environment into this process before its runtime starts (see `apply()`)."""
         super().__init__(msg, token, on_lost=on_lost, raise_on_lost=raise_on_lost)
         self._runtime_options = runtime or RuntimeOptions()
         self._client = client
@@ -86,7 +88,21 @@ class Lease(LeaseBase):
             self._follower.start()
         elif loss_notice.LOSS_WATCH_DELAY is not None:
             self._follower.start(delay=loss_notice.LOSS_WATCH_DELAY)
+        if apply:  # before the runtime starts: with CuPy imported, starting it initialises CUDA
+            self._export_env_or_release()
         self._start_runtime_for_gpu_libraries()
+
+    def _export_env_or_release(self) -> None:
+        """Export the environment for the lease's life; when that is refused, give the lease back and raise."""
+        try:
+            self._export_env_for_life()
+        except VgpuError:
+            try:
+                self.release()
+            except VgpuError as error:
+                log.warning("vgpu lease %s: release after a refused apply failed: %s", self.id, error)
+                self.close()
+            raise
 
     # -- ending -----------------------------------------------------------------------------------
     def release(self) -> None:
@@ -151,6 +167,7 @@ class Lease(LeaseBase):
             self._finished = True
         self._drop_identity()
         self._close_runtime()
+        self._restore_exported_env()
         if self._owns_client:
             self._client.close()
         if self._on_finish is not None:

@@ -31,6 +31,7 @@ from vgpu._private.lease_records import (
 from vgpu._private.lease_runtime import LeaseRuntime
 from vgpu._private.loss_notice import LossNotice, LostCallback
 from vgpu._private.preemption import PreemptionTracker
+from vgpu._private.process_environment import AppliedEnvironment, apply_environment
 from vgpu._private.units import MILLI_PER_GPU, UnitError, parse_memory
 from vgpu.api.v1 import types_pb2, workload_pb2
 
@@ -80,6 +81,8 @@ class LeaseBase(LeaseRuntime, LossNotice):
         self._released = False
         self._releasing = False
         """release() has begun (it stops following before the RPC): waiters learn it was released."""
+        self._exported: AppliedEnvironment | None = None
+        """The environment `acquire(..., apply=True)` set for the lease's life; restored when it is let go."""
         self._init_loss(on_lost, raise_on_lost)
         self._apply(msg)
 
@@ -123,6 +126,31 @@ class LeaseBase(LeaseRuntime, LossNotice):
         if self._token:
             env["VGPU_LEASE"] = self._token
         return env
+
+    def apply(self) -> AppliedEnvironment:
+        """Export `env` into this process (os.environ), so frameworks running here see only the lease's GPUs.
+
+        For in-process training (PyTorch, CuPy, JAX) without a child process. CUDA reads CUDA_VISIBLE_DEVICES
+        once, when it initialises: call this before anything in the process touches the GPU, or pass
+        `apply=True` to `acquire()` when torch or cupy is imported already. Raises InvalidRequestError (reason
+        CUDA_ALREADY_INITIALIZED) when CUDA runs here already with other devices; the same values are fine.
+
+        Returns the variables set, as an `AppliedEnvironment`: `with lease.apply():` (or `.restore()`) puts
+        the previous values back. The change is process-wide: child processes inherit it (and VGPU_LEASE, so
+        `vgpu.attach()` works in them). After a resume on other GPUs (`on_resume`), the process still sees the
+        old ones: CUDA cannot switch devices under a running process.
+        """
+        self._check_usable()
+        return apply_environment(self.env, lease_id=self._id)
+
+    def _export_env_for_life(self) -> None:
+        """`apply()` until the lease is let go (acquire's apply=True); raises as apply() does."""
+        self._exported = self.apply()
+
+    def _restore_exported_env(self) -> None:
+        exported, self._exported = self._exported, None
+        if exported is not None:
+            exported.restore()
 
     @property
     def slices(self) -> tuple[Slice, ...]:
@@ -344,6 +372,9 @@ class LeaseBase(LeaseRuntime, LossNotice):
                 "resumed; read env again after checkpoint() returns or in on_resume",
                 reason=errors.LEASE_SUSPENDED,
             )
+
+    def _check_usable(self) -> None:
+        """Raise unless this process still holds the lease (overridden)."""
 
     def _start_follower(self) -> None:
         """Start following the lease's events, if this flavour has not yet (overridden)."""

@@ -2,6 +2,8 @@
 
 The real daemon runs as a subprocess in its own process group, so `kill()` takes its embedded etcd down
 with it, as systemd would; state lives in a short temp dir because unix socket paths are limited.
+Inside a `with` block VGPU_ENDPOINT names the daemon, so code under test that calls `vgpu.acquire()` without
+an endpoint uses the throwaway pool.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -27,6 +30,7 @@ from vgpu._private.async_pool import AsyncPool
 from vgpu._private.channels import authenticated_channel
 from vgpu._private.errors import DaemonUnavailableError, InvalidRequestError
 from vgpu._private.pool import Pool
+from vgpu._private.process_environment import environment_variable
 from vgpu._private.rpc_errors import error_for, failure_of_sync_call
 from vgpu._private.units import MILLI_PER_GPU, parse_memory
 from vgpu.api.v1 import admin_pb2, admin_pb2_grpc, types_pb2
@@ -37,6 +41,7 @@ STOP_GRACE: Final = 15.0
 """Seconds a SIGTERMed daemon gets before SIGKILL."""
 _LOG_TAIL_LINES: Final = 40
 HEALTH_CHECK_METHOD: Final = "/grpc.health.v1.Health/Check"
+ENDPOINT_ENV: Final = "VGPU_ENDPOINT"
 
 
 class LocalPool:
@@ -83,6 +88,8 @@ class LocalPool:
             *extra_args,
         ]
         self._proc: subprocess.Popen[bytes] | None = None
+        self._exported = ExitStack()
+        """Undoes VGPU_ENDPOINT of a `with` block."""
 
     # -- what tests use ---------------------------------------------------------------------------
     @property
@@ -129,8 +136,8 @@ class LocalPool:
                 raise error_for(failure_of_sync_call(exc), endpoint=self.endpoint, timeout=10) from None
 
     def env(self) -> dict[str, str]:
-        """Environment variables that point the SDK and vgpuctl at this daemon."""
-        return {"VGPU_ENDPOINT": self.endpoint}
+        """Environment variables that point the SDK and vgpuctl at this daemon (set for you inside `with`)."""
+        return {ENDPOINT_ENV: self.endpoint}
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the daemon's log (stdout and stderr)."""
@@ -149,7 +156,7 @@ class LocalPool:
         if self.pid is not None:
             raise InvalidRequestError(f"vgpud (pid {self.pid}) is already running on {self.state_dir}")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env.pop("VGPU_ENDPOINT", None)
+        env.pop(ENDPOINT_ENV, None)
         with self.log_path.open("ab") as log:
             self._proc = subprocess.Popen(  # noqa: S603 -- argv is built here from our own interpreter and flags
                 self.argv,
@@ -196,13 +203,18 @@ class LocalPool:
             self._remove_own_dir()
 
     def __enter__(self) -> LocalPool:
+        """Start the daemon and point VGPU_ENDPOINT at it until the block ends (see `local_pool`)."""
         self.start()
+        self._exported.enter_context(environment_variable(ENDPOINT_ENV, self.endpoint))
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.cleanup()
+        try:
+            self._exported.close()
+        finally:
+            self.cleanup()
 
     # -- internals --------------------------------------------------------------------------------
     def _remove_own_dir(self) -> None:
@@ -265,10 +277,17 @@ def local_pool(
     ttl: int | None = None,
     startup_timeout: float = 60,
 ) -> Iterator[LocalPool]:
-    """A running vgpud with simulated GPUs (spec like 'h100-80gb:2,a100-40gb:1') for the `with` block."""
+    """A running vgpud with simulated GPUs (spec like 'h100-80gb:2,a100-40gb:1') for the `with` block.
+
+    Inside the block VGPU_ENDPOINT names this daemon, so `vgpu.acquire()`, `vgpu.Pool()` and vgpuctl
+    without an endpoint use it; on exit the previous value comes back (or the variable is removed). The
+    change is process-wide (os.environ): nested blocks see the innermost daemon and restore in turn, and
+    blocks in concurrent threads should pass `endpoint=pool.endpoint` rather than rely on it.
+    """
     pool = LocalPool(sim, state_dir=state_dir, extra_args=extra_args, ttl=ttl, startup_timeout=startup_timeout)
     try:
         pool.start()
-        yield pool
+        with environment_variable(ENDPOINT_ENV, pool.endpoint):
+            yield pool
     finally:
         pool.cleanup()

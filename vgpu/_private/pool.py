@@ -19,6 +19,7 @@ from vgpu._private.lease import Lease
 from vgpu._private.lease_base import log
 from vgpu._private.lease_records import ENDED_STATES, LeaseInfo, QueueInfo, lease_state_name
 from vgpu._private.loss_notice import LostCallback
+from vgpu._private.progress import start_progress
 from vgpu._private.runtime.runtime import RuntimeOptions
 from vgpu._private.sync_client import SyncClient
 from vgpu._private.tls import TlsConfig
@@ -83,6 +84,8 @@ class Pool:
         on_lost: LostCallback | None = None,
         raise_on_lost: bool = True,
         runtime: RuntimeOptions | None = None,
+        progress: bool | None = None,
+        apply: bool = False,
     ) -> Lease:
         """Acquire slices; waits in the queue (up to `timeout`, default 600 s) unless wait=False.
 
@@ -104,6 +107,12 @@ class Pool:
         True, `lease.status` shows the end state, `on_lost(reason)` runs once, and a `with` block that ends
         afterwards raises LeaseLostError (unless its body raised). raise_on_lost=False leaves that check
         to code that reads `lease.lost` itself.
+
+        `progress`: show the wait on stderr ("vgpu: waiting for memory=20GiB compute=0.5: position 3 of 7,
+        about 40s"), a live line on a terminal, one line per change elsewhere. None (the default) shows it
+        when stderr is a terminal and no `on_queued` was given; True always; False never.
+        `apply=True` exports the lease's environment into this process at grant, before its runtime starts,
+        and restores it when the lease is let go: see `Lease.apply()`.
         """
         request = build_acquire_request(
             memory=memory,
@@ -124,7 +133,16 @@ class Pool:
         )
         deadline = acquire_timeout(timeout, wait=wait, call_timeout=self._client.timeout)
         attempts = AcquireAttempts(timeout=deadline, wait=wait, endpoint=self._client.endpoint)
-        msg = self._client.acquire(request, attempts, on_queued)
+        shown = start_progress(progress, on_queued, request)
+        if shown is None:
+            msg = self._client.acquire(request, attempts, on_queued)
+        else:
+            try:
+                msg = self._client.acquire(request, attempts, shown.wrap(on_queued))
+            except BaseException as error:
+                shown.finish(error)
+                raise
+            shown.finish()
         return self._track(
             Lease(
                 self._client,
@@ -138,6 +156,7 @@ class Pool:
                 on_lost=on_lost,
                 raise_on_lost=raise_on_lost,
                 runtime=runtime,
+                apply=apply,
             )
         )
 
@@ -251,6 +270,8 @@ def acquire(
     on_lost: LostCallback | None = None,
     raise_on_lost: bool = True,
     runtime: RuntimeOptions | None = None,
+    progress: bool | None = None,
+    apply: bool = False,
 ) -> Lease:
     """One-liner: connect, acquire and return a Lease that disconnects when released (use it in `with`).
 
@@ -259,6 +280,8 @@ def acquire(
     unit, which with node=None may span nodes (see `lease.nodes` and `lease.environment(node)`).
     compute=(min, max), count=(min, max) and gpus=(min, max) ask for elastic leases; on_preempt and
     on_resume take part in preemption (see `Lease.checkpoint()`); on_lost and raise_on_lost as `Pool.acquire`.
+    The wait shows on a terminal's stderr unless progress=False; apply=True exports the lease's environment
+    into this process for the lease's life (see `Lease.apply()`).
     """
     pool = Pool._single_use(endpoint)
     try:
@@ -286,6 +309,8 @@ def acquire(
             on_lost=on_lost,
             raise_on_lost=raise_on_lost,
             runtime=runtime,
+            progress=progress,
+            apply=apply,
         )
     except BaseException:
         pool.close()
@@ -330,3 +355,8 @@ def attach(
     except BaseException:
         pool.close()
         raise
+
+
+def client_of(pool: Pool) -> SyncClient:
+    """The pool's transport, for vgpu's own launchers (`vgpu run` calls JobService over the same connection)."""
+    return pool._client

@@ -71,6 +71,13 @@ SHUTTING_DOWN: Final = "SHUTTING_DOWN"
 """The daemon is stopping; retry against it once it is back (UNAVAILABLE)."""
 INTERNAL: Final = "INTERNAL"
 """A bug in vgpud; the message says what failed (INTERNAL)."""
+JOB_REFUSED: Final = "JOB_REFUSED"
+"""A node will not start the job's processes: no account for the user there, root not allowed, jobs off, no TLS
+between the daemons; the message names the node and what to change (FAILED_PRECONDITION)."""
+TOO_MANY_JOBS: Final = "TOO_MANY_JOBS"
+"""The node runs [jobs] max_jobs jobs already (RESOURCE_EXHAUSTED)."""
+JOB_NODE_LOST: Final = "JOB_NODE_LOST"
+"""A node of a running job stopped answering; the job was stopped everywhere (a NodeFailed event)."""
 OVER_MEMORY_BUDGET: Final = "OVER_MEMORY_BUDGET"
 """An allocation would take the lease past its memory budget (raised in-process by the runtime)."""
 

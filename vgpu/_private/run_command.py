@@ -3,8 +3,12 @@
 Acquires with the SDK (waiting visibly), starts CMD with the lease's environment as the calling user, keeps the
 lease alive while CMD runs, releases it when CMD ends, and exits with CMD's exit status. A revoked or expired
 lease stops CMD (SIGTERM, then SIGKILL after a grace) and exits EXIT_LEASE_LOST with one line saying why.
-Exit codes: CMD's own; 2 bad options; 69 no lease (refused, daemon unreachable); 75 lease lost; 126 CMD not
-executable; 127 CMD not found; 128+N when CMD died of signal N.
+A preempted lease is answered as --on-preempt says: `requeue` (the default) stops CMD, acknowledges, waits for
+the resume and starts CMD again (VGPU_RESTART_COUNT=N); `signal` only signals CMD, which acknowledges itself.
+The child process and the preemption loop live in `vgpu._private.run_job`.
+Exit codes: CMD's own (its last run's); 2 bad options; 69 no lease (refused, daemon unreachable); 75 lease
+lost (also while waiting to resume); 126 CMD not executable; 127 CMD not found; 128+N when CMD died of signal
+N, or when vgpu run got signal N while waiting to resume.
 """
 
 from __future__ import annotations
@@ -13,26 +17,21 @@ import argparse
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NoReturn, TextIO
 
 from vgpu._private.errors import VgpuError
+from vgpu._private.job_launch import LaunchOptions, launch
 from vgpu._private.lease import Lease
 from vgpu._private.lease_records import QueueInfo
-from vgpu._private.loss_notice import LostCallback
-from vgpu._private.pool import Pool
+from vgpu._private.pool import Pool, client_of
+from vgpu._private.run_job import EXIT_LEASE_LOST, EXIT_NOT_EXECUTABLE, JobOptions, Mailbox, Supervisor
 
 EXIT_USAGE: Final = 2
 EXIT_NO_LEASE: Final = 69
-EXIT_LEASE_LOST: Final = 75
-EXIT_NOT_EXECUTABLE: Final = 126
 EXIT_NOT_FOUND: Final = 127
-STOP_GRACE_S: Final = 10.0
-"""After SIGTERM for a lost lease, CMD has this long before SIGKILL."""
 
 
 class _UsageError(Exception):
@@ -44,9 +43,36 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see vgpu run --help)")
 
 
+def _signal_number(text: str) -> int:
+    """A signal by name (SIGUSR1, USR1, usr1) or number, for --preempt-signal."""
+    name = text.strip().upper()
+    try:
+        if name.isdigit():
+            return signal.Signals(int(name)).value
+        return signal.Signals[name if name.startswith("SIG") else f"SIG{name}"].value
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a signal; give a name such as SIGTERM or USR1, or a number"
+        ) from None
+
+
+def _seconds(text: str) -> int:
+    """A whole number of seconds >= 1, for --ttl."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds >= 1")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The options of `vgpu run`; they mirror the SDK's acquire() arguments."""
-    p = _Parser(prog="vgpu run", description="Run CMD on a slice of the vgpu pool: vgpu run [options] -- CMD ARGS...")
+    p = _Parser(
+        prog="vgpu run",
+        description="Run CMD on a slice of the vgpu pool: vgpu run [options] -- CMD ARGS...",
+        epilog="Exit status: CMD's (its last run's; across nodes, the first failing rank's); 2 bad options; 69 no "
+        "lease; 70 a node refused the job or was lost; 75 the lease was lost (revoked or expired, also while "
+        "waiting to resume); 126 CMD not executable; 127 CMD not found; 128+N when CMD died of signal N, or vgpu "
+        "run got signal N while waiting to resume.",
+    )
     p.add_argument("--memory", help="GPU memory of each slice, e.g. 20GiB")
     p.add_argument("--compute", help="compute share of each slice, 0.01-1.0 (default: in proportion to memory)")
     p.add_argument("--gpus", type=int, help="whole GPUs")
@@ -61,6 +87,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-model", action="append", default=[], help="acceptable GPU model (repeatable)")
     p.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True, help="wait in the queue")
     p.add_argument("--timeout", type=float, default=600.0, help="longest wait for capacity, seconds (default 600)")
+    p.add_argument(
+        "--ttl",
+        type=_seconds,
+        metavar="SECONDS",
+        help="the lease expires this long after vgpu run stops heartbeating, e.g. when it is killed "
+        "(default: the daemon's)",
+    )
+    p.add_argument(
+        "--on-preempt",
+        choices=("requeue", "signal"),
+        default="requeue",
+        help="when the pool takes the GPUs back: requeue (default) sends CMD --preempt-signal, waits for it to "
+        "exit (SIGKILL just before the deadline), waits for the lease to resume and starts CMD again with "
+        "VGPU_RESTART_COUNT one higher; signal only sends the signal (CMD attaches with vgpu.attach() and "
+        "calls lease.checkpoint() itself)",
+    )
+    p.add_argument(
+        "--preempt-signal",
+        type=_signal_number,
+        default=signal.SIGTERM.value,
+        metavar="SIGNAL",
+        help="the signal CMD gets when preempted: a name (SIGUSR1, USR1) or a number (default SIGTERM)",
+    )
+    jobs = p.add_argument_group("jobs on several nodes (started by the node daemons)")
+    jobs.add_argument(
+        "--per-gpu",
+        action="store_true",
+        help="one process per slice with RANK, LOCAL_RANK, WORLD_SIZE and its own CUDA_VISIBLE_DEVICES "
+        "(default: one per node, with torchrun's PET_* variables)",
+    )
+    jobs.add_argument("--keep-going", action="store_true", help="a failing rank does not stop the others")
+    jobs.add_argument("--output", type=Path, metavar="DIR", help="write each rank's output to DIR/rank-N.out/.err")
+    jobs.add_argument(
+        "--ray",
+        action="store_true",
+        help="start a Ray cluster over the lease (head on the first node, workers on the others) and run CMD "
+        "there as its driver, with RAY_ADDRESS set",
+    )
+    jobs.add_argument("--ray-args", default="", metavar="ARGS", help="extra arguments for every `ray start`")
     p.add_argument("--quiet", action="store_true", help="print nothing of vgpu's own")
     p.add_argument("--endpoint", help="vgpud to ask (default: VGPU_ENDPOINT or the local socket)")
     return p
@@ -106,7 +171,7 @@ class _WaitLine:
             self._out.flush()
 
 
-def _acquire(pool: Pool, args: argparse.Namespace, waiting: _WaitLine, on_lost: LostCallback) -> Lease:
+def _acquire(pool: Pool, args: argparse.Namespace, waiting: _WaitLine, mailbox: Mailbox) -> Lease:
     node: str | None = None if args.any_node else (args.node or "")
     return pool.acquire(
         memory=args.memory,
@@ -121,53 +186,13 @@ def _acquire(pool: Pool, args: argparse.Namespace, waiting: _WaitLine, on_lost: 
         priority=args.priority,
         wait=args.wait,
         timeout=args.timeout,
+        ttl=args.ttl,
         description=f"vgpu run {' '.join(args.command)[:200]}",
         on_queued=waiting,
-        on_lost=on_lost,
+        on_resume=mailbox.resumed,
+        on_lost=mailbox.lost,
         raise_on_lost=False,
     )
-
-
-class _Job:
-    """CMD as a child process, with vgpu's signal rules: Ctrl-C forwarded once, a second one kills."""
-
-    def __init__(self, command: Sequence[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(command, env=env)  # noqa: S603 -- the user's own command, as the user
-        self._interrupts = 0
-        self._terminal = sys.stdin.isatty()
-        """On a terminal, Ctrl-C already reaches CMD (same process group): forwarding it would send it twice."""
-        self.lost_reason: str | None = None
-
-    def forward(self, signum: int, _frame: object) -> None:
-        """SIGINT/SIGTERM to vgpu run: pass it on (the second SIGINT kills CMD)."""
-        if signum == signal.SIGINT:
-            self._interrupts += 1
-            if self._interrupts > 1:
-                self.proc.kill()
-                return
-            if self._terminal:
-                return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def stop_for_loss(self, reason: str) -> None:
-        """The lease is gone: SIGTERM now, SIGKILL after the grace (from the SDK's loss thread)."""
-        self.lost_reason = reason
-        if self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        timer = threading.Timer(STOP_GRACE_S, self._kill_if_running)
-        timer.daemon = True
-        timer.start()
-
-    def _kill_if_running(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-
-    def wait(self) -> int:
-        """CMD's exit status, shell style (128+N for a signal)."""
-        code = self.proc.wait()
-        return 128 - code if code < 0 else code
 
 
 def run(argv: Sequence[str], *, err: TextIO = sys.stderr) -> int:
@@ -200,23 +225,16 @@ def run(argv: Sequence[str], *, err: TextIO = sys.stderr) -> int:
     if not os.access(program, os.X_OK):
         err.write(f"vgpu run: {command[0]}: not executable\n")
         return EXIT_NOT_EXECUTABLE
-    return _run_leased(args, command, err)
+    return _run_leased(args, str(Path(program).absolute()), err)
 
 
-def _run_leased(args: argparse.Namespace, command: list[str], err: TextIO) -> int:
+def _run_leased(args: argparse.Namespace, program: str, err: TextIO) -> int:
     waiting = _WaitLine(err, quiet=args.quiet)
-    job: _Job | None = None
-    lost: list[str] = []
-
-    def on_lost(reason: str) -> None:
-        lost.append(reason)
-        if job is not None:
-            job.stop_for_loss(reason)
-
+    mailbox = Mailbox()
     try:
         with Pool(args.endpoint) as pool:
             try:
-                lease = _acquire(pool, args, waiting, on_lost)
+                lease = _acquire(pool, args, waiting, mailbox)
             except VgpuError as exc:
                 waiting.done()
                 err.write(f"vgpu run: no lease ({exc.reason}): {exc}\n")
@@ -225,22 +243,46 @@ def _run_leased(args: argparse.Namespace, command: list[str], err: TextIO) -> in
             with lease:
                 if not args.quiet:
                     err.write(f"vgpu: lease {lease.id} on {', '.join(lease.nodes) or lease.node}: {_asked(args)}\n")
-                job = _Job(command, {**os.environ, **lease.env})
-                if lost:  # lost between the grant and the start
-                    job.stop_for_loss(lost[0])
-                previous = {s: signal.signal(s, job.forward) for s in (signal.SIGINT, signal.SIGTERM)}
-                try:
-                    status = job.wait()
-                finally:
-                    for signum, handler in previous.items():
-                        signal.signal(signum, handler)
-            if job.lost_reason is not None:
-                err.write(f"vgpu run: the lease was lost, so {command[0]} was stopped: {job.lost_reason}\n")
-                return EXIT_LEASE_LOST
-            return status
+                if _through_daemons(lease, args):
+                    return _launch(pool, lease, mailbox, args, err)
+                options = JobOptions(
+                    program=program,
+                    command=args.command,
+                    on_preempt=args.on_preempt,
+                    preempt_signal=args.preempt_signal,
+                    endpoint=pool.endpoint,
+                    quiet=args.quiet,
+                )
+                return Supervisor(lease, mailbox, options, err).run()
     except VgpuError as exc:
         err.write(f"vgpu run: {exc}\n")
         return EXIT_NO_LEASE
+
+
+def _through_daemons(lease: Lease, args: argparse.Namespace) -> bool:
+    """Whether the node daemons start CMD: several nodes, another node, or options only they offer."""
+    here = bool(lease.env.get("CUDA_VISIBLE_DEVICES"))
+    return len(lease.nodes) > 1 or not here or args.per_gpu or args.output is not None or args.ray
+
+
+def _launch(pool: Pool, lease: Lease, mailbox: Mailbox, args: argparse.Namespace, err: TextIO) -> int:
+    command = list(args.command)
+    if args.ray:
+        ray_args = ["--ray-args", args.ray_args] if args.ray_args else []
+        command = [sys.executable, "-m", "vgpu._private.ray_on_lease", *ray_args, "--", *command]
+    options = LaunchOptions(
+        command=command,
+        per_gpu=args.per_gpu and not args.ray,
+        keep_going=args.keep_going,
+        output=args.output,
+        quiet=args.quiet,
+        first_rank_ends_job=args.ray,
+    )
+    status = launch(client_of(pool), lease, options, err)
+    if mailbox.lost_reason is not None:
+        err.write(f"vgpu run: the lease was lost, so the job was stopped on every node: {mailbox.lost_reason}\n")
+        return EXIT_LEASE_LOST
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from vgpu._private.lease_records import QueueInfo
 from vgpu._private.local_credential import CredentialError, Metadata
 from vgpu._private.rpc_errors import credential_error, error_for, failure_of_sync_call
 from vgpu._private.tls import TlsConfig
-from vgpu.api.v1 import types_pb2, workload_pb2, workload_pb2_grpc
+from vgpu.api.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, workload_pb2, workload_pb2_grpc
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
@@ -173,6 +173,14 @@ class SyncClient:
         with contextlib.suppress(grpc.RpcError):  # the lease is in hand; a late error changes nothing
             for _ in call:
                 pass
+
+    def run_job(self, inputs: Iterator[jobs_pb2.RunJobRequest], *, timeout: float) -> Iterator[jobs_pb2.RunJobResponse]:
+        """A RunJob call (a job on every node of a lease): iterate it for events, `.cancel()` it to stop the job."""
+        if self.closed.is_set():
+            raise self.closed_error()
+        stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        call: Iterator[jobs_pb2.RunJobResponse] = stub.RunJob(inputs, timeout=timeout, metadata=self.metadata())
+        return call
 
     def watch(
         self,

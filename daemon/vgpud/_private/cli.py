@@ -24,6 +24,7 @@ _OVERRIDES: dict[str, tuple[str, str]] = {
     "state_dir": ("state_dir", "--state-dir"),
     "socket": ("socket_path", "--socket"),
     "listen": ("tcp_listen", "--listen"),
+    "node_address": ("node.address", "--node-address"),
     "etcd": ("etcd.endpoints", "--etcd"),
     "etcd_ca": ("etcd.ca_file", "--etcd-ca"),
     "etcd_cert": ("etcd.cert_file", "--etcd-cert"),
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", type=Path, metavar="DIR", help="state directory (default /var/lib/vgpu)")
     p.add_argument("--socket", type=Path, metavar="PATH", help="Unix socket (default /run/vgpu/vgpud.sock)")
     p.add_argument("--listen", metavar="HOST:PORT", help="also serve gRPC over TCP on HOST:PORT (mutual TLS)")
+    p.add_argument("--node-address", metavar="HOST", help="where other hosts reach this one (jobs' MASTER_ADDR)")
     p.add_argument("--tls-cert", type=Path, metavar="FILE", help="server certificate for --listen (PEM)")
     p.add_argument("--tls-key", type=Path, metavar="FILE", help="its private key (mode 0600)")
     p.add_argument("--tls-client-ca", type=Path, metavar="FILE", help="CA that issued the client certificates")

@@ -29,6 +29,7 @@ from vgpud._private.config_values import MAX_PORT, convert, endpoint_problem, re
 from vgpud._private.config_values import ConfigError as ConfigError  # noqa: PLC0414 -- explicit re-export (mypy)
 from vgpud._private.config_watchdog import WatchdogConfig, validate_watchdog
 from vgpud._private.core.priorities import DEFAULT_CLASSES, PriorityClass
+from vgpud._private.jobs.config import JobsConfig, NodeAddressConfig, validate_jobs, validate_node_address
 
 BackendKind = Literal["nvml", "sim"]
 LogFormat = Literal["auto", "json", "console"]
@@ -160,6 +161,10 @@ class DaemonConfig:
     """[audit] table."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """[limits] table."""
+    node: NodeAddressConfig = field(default_factory=NodeAddressConfig)
+    """[node] table."""
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    """[jobs] table."""
     priority_classes: tuple[PriorityClass, ...] = DEFAULT_CLASSES
     """[priority_classes.NAME] tables (at most 100): value (-1e9 to 1e9), preemptible, in_quota_only,
     preempt_grace_s and min_runtime_s (0 to 604800 seconds), projects (at most 1000)."""
@@ -179,6 +184,8 @@ _SECTIONS: dict[str, type[Any]] = {
     "tls": TlsServerConfig,
     "audit": AuditConfig,
     "limits": LimitsConfig,
+    "node": NodeAddressConfig,
+    "jobs": JobsConfig,
 }
 _CLASSES_TABLE = "priority_classes"
 _DEFAULT_LAYER, _FILE_LAYER, _FLAG_LAYER = 0, 1, 2
@@ -315,6 +322,8 @@ def _validate(cfg: DaemonConfig, layers: _Layers) -> None:
     validate_accounting(cfg.accounting, fail)
     validate_mps(cfg.mps, fail)
     validate_limits(cfg.limits, fail)
+    validate_node_address(cfg.node, fail)
+    validate_jobs(cfg.jobs, fail)
     validate_auth(cfg.auth, cfg.tls, cfg.audit, tcp=cfg.tcp_listen is not None, sim=cfg.backend == "sim", fail=fail)
     if cfg.sim_spec is not None:
         try:

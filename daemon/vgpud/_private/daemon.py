@@ -36,6 +36,8 @@ from vgpud._private.core.projects import usage_by_project
 from vgpud._private.fair_pass import QueueRanking
 from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grpc_server import prepare_socket, start_grpc_server
+from vgpud._private.jobs.config import advertised
+from vgpud._private.jobs.service import JobService
 from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.log_limit import LogLimit
@@ -293,7 +295,8 @@ class Daemon:
         if cfg.metrics.port is not None:
             self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
         audit_task = await auth.start(stopping)
-        server, health_servicer, door = await start_grpc_server(serving, self._config, auth.tls, self._metrics)
+        jobs = JobService.for_daemon(serving, cfg, socket.gethostname())
+        server, health_servicer, door = await start_grpc_server(serving, self._config, auth.tls, self._metrics, jobs)
         self._install_signals(auth)
         sdnotify.ready()
         sdnotify.status(f"serving {len(self._gpus)} GPU(s) on {self.endpoint}")
@@ -306,6 +309,7 @@ class Daemon:
             server, health_servicer=health_servicer, door=door, serving=serving, queue=queue, leadership=leadership
         )
         await auth.stop()
+        await jobs.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(audit_task, _STORE_TIMEOUT)  # `stopping` is set: it writes what is left
         return EXIT_OK
@@ -395,6 +399,7 @@ class Daemon:
 
     async def _publish_node(self, store: Store) -> None:
         """Write this node's record (bound to its etcd lease), with the GPUs its backend finds unhealthy."""
+        address, tcp_endpoint = advertised(self._config.node, self._config.tcp_listen, socket.gethostname())
         record = NodeRecord(
             name=self._config.node_name,
             endpoint=self.endpoint,
@@ -405,6 +410,8 @@ class Daemon:
             gpus=tuple(g.uuid for g in self._gpus),
             host=socket.gethostname(),
             unhealthy=tuple(uuid for uuid, ok in self._health_by_gpu.items() if not ok),
+            address=address,
+            tcp_endpoint=tcp_endpoint,
         )
         key = self._keys.node(self._config.node_name)
         await store.txn([], [Put(key, record.to_json(), lease=self._node_lease)], timeout=_STORE_TIMEOUT)

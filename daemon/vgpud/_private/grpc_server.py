@@ -12,11 +12,12 @@ from grpc_health.v1 import health, health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from vgpu._private.local_credential import CREDENTIAL_SUFFIX
-from vgpu.api.v1 import admin_pb2, workload_pb2
+from vgpu.api.v1 import admin_pb2, jobs_pb2, workload_pb2
 from vgpud._private.auth.server_tls import ServerTls
 from vgpud._private.config import DaemonConfig
 from vgpud._private.connections.grpc_options import server_options
 from vgpud._private.connections.unix_door import UnixDoor
+from vgpud._private.jobs.service import JobService
 from vgpud._private.node_parts import StartupError
 from vgpud._private.services.admin import AdminService
 from vgpud._private.services.registration import BadBodies, add_service
@@ -67,7 +68,7 @@ def _prepare_inner(path: Path) -> None:
 
 
 async def start_grpc_server(
-    serving: Serving, cfg: DaemonConfig, tls: ServerTls | None, door_metrics: DoorMetrics
+    serving: Serving, cfg: DaemonConfig, tls: ServerTls | None, door_metrics: DoorMetrics, jobs: JobService
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, UnixDoor]:
     """The gRPC server on the Unix socket (and, with mutual TLS only, on TCP), serving and reporting SERVING."""
     server = grpc.aio.server(options=server_options(cfg.limits))
@@ -76,6 +77,7 @@ async def start_grpc_server(
     services = (
         (WorkloadService(serving), workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"]),
         (AdminService(serving), admin_pb2.DESCRIPTOR.services_by_name["AdminService"]),
+        (jobs, jobs_pb2.DESCRIPTOR.services_by_name["JobService"]),
         (health_servicer, health_pb2.DESCRIPTOR.services_by_name["Health"]),
     )
     for servicer, descriptor in services:
@@ -112,7 +114,7 @@ async def start_grpc_server(
     except OSError as exc:
         await server.stop(None)
         raise StartupError(f"cannot listen on {cfg.socket_path}: {exc.strerror or exc}") from None
-    for name in ("", *names[:2]):
+    for name in ("", *names[:3]):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer, door
 

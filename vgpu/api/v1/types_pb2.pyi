@@ -993,6 +993,8 @@ class Node(_message.Message):
     DRAINING_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TCP_ENDPOINT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___NodeState.ValueType
     endpoint: _builtins.str
@@ -1001,6 +1003,12 @@ class Node(_message.Message):
     version: _builtins.str
     draining: _builtins.bool
     backend: _builtins.str
+    address: _builtins.str
+    """The host address other nodes and a job's ranks reach this node at (`[node] address`): MASTER_ADDR."""
+    tcp_endpoint: _builtins.str
+    """HOST:PORT of its mutual-TLS gRPC listener (empty: Unix socket only, so it cannot take part in
+    multi-node jobs).
+    """
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1017,10 +1025,12 @@ class Node(_message.Message):
         draining: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         backend: _builtins.str = ...,
+        address: _builtins.str = ...,
+        tcp_endpoint: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "draining", b"draining", "endpoint", b"endpoint", "gpu_count", b"gpu_count", "labels", b"labels", "name", b"name", "started_at", b"started_at", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "backend", b"backend", "draining", b"draining", "endpoint", b"endpoint", "gpu_count", b"gpu_count", "labels", b"labels", "name", b"name", "started_at", b"started_at", "state", b"state", "tcp_endpoint", b"tcp_endpoint", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,7 @@ from vgpud._private.auth.identity import Role
 
 WORKLOAD: Final = "vgpu.api.v1.WorkloadService"
 ADMIN: Final = "vgpu.api.v1.AdminService"
+JOBS: Final = "vgpu.api.v1.JobService"
 HEALTH: Final = "grpc.health.v1.Health"
 REFLECTION: Final = "grpc.reflection.v1alpha.ServerReflection"
 
@@ -41,6 +42,8 @@ READ: Final = Rule(_EVERYONE)
 """Reads of the pool: nodes, GPUs, leases (others' without owner and environment), queue, quotas, usage."""
 WORKLOAD_CALL: Final = Rule(_PEOPLE)
 """Acquire and lease calls: users (in their projects, on their own leases) and admins (anywhere)."""
+NODE_CALL: Final = Rule(frozenset({Role.NODE}))
+"""Daemon to daemon: a node vouches for the launcher it relays (RunOnNode)."""
 ADMIN_MUTATION: Final = Rule(_ADMINS, mutation=True)
 ADMIN_READ: Final = Rule(_ADMINS)
 
@@ -53,6 +56,8 @@ RULES: Final[Mapping[str, Rule]] = MappingProxyType(
         f"{WORKLOAD}/ListLeases": READ,
         f"{WORKLOAD}/WatchLease": WORKLOAD_CALL,
         f"{WORKLOAD}/AckPreempt": WORKLOAD_CALL,
+        f"{JOBS}/RunJob": WORKLOAD_CALL,
+        f"{JOBS}/RunOnNode": NODE_CALL,
         f"{ADMIN}/ListNodes": READ,
         f"{ADMIN}/ListGpus": READ,
         f"{ADMIN}/ListAllLeases": READ,

@@ -214,6 +214,10 @@ class NodeRecord:
     """Host name of the daemon's machine, so another host cannot take over a live node name."""
     unhealthy: tuple[str, ...] = ()
     """UUIDs its backend reports unhealthy now, so the leader and other daemons place nothing there."""
+    address: str = ""
+    """Where other hosts reach this one (`[node] address`): a job's MASTER_ADDR when its first node is here."""
+    tcp_endpoint: str = ""
+    """HOST:PORT of the daemon's mutual-TLS listener, which other daemons dial to start a job's ranks here."""
 
     def healthy(self, uuid: str) -> bool:
         """Whether this node's daemon last reported the GPU healthy."""

@@ -230,6 +230,8 @@ def node(name: str, record: NodeRecord | None, config: NodeConfig, gpu_count: in
         msg.started_at.CopyFrom(timestamp(record.started_at))
         msg.backend = record.backend
         msg.labels.update(record.labels)
+        msg.address = record.address
+        msg.tcp_endpoint = record.tcp_endpoint
     return msg
 
 

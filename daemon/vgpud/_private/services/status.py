@@ -62,6 +62,9 @@ CODES: Final[dict[str, grpc.StatusCode]] = {
     reasons.STORE_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     reasons.SHUTTING_DOWN: grpc.StatusCode.UNAVAILABLE,
     reasons.INTERNAL: grpc.StatusCode.INTERNAL,
+    reasons.JOB_REFUSED: grpc.StatusCode.FAILED_PRECONDITION,
+    reasons.TOO_MANY_JOBS: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    reasons.JOB_NODE_LOST: grpc.StatusCode.UNAVAILABLE,
     **dict.fromkeys(reasons.AUTHENTICATION_REASONS, grpc.StatusCode.UNAUTHENTICATED),
     **dict.fromkeys(reasons.PERMISSION_REASONS, grpc.StatusCode.PERMISSION_DENIED),
 }
@@ -247,6 +250,37 @@ class guarded_stream:  # noqa: N801 -- used as a decorator, named like one
                 if _is_abort(exc):
                     raise
                 await abort(context, _refused(door, method, request, context, exc, started=started))
+            finally:
+                structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
+
+        run.vgpu_guarded = method  # type: ignore[attr-defined]  # marks the handler for tests/unit/test_auth_rules.py
+        return run
+
+
+class guarded_bidi:  # noqa: N801 -- used as a decorator, named like one
+    """Decorate a bidirectional-streaming handler the same way (the audit target is the call, not a message)."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+
+    def __call__(
+        self, handler: Callable[[S, AsyncIterator[Req], Ctx], AsyncIterator[Resp]]
+    ) -> Callable[[S, AsyncIterator[Req], Ctx], AsyncIterator[Resp]]:
+        """Wrap `handler`."""
+        method = self._method
+
+        @functools.wraps(handler)
+        async def run(servicer: S, requests: AsyncIterator[Req], context: Ctx) -> AsyncIterator[Resp]:
+            door = cast("GuardedServicer", servicer)
+            started = time.perf_counter()
+            try:
+                await _enter(door, method, context)
+                async for item in handler(servicer, requests, context):
+                    yield item
+            except Exception as exc:
+                if _is_abort(exc):
+                    raise
+                await abort(context, _refused(door, method, None, context, exc, started=started))
             finally:
                 structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
 
