@@ -3,8 +3,9 @@
 Starts vgpud (embedded etcd, simulated GPUs), runs example workloads that share the GPUs (the last one
 has to wait in the queue until another releases), shows the pool through vgpuctl while they run and
 after; then switches one GPU to MIG mode and runs two workloads on MIG instances created for them; then a
-project with a quota claims the other GPU back from a borrowing job, which checkpoints, yields and resumes.
-Exits 0 only when every step worked.
+project with a quota claims the other GPU back from a borrowing job, which checkpoints, yields and resumes;
+then `vgpu run` runs a command on a slice, and a two-node job on a second pool of two daemons (mutual TLS
+between them) whose ranks meet at MASTER_ADDR:MASTER_PORT. Exits 0 only when every step worked.
 """
 
 from __future__ import annotations
@@ -84,6 +85,24 @@ def run_fair(env: dict[str, str]) -> list[int]:
     return codes
 
 
+def vgpu_run(env: dict[str, str], *args: str) -> int:
+    print(f"\n$ vgpu run {' '.join(args)}", flush=True)
+    return subprocess.run([sys.executable, "-m", "vgpu", "run", *args], env=env, check=False).returncode
+
+
+SHOW_ENV = "import os; print('CMD sees CUDA_VISIBLE_DEVICES', os.environ['CUDA_VISIBLE_DEVICES'])"
+
+
+def run_two_nodes() -> int:
+    """Two daemons of one pool (etcd shared, node certificates from `vgpuctl pki`); one job on both."""
+    from two_nodes import two_node_pool  # noqa: PLC0415 -- the demo's own helper, beside this file
+
+    with two_node_pool() as (first, _second):
+        env = {**os.environ, **first.env(), "COLUMNS": "160"}
+        vgpuctl(env, "nodes")
+        return vgpu_run(env, "--gpus", "2", "--gang", "--any-node", "--", sys.executable, str(HERE / "rendezvous.py"))
+
+
 def main() -> int:
     started = time.monotonic()
     with local_pool(sim="h100-80gb:2") as pool:
@@ -105,12 +124,17 @@ def main() -> int:
         vgpuctl(env, "leases", "--all")
         codes += run_mig(env)
         codes += run_fair(env)
+        codes.append(vgpu_run(env, "--memory", "10GiB", "--compute", "0.25", "--", sys.executable, "-c", SHOW_ENV))
+    codes.append(run_two_nodes())
     if any(codes):
         print(f"\ndemo FAILED: workload exit codes {codes}", file=sys.stderr)
         return 1
     took = time.monotonic() - started
-    total = len(JOBS) + len(MIG_JOBS) + 2
-    print(f"\ndemo OK: {total} workloads shared 2 GPUs (2 on MIG instances, 1 preempted and resumed) in {took:.1f}s")
+    total = len(JOBS) + len(MIG_JOBS) + 3
+    print(
+        f"\ndemo OK: {total} workloads shared 2 GPUs (2 on MIG instances, 1 preempted and resumed, 1 through vgpu "
+        f"run), then a job ran on two nodes, in {took:.1f}s"
+    )
     return 0
 
 

@@ -47,6 +47,24 @@ def all_reduce(rank: int, world: int) -> int:
         return int(conn.makefile().readline())
 
 
+def requeue(directory: Path, rank: int) -> int:
+    """Save a checkpoint on SIGTERM and exit; once restarted, report what was saved and the restart count."""
+    restarts = os.environ["VGPU_RESTART_COUNT"]
+    checkpoint = directory / f"checkpoint-{rank}"
+    if checkpoint.exists():
+        print(json.dumps({"restart": restarts, "checkpoint": checkpoint.read_text()}), flush=True)
+        return 0
+
+    def save(_signum: int, _frame: object) -> None:
+        checkpoint.write_text(f"saved at restart {restarts}")
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, save)
+    (directory / f"pid-{rank}").write_text(str(os.getpid()))
+    time.sleep(120)
+    return 1
+
+
 def main() -> int:
     mode = sys.argv[1]
     per_gpu = "RANK" in os.environ
@@ -64,6 +82,8 @@ def main() -> int:
         print("finished", flush=True)
         return 0
     directory = Path(sys.argv[2])
+    if mode == "requeue":
+        return requeue(directory, rank)
     (directory / f"pid-{rank}").write_text(str(os.getpid()))
     if mode == "fail-on-rank-1" and rank == 1:
         while len(list(directory.glob("pid-*"))) < world:  # every rank is up: the failure must stop them

@@ -223,6 +223,24 @@ def test_an_evicted_lease_stops_every_rank(nodes: Nodes, tmp_path: Path) -> None
         assert not alive(pid)
 
 
+def test_a_preempted_job_is_requeued_on_every_node_with_its_restart_count(nodes: Nodes, tmp_path: Path) -> None:
+    job = nodes.popen(
+        "--gpus", "4", "--gang", "--any-node", "--", sys.executable, str(ALL_REDUCE), "requeue", str(tmp_path)
+    )
+    with job:
+        (lease,) = wait_until(nodes.leases, what="the job's lease")
+        ranks = len(lease.nodes)
+        wait_until(lambda: len(list(tmp_path.glob("pid-*"))) == ranks, what="every rank")
+        assert vgpuctl(nodes.launcher, "preempt", lease.id, "--grace", "30s").returncode == 0
+        out, err = job.communicate(timeout=60)
+    assert job.returncode == 0, err
+    assert "vgpu: preempted (" in err
+    assert "restarting the job (restart 1)" in err
+    reports = [json.loads(lines[-1]) for lines in lines_of(out).values()]
+    assert reports == [{"restart": "1", "checkpoint": "saved at restart 0"}] * ranks
+    assert nodes.leases() == []
+
+
 def test_a_missing_command_on_the_nodes_is_127(nodes: Nodes) -> None:
     done = nodes.run("--gpus", "4", "--gang", "--any-node", "--", "/no/such/command-vgpu")
     assert done.returncode == 127
@@ -278,6 +296,21 @@ def test_a_node_lost_mid_job_ends_it_everywhere_with_its_name(fresh: Nodes, tmp_
     assert lost.node_name in err
     for pid in (int(p.read_text()) for p in tmp_path.glob("pid-*")):
         wait_until(stopped(pid), what=f"rank process {pid} to be stopped", timeout=20)
+
+
+def test_torchrun_needs_no_arguments_on_a_lease_across_nodes(nodes: Nodes) -> None:
+    pytest.importorskip("torch", reason="torch is not installed here (it is not a vgpu dependency)")
+    worker = Path(__file__).with_name("job_torch.py")
+    done = nodes.run(
+        "--gpus", "4", "--gang", "--any-node", "--",
+        sys.executable, "-m", "torch.distributed.run", str(worker), timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads(rest) for lines in lines_of(done.stdout).values() for rest in lines if rest.startswith("{")]
+    assert sorted(r["rank"] for r in reports) == [0, 1, 2, 3]  # torchrun started PET_NPROC_PER_NODE per node
+    assert {r["world"] for r in reports} == {4}
+    assert {r["sum"] for r in reports} == {0 + 1 + 2 + 3}  # gloo all-reduce across the nodes
+    assert len({r["master"] for r in reports}) == 1
 
 
 RAY_ARGS = "--include-dashboard=false --num-cpus=1 --object-store-memory=78643200 --disable-usage-stats"

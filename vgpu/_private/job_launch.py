@@ -9,10 +9,12 @@ rank (a second one kills them); the launcher's death ends the call, which stops 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import queue
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,8 @@ from vgpu._private.lease import Lease
 from vgpu._private.sync_client import SyncClient
 from vgpu.api.v1 import jobs_pb2
 
+ACK_MARGIN_S: Final = 1.0
+"""Ranks still running this long before the preemption deadline are killed, so the acknowledgement is in time."""
 EXIT_NODE_FAILED: Final = 70
 """A node refused the job or was lost (before any rank failed); the daemon uses the same status."""
 _STREAM_DEADLINE_S: Final = 30 * 86_400.0
@@ -41,6 +45,70 @@ class LaunchOptions:
     output: Path | None = None
     quiet: bool = False
     first_rank_ends_job: bool = False
+    preempt_signal: int | None = None
+    """Sent to every rank when the lease is asked to yield; they have until just before the deadline to exit
+    (then SIGKILL). None: preemption is left to the ranks' own attached leases."""
+    stop_on_preempt: bool = True
+    """After the preempt signal, SIGKILL whatever still runs just before the deadline (for a requeue); false
+    leaves the ranks running (they acknowledge through their own attached leases)."""
+    restart_count: int = 0
+
+
+@dataclass(slots=True)
+class LaunchResult:
+    """How a launch ended."""
+
+    status: int
+    preempted: bool = False
+    """The lease was asked to yield while the job ran (the ranks got the preempt signal)."""
+
+
+class _PreemptWatch:
+    """Waits for the lease's preemption notice and passes the preempt signal to every rank."""
+
+    def __init__(self, lease: Lease, inputs: _Inputs, options: LaunchOptions, err: TextIO) -> None:
+        assert options.preempt_signal is not None
+        self._lease = lease
+        self._kill = options.stop_on_preempt
+        self._inputs = inputs
+        self._signum = options.preempt_signal
+        self._err = err
+        self._quiet = options.quiet
+        self._done = threading.Event()
+        self.preempted = False
+        self._timer: threading.Timer | None = None
+        self._thread = threading.Thread(target=self._watch, name="vgpu-run-preempt", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            try:
+                notice = self._lease.wait_preempt(timeout=0.5)
+            except VgpuError:
+                return  # lost or released: the loss callback tells run_command
+            if notice is None or self._done.is_set():
+                continue
+            self.preempted = True
+            self._inputs.signal(self._signum)
+            left = (notice.deadline - dt.datetime.now(dt.UTC)).total_seconds()
+            grace = max(0.0, left - min(ACK_MARGIN_S, max(left, 0.0) / 4))
+            if self._kill:
+                self._timer = threading.Timer(grace, self._inputs.signal, args=(signal.SIGKILL,))
+                self._timer.daemon = True
+                self._timer.start()
+            if not self._quiet:
+                name = signal.Signals(self._signum).name
+                then = "exit" if self._kill else "checkpoint"
+                self._err.write(
+                    f"vgpu: preempted ({notice.reason or 'no reason given'}); sent {name} to every rank, which "
+                    f"have {grace:.0f}s to {then}\n"
+                )
+            return
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 class _Inputs:
@@ -118,8 +186,8 @@ class _Signals:
             signal.signal(signum, handler)
 
 
-def launch(client: SyncClient, lease: Lease, options: LaunchOptions, err: TextIO = sys.stderr) -> int:
-    """Run the job through the daemons; the first failing rank's status (0 when all succeed)."""
+def launch(client: SyncClient, lease: Lease, options: LaunchOptions, err: TextIO = sys.stderr) -> LaunchResult:
+    """Run the job through the daemons: the first failing rank's status (0 when all succeed)."""
     if options.output is not None:
         options.output.mkdir(parents=True, exist_ok=True)
     start = jobs_pb2.JobStart(
@@ -131,8 +199,22 @@ def launch(client: SyncClient, lease: Lease, options: LaunchOptions, err: TextIO
         per_gpu=options.per_gpu,
         keep_going=options.keep_going,
         first_rank_ends_job=options.first_rank_ends_job,
+        restart_count=options.restart_count,
     )
     inputs = _Inputs(start)
+    watch = None
+    if options.preempt_signal is not None:
+        watch = _PreemptWatch(lease, inputs, options, err)
+    try:
+        status = _stream(client, lease, inputs, options, err)
+    finally:
+        if watch is not None:
+            watch.stop()
+    return LaunchResult(status, preempted=watch is not None and watch.preempted)
+
+
+def _stream(client: SyncClient, lease: Lease, inputs: _Inputs, options: LaunchOptions, err: TextIO) -> int:
+    """The RunJob call: output to its places, progress lines, and the job's status."""
     output = _Output(options.per_gpu, options.output, sys.stdout.buffer, sys.stderr.buffer)
     expected = len(lease.slices) if options.per_gpu else len(lease.nodes)
     started: list[jobs_pb2.RankStarted] = []

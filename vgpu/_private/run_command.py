@@ -266,23 +266,40 @@ def _through_daemons(lease: Lease, args: argparse.Namespace) -> bool:
 
 
 def _launch(pool: Pool, lease: Lease, mailbox: Mailbox, args: argparse.Namespace, err: TextIO) -> int:
+    """The job through the node daemons; requeued after a preemption as --on-preempt says."""
     command = list(args.command)
     if args.ray:
         ray_args = ["--ray-args", args.ray_args] if args.ray_args else []
         command = [sys.executable, "-m", "vgpu._private.ray_on_lease", *ray_args, "--", *command]
-    options = LaunchOptions(
-        command=command,
-        per_gpu=args.per_gpu and not args.ray,
-        keep_going=args.keep_going,
-        output=args.output,
-        quiet=args.quiet,
-        first_rank_ends_job=args.ray,
-    )
-    status = launch(client_of(pool), lease, options, err)
-    if mailbox.lost_reason is not None:
-        err.write(f"vgpu run: the lease was lost, so the job was stopped on every node: {mailbox.lost_reason}\n")
-        return EXIT_LEASE_LOST
-    return status
+    restarts = 0
+    while True:
+        options = LaunchOptions(
+            command=command,
+            per_gpu=args.per_gpu and not args.ray,
+            keep_going=args.keep_going,
+            output=args.output,
+            quiet=args.quiet,
+            first_rank_ends_job=args.ray,
+            preempt_signal=args.preempt_signal,
+            stop_on_preempt=args.on_preempt == "requeue",
+            restart_count=restarts,
+        )
+        result = launch(client_of(pool), lease, options, err)
+        if mailbox.lost_reason is not None:
+            err.write(f"vgpu run: the lease was lost, so the job was stopped on every node: {mailbox.lost_reason}\n")
+            return EXIT_LEASE_LOST
+        if not result.preempted or args.on_preempt != "requeue":
+            return result.status
+        try:
+            lease.ack_preempt()
+        except VgpuError as exc:
+            err.write(f"vgpu: could not acknowledge the preemption ({exc.reason}); waiting for the daemon\n")
+        if not mailbox.wait_resumed(lease):
+            err.write(f"vgpu run: the lease was lost while the job waited to resume: {mailbox.lost_reason}\n")
+            return EXIT_LEASE_LOST
+        restarts += 1
+        if not args.quiet:
+            err.write(f"vgpu: resumed on {', '.join(lease.nodes)}; restarting the job (restart {restarts})\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -162,6 +162,19 @@ class Mailbox:
         """Post an event."""
         self._queue.put(event)
 
+    def wait_resumed(self, lease: Lease) -> bool:
+        """After an acknowledged preemption: True once the lease is resumed, False when it is lost meanwhile."""
+        while True:
+            if self.lost_reason is not None:
+                return False
+            if not lease.suspended and lease.status == "granted":
+                return True
+            event = self.get(timeout=0.5)
+            if isinstance(event, _Resumed):
+                return True
+            if isinstance(event, _Lost):
+                return False
+
     def get(self, timeout: float | None) -> _Event | None:
         """The next event, or None after `timeout` seconds (None: wait as long as it takes)."""
         try:

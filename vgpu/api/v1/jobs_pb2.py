@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vgpu/api/v1/jobs.proto\x12\x0bvgpu.api.v1\"\xe1\x01\n\x08JobStart\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12+\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1e.vgpu.api.v1.JobStart.EnvEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x0f\n\x07per_gpu\x18\x06 \x01(\x08\x12\x12\n\nkeep_going\x18\x07 \x01(\x08\x12\x1b\n\x13\x66irst_rank_ends_job\x18\x08 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\tNodeStart\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobStart\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\r\x12\x0e\n\x06nnodes\x18\x04 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x05 \x01(\t\x12\x13\n\x0bmaster_port\x18\x06 \x01(\r\x12\x12\n\nfirst_rank\x18\x07 \x01(\r\x12\x12\n\nworld_size\x18\x08 \x01(\r\"R\n\rRunJobRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobStartH\x00\x12\x10\n\x06signal\x18\x02 \x01(\x05H\x00\x42\x07\n\x05input\"[\n\x10RunOnNodeRequest\x12,\n\nnode_start\x18\x01 \x01(\x0b\x32\x16.vgpu.api.v1.NodeStartH\x00\x12\x10\n\x06signal\x18\x02 \x01(\x05H\x00\x42\x07\n\x05input\"6\n\x0eRunJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobEvent\"9\n\x11RunOnNodeResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobEvent\"`\n\x0bRankStarted\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x04 \x01(\t\x12\x13\n\x0bmaster_port\x18\x05 \x01(\r\"a\n\nRankOutput\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12)\n\x06stream\x18\x03 \x01(\x0e\x32\x19.vgpu.api.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"8\n\nRankExited\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0e\n\x06status\x18\x03 \x01(\x05\";\n\nNodeFailed\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"J\n\x0bJobFinished\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xf4\x01\n\x08JobEvent\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.vgpu.api.v1.RankStartedH\x00\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x17.vgpu.api.v1.RankOutputH\x00\x12)\n\x06\x65xited\x18\x03 \x01(\x0b\x32\x17.vgpu.api.v1.RankExitedH\x00\x12.\n\x0bnode_failed\x18\x04 \x01(\x0b\x32\x17.vgpu.api.v1.NodeFailedH\x00\x12,\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x18.vgpu.api.v1.JobFinishedH\x00\x42\x07\n\x05\x65vent*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32\xa3\x01\n\nJobService\x12\x45\n\x06RunJob\x12\x1a.vgpu.api.v1.RunJobRequest\x1a\x1b.vgpu.api.v1.RunJobResponse(\x01\x30\x01\x12N\n\tRunOnNode\x12\x1d.vgpu.api.v1.RunOnNodeRequest\x1a\x1e.vgpu.api.v1.RunOnNodeResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16vgpu/api/v1/jobs.proto\x12\x0bvgpu.api.v1\"\xf8\x01\n\x08JobStart\x12\x10\n\x08lease_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0c\n\x04\x61rgv\x18\x03 \x03(\t\x12+\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1e.vgpu.api.v1.JobStart.EnvEntry\x12\x0b\n\x03\x63wd\x18\x05 \x01(\t\x12\x0f\n\x07per_gpu\x18\x06 \x01(\x08\x12\x12\n\nkeep_going\x18\x07 \x01(\x08\x12\x1b\n\x13\x66irst_rank_ends_job\x18\x08 \x01(\x08\x12\x15\n\rrestart_count\x18\t \x01(\r\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb2\x01\n\tNodeStart\x12\"\n\x03job\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobStart\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\x11\n\tnode_rank\x18\x03 \x01(\r\x12\x0e\n\x06nnodes\x18\x04 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x05 \x01(\t\x12\x13\n\x0bmaster_port\x18\x06 \x01(\r\x12\x12\n\nfirst_rank\x18\x07 \x01(\r\x12\x12\n\nworld_size\x18\x08 \x01(\r\"R\n\rRunJobRequest\x12&\n\x05start\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobStartH\x00\x12\x10\n\x06signal\x18\x02 \x01(\x05H\x00\x42\x07\n\x05input\"[\n\x10RunOnNodeRequest\x12,\n\nnode_start\x18\x01 \x01(\x0b\x32\x16.vgpu.api.v1.NodeStartH\x00\x12\x10\n\x06signal\x18\x02 \x01(\x05H\x00\x42\x07\n\x05input\"6\n\x0eRunJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobEvent\"9\n\x11RunOnNodeResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.vgpu.api.v1.JobEvent\"`\n\x0bRankStarted\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0b\n\x03pid\x18\x03 \x01(\r\x12\x13\n\x0bmaster_addr\x18\x04 \x01(\t\x12\x13\n\x0bmaster_port\x18\x05 \x01(\r\"a\n\nRankOutput\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12)\n\x06stream\x18\x03 \x01(\x0e\x32\x19.vgpu.api.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"8\n\nRankExited\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\x0e\n\x06status\x18\x03 \x01(\x05\";\n\nNodeFailed\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"J\n\x0bJobFinished\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04rank\x18\x03 \x01(\r\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xf4\x01\n\x08JobEvent\x12+\n\x07started\x18\x01 \x01(\x0b\x32\x18.vgpu.api.v1.RankStartedH\x00\x12)\n\x06output\x18\x02 \x01(\x0b\x32\x17.vgpu.api.v1.RankOutputH\x00\x12)\n\x06\x65xited\x18\x03 \x01(\x0b\x32\x17.vgpu.api.v1.RankExitedH\x00\x12.\n\x0bnode_failed\x18\x04 \x01(\x0b\x32\x17.vgpu.api.v1.NodeFailedH\x00\x12,\n\x08\x66inished\x18\x05 \x01(\x0b\x32\x18.vgpu.api.v1.JobFinishedH\x00\x42\x07\n\x05\x65vent*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x32\xa3\x01\n\nJobService\x12\x45\n\x06RunJob\x12\x1a.vgpu.api.v1.RunJobRequest\x1a\x1b.vgpu.api.v1.RunJobResponse(\x01\x30\x01\x12N\n\tRunOnNode\x12\x1d.vgpu.api.v1.RunOnNodeRequest\x1a\x1e.vgpu.api.v1.RunOnNodeResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +33,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBSTART_ENVENTRY']._loaded_options = None
   _globals['_JOBSTART_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTSTREAM']._serialized_start=1379
-  _globals['_OUTPUTSTREAM']._serialized_end=1476
+  _globals['_OUTPUTSTREAM']._serialized_start=1402
+  _globals['_OUTPUTSTREAM']._serialized_end=1499
   _globals['_JOBSTART']._serialized_start=40
-  _globals['_JOBSTART']._serialized_end=265
-  _globals['_JOBSTART_ENVENTRY']._serialized_start=223
-  _globals['_JOBSTART_ENVENTRY']._serialized_end=265
-  _globals['_NODESTART']._serialized_start=268
-  _globals['_NODESTART']._serialized_end=446
-  _globals['_RUNJOBREQUEST']._serialized_start=448
-  _globals['_RUNJOBREQUEST']._serialized_end=530
-  _globals['_RUNONNODEREQUEST']._serialized_start=532
-  _globals['_RUNONNODEREQUEST']._serialized_end=623
-  _globals['_RUNJOBRESPONSE']._serialized_start=625
-  _globals['_RUNJOBRESPONSE']._serialized_end=679
-  _globals['_RUNONNODERESPONSE']._serialized_start=681
-  _globals['_RUNONNODERESPONSE']._serialized_end=738
-  _globals['_RANKSTARTED']._serialized_start=740
-  _globals['_RANKSTARTED']._serialized_end=836
-  _globals['_RANKOUTPUT']._serialized_start=838
-  _globals['_RANKOUTPUT']._serialized_end=935
-  _globals['_RANKEXITED']._serialized_start=937
-  _globals['_RANKEXITED']._serialized_end=993
-  _globals['_NODEFAILED']._serialized_start=995
-  _globals['_NODEFAILED']._serialized_end=1054
-  _globals['_JOBFINISHED']._serialized_start=1056
-  _globals['_JOBFINISHED']._serialized_end=1130
-  _globals['_JOBEVENT']._serialized_start=1133
-  _globals['_JOBEVENT']._serialized_end=1377
-  _globals['_JOBSERVICE']._serialized_start=1479
-  _globals['_JOBSERVICE']._serialized_end=1642
+  _globals['_JOBSTART']._serialized_end=288
+  _globals['_JOBSTART_ENVENTRY']._serialized_start=246
+  _globals['_JOBSTART_ENVENTRY']._serialized_end=288
+  _globals['_NODESTART']._serialized_start=291
+  _globals['_NODESTART']._serialized_end=469
+  _globals['_RUNJOBREQUEST']._serialized_start=471
+  _globals['_RUNJOBREQUEST']._serialized_end=553
+  _globals['_RUNONNODEREQUEST']._serialized_start=555
+  _globals['_RUNONNODEREQUEST']._serialized_end=646
+  _globals['_RUNJOBRESPONSE']._serialized_start=648
+  _globals['_RUNJOBRESPONSE']._serialized_end=702
+  _globals['_RUNONNODERESPONSE']._serialized_start=704
+  _globals['_RUNONNODERESPONSE']._serialized_end=761
+  _globals['_RANKSTARTED']._serialized_start=763
+  _globals['_RANKSTARTED']._serialized_end=859
+  _globals['_RANKOUTPUT']._serialized_start=861
+  _globals['_RANKOUTPUT']._serialized_end=958
+  _globals['_RANKEXITED']._serialized_start=960
+  _globals['_RANKEXITED']._serialized_end=1016
+  _globals['_NODEFAILED']._serialized_start=1018
+  _globals['_NODEFAILED']._serialized_end=1077
+  _globals['_JOBFINISHED']._serialized_start=1079
+  _globals['_JOBFINISHED']._serialized_end=1153
+  _globals['_JOBEVENT']._serialized_start=1156
+  _globals['_JOBEVENT']._serialized_end=1400
+  _globals['_JOBSERVICE']._serialized_start=1502
+  _globals['_JOBSERVICE']._serialized_end=1665
 # @@protoc_insertion_point(module_scope)

@@ -68,6 +68,7 @@ class JobStart(_message.Message):
     PER_GPU_FIELD_NUMBER: _builtins.int
     KEEP_GOING_FIELD_NUMBER: _builtins.int
     FIRST_RANK_ENDS_JOB_FIELD_NUMBER: _builtins.int
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
     lease_id: _builtins.str
     token: _builtins.str
     cwd: _builtins.str
@@ -80,6 +81,8 @@ class JobStart(_message.Message):
     """Rank 0's exit ends the job: the other ranks are stopped and the job's status is rank 0's (a Ray
     head running the driver, with workers that would otherwise run until stopped).
     """
+    restart_count: _builtins.int
+    """How often the job was requeued after a preemption: VGPU_RESTART_COUNT of every rank."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The command and its arguments (argv[0] is looked up in PATH of `env` on each node)."""
@@ -99,10 +102,11 @@ class JobStart(_message.Message):
         per_gpu: _builtins.bool = ...,
         keep_going: _builtins.bool = ...,
         first_rank_ends_job: _builtins.bool = ...,
+        restart_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cwd", b"cwd", "env", b"env", "first_rank_ends_job", b"first_rank_ends_job", "keep_going", b"keep_going", "lease_id", b"lease_id", "per_gpu", b"per_gpu", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "cwd", b"cwd", "env", b"env", "first_rank_ends_job", b"first_rank_ends_job", "keep_going", b"keep_going", "lease_id", b"lease_id", "per_gpu", b"per_gpu", "restart_count", b"restart_count", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -15,13 +15,17 @@ COLUMNS = (
     Column("GPUS", justify_right=True),
     Column("BACKEND", elastic=True),
     Column("ENDPOINT", elastic=True),
+    Column("TCP", elastic=True),
     Column("VERSION", elastic=True),
     Column("UP SINCE"),
 )
 
 
 def nodes(ctx: typer.Context, as_json: JsonFlag = False) -> None:
-    """List the nodes: NAME, STATE (ready/draining/down), GPUS, BACKEND, ENDPOINT, VERSION, UP SINCE."""
+    """List the nodes: NAME, STATE (ready/draining/down), GPUS, BACKEND, ENDPOINT, TCP, VERSION, UP SINCE.
+
+    TCP is the mutual-TLS listener other daemons dial to start a multi-node job's ranks there.
+    """
     with connect(target_of(ctx)) as daemon:
         response: admin_pb2.ListNodesResponse = daemon.call(daemon.admin.ListNodes, admin_pb2.ListNodesRequest())
     listed = sorted(response.nodes, key=lambda node: node.name)
@@ -41,6 +45,7 @@ def row(node: types_pb2.Node) -> list[str]:
         str(node.gpu_count),
         node.backend or cells.NONE,
         node.endpoint or cells.NONE,
+        node.tcp_endpoint or cells.NONE,
         node.version or cells.NONE,
         cells.timestamp(node.started_at),
     ]

@@ -93,7 +93,8 @@ async def run_node(
         dict(start.job.env), lease_env, mine, meet, per_gpu=start.job.per_gpu, node_address=here.address
     )
     first = mine.first_rank if start.job.per_gpu else mine.node_rank
-    ranks = [RankSpec(first + i, env) for i, env in enumerate(envs)]
+    restarts = {"VGPU_RESTART_COUNT": str(start.job.restart_count)}
+    ranks = [RankSpec(first + i, {**env, **restarts}) for i, env in enumerate(envs)]
     cgroup = here.cgroups.create(f"{lease.id}-{secrets.token_hex(4)}")
     node_ranks = NodeRanks(
         s.node, list(start.job.argv), cwd=start.job.cwd, account=account, cgroup=cgroup, grace=here.config.stop_grace_s

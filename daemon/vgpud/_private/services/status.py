@@ -225,6 +225,24 @@ class guarded_unary:  # noqa: N801 -- used as a decorator, named like one
         return run
 
 
+async def _guarded_items(
+    door: GuardedServicer, method: str, request: object, context: Ctx, items: AsyncIterator[Resp]
+) -> AsyncIterator[Resp]:
+    """A streaming handler's answers behind the gate: admit first (the handler's body runs only when iterated)."""
+    started = time.perf_counter()
+    try:
+        identity = await _enter(door, method, context)
+        async for item in items:
+            yield item
+        _audit_allowed(door, method, identity, request)
+    except Exception as exc:
+        if _is_abort(exc):
+            raise
+        await abort(context, _refused(door, method, request, context, exc, started=started))
+    finally:
+        structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
+
+
 class guarded_stream:  # noqa: N801 -- used as a decorator, named like one
     """Decorate a server-streaming handler the same way."""
 
@@ -240,18 +258,8 @@ class guarded_stream:  # noqa: N801 -- used as a decorator, named like one
         @functools.wraps(handler)
         async def run(servicer: S, request: Req, context: Ctx) -> AsyncIterator[Resp]:
             door = cast("GuardedServicer", servicer)
-            started = time.perf_counter()
-            try:
-                identity = await _enter(door, method, context)
-                async for item in handler(servicer, request, context):
-                    yield item
-                _audit_allowed(door, method, identity, request)
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                await abort(context, _refused(door, method, request, context, exc, started=started))
-            finally:
-                structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
+            async for item in _guarded_items(door, method, request, context, handler(servicer, request, context)):
+                yield item
 
         run.vgpu_guarded = method  # type: ignore[attr-defined]  # marks the handler for tests/unit/test_auth_rules.py
         return run
@@ -272,17 +280,8 @@ class guarded_bidi:  # noqa: N801 -- used as a decorator, named like one
         @functools.wraps(handler)
         async def run(servicer: S, requests: AsyncIterator[Req], context: Ctx) -> AsyncIterator[Resp]:
             door = cast("GuardedServicer", servicer)
-            started = time.perf_counter()
-            try:
-                await _enter(door, method, context)
-                async for item in handler(servicer, requests, context):
-                    yield item
-            except Exception as exc:
-                if _is_abort(exc):
-                    raise
-                await abort(context, _refused(door, method, None, context, exc, started=started))
-            finally:
-                structlog.contextvars.unbind_contextvars("rpc", "peer", "user")
+            async for item in _guarded_items(door, method, None, context, handler(servicer, requests, context)):
+                yield item
 
         run.vgpu_guarded = method  # type: ignore[attr-defined]  # marks the handler for tests/unit/test_auth_rules.py
         return run
