@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 
-.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-loss bench-flood bench-enforce security-check gpu-wheelhouse gpu-check clean
+.PHONY: venv demo test test-gpu chaos lint proto proto-check bench bench-cluster bench-mig bench-replay bench-preempt bench-loss bench-jobs bench-flood bench-enforce security-check gpu-wheelhouse gpu-check clean
 
 venv: $(STAMP)
 
@@ -67,6 +67,10 @@ bench-preempt: $(STAMP)
 # the old heartbeat-interval baseline and a GetLease floor. Needs root (vgpuctl evict is an admin command).
 bench-loss: $(STAMP)
 	$(BIN)/python bench/loss_latency.py
+
+# A job on three nodes (RunJob over mutual TLS) beside starting the same command by hand.
+bench-jobs: $(STAMP)
+	$(BIN)/python bench/jobs.py
 
 # Flood: 10,000 waiting acquires from 10 local users (root drops each process to its own uid); health-check
 # p50/p99 during the flood beside the idle p99, daemon CPU, position messages, server cancellations (must be 0),

@@ -241,6 +241,15 @@ def test_a_preempted_job_is_requeued_on_every_node_with_its_restart_count(nodes:
     assert nodes.leases() == []
 
 
+def test_job_options_that_clash_are_one_line_and_exit_2(nodes: Nodes) -> None:
+    for args in (("--ray-args", "--num-cpus=1"), ("--ray", "--per-gpu")):
+        done = nodes.run("--gpus", "2", *args, "--", "true")
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.count("\n") == 1
+        assert "--ray" in done.stderr
+    assert nodes.leases() == []
+
+
 def test_a_missing_command_on_the_nodes_is_127(nodes: Nodes) -> None:
     done = nodes.run("--gpus", "4", "--gang", "--any-node", "--", "/no/such/command-vgpu")
     assert done.returncode == 127

@@ -56,7 +56,8 @@ def canned_nodes() -> list[types_pb2.Node]:
         types_pb2.Node(
             name="node-a",
             state=types_pb2.NODE_STATE_READY,
-            endpoint="10.0.0.1:7443",
+            endpoint="unix:///run/vgpu/vgpud.sock",
+            tcp_endpoint="10.0.0.1:7443",
             gpu_count=2,
             version="0.1.0",
             backend="nvml",
@@ -372,11 +373,12 @@ def test_nodes_table_lists_every_node_sorted_as_plain_text(capsys: pytest.Captur
     assert result.err == ""
     assert "\x1b[" not in result.out
     lines = result.out.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "GPUS", "BACKEND", "ENDPOINT", "VERSION", "UP", "SINCE"]
-    assert lines[1].split()[:6] == ["node-a", "ready", "2", "nvml", "10.0.0.1:7443", "0.1.0"]
-    assert lines[2].split()[:6] == ["node-b", "draining", "1", "sim", "unix:///run/vgpu/vgpud.sock", "0.1.0"]
-    assert lines[3].split() == ["node-c", "down", "1", "-", "-", "-", "-"]
-    assert lines[1].split()[6].endswith("Z")
+    assert lines[0].split() == ["NAME", "STATE", "GPUS", "BACKEND", "ENDPOINT", "TCP", "VERSION", "UP", "SINCE"]
+    sock = "unix:///run/vgpu/vgpud.sock"
+    assert lines[1].split()[:7] == ["node-a", "ready", "2", "nvml", sock, "10.0.0.1:7443", "0.1.0"]
+    assert lines[2].split()[:7] == ["node-b", "draining", "1", "sim", sock, "-", "0.1.0"]
+    assert lines[3].split() == ["node-c", "down", "1", "-", "-", "-", "-", "-"]
+    assert lines[1].split()[7].endswith("Z")
     assert all(line == line.rstrip() for line in lines)
 
 

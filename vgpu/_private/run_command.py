@@ -209,14 +209,9 @@ def run(argv: Sequence[str], *, err: TextIO = sys.stderr) -> int:
         err.write(f"vgpu run: {exc}\n")
         return EXIT_USAGE
     args.command = command
-    if not command:
-        err.write("vgpu run: no command; give it after --, e.g. vgpu run --memory 20GiB -- python train.py\n")
-        return EXIT_USAGE
-    if not (args.memory or args.gpus or args.mig):
-        err.write(
-            f"vgpu run: no GPU asked for (would run {command[0]!r} without a slice); add --memory 20GiB, "
-            "--gpus 1 or --mig 3g.40gb\n"
-        )
+    problem = _usage_problem(args)
+    if problem:
+        err.write(f"vgpu run: {problem}\n")
         return EXIT_USAGE
     program = shutil.which(command[0]) if os.sep not in command[0] else command[0]
     if program is None or not Path(program).exists():
@@ -257,6 +252,22 @@ def _run_leased(args: argparse.Namespace, program: str, err: TextIO) -> int:
     except VgpuError as exc:
         err.write(f"vgpu run: {exc}\n")
         return EXIT_NO_LEASE
+
+
+def _usage_problem(args: argparse.Namespace) -> str:
+    """What is wrong with the options and command, in one line ("" when nothing)."""
+    if not args.command:
+        return "no command; give it after --, e.g. vgpu run --memory 20GiB -- python train.py"
+    if args.ray_args and not args.ray:
+        return "--ray-args needs --ray"
+    if args.ray and args.per_gpu:
+        return "--ray and --per-gpu do not go together: Ray places one task per GPU itself"
+    if not (args.memory or args.gpus or args.mig):
+        return (
+            f"no GPU asked for (would run {args.command[0]!r} without a slice); add --memory 20GiB, "
+            "--gpus 1 or --mig 3g.40gb"
+        )
+    return ""
 
 
 def _through_daemons(lease: Lease, args: argparse.Namespace) -> bool:
