@@ -9,6 +9,8 @@ Every error raised here derives from `vgpu.VgpuError`; see `vgpu.testing` for a 
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from vgpu._private.async_lease import AsyncLease
 from vgpu._private.async_pool import AsyncPool
 from vgpu._private.errors import (
@@ -48,6 +50,13 @@ from vgpu._private.runtime.preemptible_kernel import (
 )
 from vgpu._private.runtime.runtime import Runtime, RuntimeOptions
 from vgpu._private.tls import TlsConfig
+
+try:
+    __version__: str = version("vgpu")
+    """The installed distribution's version (pyproject.toml's), e.g. '0.1.0'."""
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
+del PackageNotFoundError, version
 
 __all__ = [
     "AppliedEnvironment",
@@ -91,6 +100,7 @@ __all__ = [
     "ThrottlePolicy",
     "TlsConfig",
     "VgpuError",
+    "__version__",
     "acquire",
     "attach",
 ]

@@ -84,19 +84,19 @@ def main() -> int:
     directory = Path(sys.argv[2])
     if mode == "requeue":
         return requeue(directory, rank)
-    (directory / f"pid-{rank}").write_text(str(os.getpid()))
-    if mode == "fail-on-rank-1" and rank == 1:
-        while len(list(directory.glob("pid-*"))) < world:  # every rank is up: the failure must stop them
-            time.sleep(0.05)
-        return 3
 
     def record(signum: int, _frame: object) -> None:
         (directory / f"signal-{rank}").write_text(signal.Signals(signum).name)
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
 
-    signal.signal(signal.SIGINT, record)
+    signal.signal(signal.SIGINT, record)  # before the pid file: the test signals once it sees every pid
     signal.signal(signal.SIGTERM, record)
+    (directory / f"pid-{rank}").write_text(str(os.getpid()))
+    if mode == "fail-on-rank-1" and rank == 1:
+        while len(list(directory.glob("pid-*"))) < world:  # every rank is up: the failure must stop them
+            time.sleep(0.05)
+        return 3
     time.sleep(120)
     return 0
 

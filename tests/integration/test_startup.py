@@ -53,6 +53,7 @@ def test_unwritable_state_dir_exits_3(tmp_path: Path) -> None:
     assert result.returncode == 3
     assert "state dir" in result.stderr
     assert "--state-dir" in result.stderr
+    assert result.stderr.count("state dir") == 1  # one line, on a TTY or off it
 
 
 def test_unreachable_etcd_exits_3_after_a_bounded_retry(tmp_path: Path) -> None:
@@ -96,7 +97,10 @@ def test_metrics_port_in_use_exits_3(tmp_path: Path) -> None:
             str(port),
         )
     assert result.returncode == 3
-    assert str(port) in result.stderr
+    # Printed once (no log event repeating it off a TTY), and before anything that talks to etcd started.
+    assert result.stderr.count(str(port)) == 1
+    assert f"vgpud: error: cannot serve metrics on 127.0.0.1:{port}: the port is in use" in result.stderr
+    assert "unreachable" not in result.stderr
 
 
 def test_notify_metrics_and_clean_stop(tmp_path: Path) -> None:

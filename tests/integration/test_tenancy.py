@@ -328,7 +328,8 @@ with grpc.insecure_channel(ep, options=[("grpc.default_authority", "localhost")]
     }
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{pool.metrics_port}/metrics", timeout=10).read().decode()  # type: ignore[attr-defined]
     for reason in (reasons.CREDENTIAL_MISSING, reasons.CREDENTIAL_INVALID, reasons.CREDENTIAL_EXPIRED):
-        assert f'vgpu_auth_refusals_total{{method="AdminService/DrainNode",reason="{reason}"}}' in scraped
+        labels = f'method="AdminService/DrainNode",node="{pool.node_name}",reason="{reason}"'
+        assert f"vgpu_auth_refusals_total{{{labels}}}" in scraped
     anonymous = [r for r in refused if r["reason"] == reasons.CREDENTIAL_MISSING]
     assert anonymous[0]["peer"].startswith("unix:")
     assert not anonymous[0].get("user")
@@ -373,6 +374,8 @@ def test_every_served_method_is_in_the_authorization_table(shared_host: LocalPoo
 
     pool = descriptor_pool.Default()
     import grpc_health.v1.health_pb2  # noqa: F401 -- registers the health descriptors
+
+    import vgpud._private.services.reflection  # noqa: F401 -- registers grpc.reflection.v1
 
     methods = {f"{name}/{m.name}" for name in services for m in pool.FindServiceByName(name).methods}
     assert methods, services

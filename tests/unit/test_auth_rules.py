@@ -13,6 +13,7 @@ from vgpu.api.v1 import admin_pb2, jobs_pb2, workload_pb2
 from vgpud._private.auth.identity import Role
 from vgpud._private.auth.rules import RULES, rule_for, short
 from vgpud._private.jobs.service import JobService
+from vgpud._private.services import reflection as reflection_v1
 from vgpud._private.services.admin import AdminService
 from vgpud._private.services.workload import WorkloadService
 
@@ -22,6 +23,7 @@ SERVED: tuple[Any, ...] = (
     jobs_pb2.DESCRIPTOR,
     health_pb2.DESCRIPTOR,
     reflection_pb2.DESCRIPTOR,
+    reflection_v1.DESCRIPTOR,
 )
 """Every proto file whose services vgpud registers (grpc_server.py)."""
 
@@ -75,6 +77,7 @@ def test_reads_are_open_to_every_role_and_lease_calls_to_people() -> None:
         "grpc.health.v1.Health/Watch",
         "grpc.health.v1.Health/List",
         "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
     }
 
 

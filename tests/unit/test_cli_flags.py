@@ -33,6 +33,7 @@ def test_every_flag(tmp_path: Path) -> None:
             "--cluster=lab",
             "--node-name=node-7",
             "--metrics-port=9400",
+            "--metrics-host=0.0.0.0",
             "--lease-ttl=60",
             "--log-format=json",
             "--log-level=debug",
@@ -55,7 +56,7 @@ def test_every_flag(tmp_path: Path) -> None:
     )
     assert cfg.etcd.cluster == "lab"
     assert cfg.node_name == "node-7"
-    assert cfg.metrics.port == 9400
+    assert (cfg.metrics.port, cfg.metrics.host) == (9400, "0.0.0.0")
     assert cfg.lease.default_ttl_s == 60
     assert (cfg.log.format, cfg.log.level) == ("json", "debug")
 
@@ -88,6 +89,7 @@ def test_bad_flag_is_a_config_error() -> None:
     [
         (["--bogus"], "vgpud: error: unrecognized arguments: --bogus (see vgpud --help)"),
         (["--metrics-port", "http"], "vgpud: error: argument --metrics-port: invalid int value: 'http'"),
+        (["--metrics-host", ""], "vgpud: error: --metrics-host: metrics.host: must not be empty"),
         (["--log-format", "xml"], "vgpud: error: argument --log-format: invalid choice: 'xml'"),
         (["--sim", "a30-24gb", "--backend", "nvml"], "vgpud: error: argument --backend: not allowed with"),
         (["--lease-ttl", "1"], "vgpud: error: --lease-ttl: lease.default_ttl_s: 1 is outside"),
@@ -122,6 +124,7 @@ def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--etcd-ca",
         "--lease-ttl",
         "--metrics-port",
+        "--metrics-host",
         "--log-level",
     ):
         assert flag in out

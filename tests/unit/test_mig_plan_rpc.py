@@ -163,6 +163,32 @@ def test_gpu_entry_wins_over_model_entry_and_gpus_come_in_node_and_index_order()
     ]
 
 
+def test_a_gpu_may_be_named_node_and_index() -> None:
+    pool = [
+        (record(UUID_A, node="node-a", index=0), mig_state(), True),
+        (record(UUID_B, node="node-b", index=3), mig_state(), True),
+    ]
+    steps = rows(plan_response(pool, '[gpus."node-b:3"]\nprofiles = ["7g.80gb"]\n'))
+    assert steps == [("create", "node-b", UUID_B, "7g.80gb", 0, "")]
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("node-a:5", 'gpus."node-a:5": no GPU 5 on node node-a (its GPUs: 0, 1); see vgpuctl gpus'),
+        ("node-z:0", 'gpus."node-z:0": no GPU 0 on node node-z (no such node in the pool); see vgpuctl gpus'),
+        ("node-a:0", f'gpus."node-a:0": GPU {UUID_A} is named twice (by its uuid and as NODE:INDEX)'),
+    ],
+)
+def test_an_unknown_node_or_index_in_a_layout_is_refused(key: str, message: str) -> None:
+    pool = [(record(), mig_state(), True), (record(UUID_T4, index=1, model="t4-16gb"), GpuState(), True)]
+    layout = f'[gpus."{UUID_A}"]\nprofiles = ["7g.80gb"]\n[gpus."{key}"]\nprofiles = ["7g.80gb"]\n'
+    with pytest.raises(Refusal) as caught:
+        plan_response(pool, layout)
+    assert caught.value.reason == reasons.INVALID_REQUEST
+    assert caught.value.message == message
+
+
 def test_gpus_the_layout_does_not_name_get_no_steps() -> None:
     state = mig_state(mig("7g.80gb", 0, MigState.READY, "lease-aaa"))
     response = plan_response([(record(), state, True)], '[models."a100-40gb"]\nprofiles = ["7g.40gb"]\n')

@@ -106,3 +106,8 @@ def test_gpu_health_names_a_down_node() -> None:
     assert cells.gpu_health(types_pb2.Gpu(healthy=False)) == "unhealthy"
     assert cells.gpu_health(types_pb2.Gpu(healthy=False), node_down=True) == "node-down"
     assert cells.gpu_health(types_pb2.Gpu(healthy=True), node_down=True) == "node-down"
+
+
+def test_the_default_project_has_one_spelling() -> None:
+    assert cells.project("") == "default"
+    assert cells.project("vision") == "vision"

@@ -463,7 +463,8 @@ def test_gpus_json_keeps_full_uuids(capsys: pytest.CaptureFixture[str], daemon: 
     assert [gpu["node"] for gpu in gpus] == ["node-a", "node-a", "node-b", "node-c"]
     first = gpus[0]
     assert first["uuid"] == UUID_A0
-    assert first["allocated"] == {"memory_bytes": str(20 * GiB), "compute_milli": 500, "slices": 1}
+    assert first["allocated"] == {"memory_bytes": 20 * GiB, "compute_milli": 500, "slices": 1}
+    assert first["memory_bytes"] == H100_BYTES  # uint64: a JSON number, not protobuf's string
     assert gpus[-1]["healthy"] is False
     assert daemon.admin.requests == [admin_pb2.ListGpusRequest()]  # JSON is the daemon's answer, no join
 
@@ -623,6 +624,47 @@ def test_gpu_mode_accepts_a_unique_prefix(capsys: pytest.CaptureFixture[str], da
     assert result.code == 0, result.err
     assert daemon.admin.requests[-1] == admin_pb2.SetGpuModeRequest(gpu_uuid=UUID_A0, mode=types_pb2.GPU_MODE_MIG)
     assert json.loads(result.out)["mode"] == "GPU_MODE_MIG"
+
+
+@pytest.mark.parametrize(("given", "uuid"), [("node-a:1", UUID_A1), ("node-b:0", UUID_B0), (" node-a:0 ", UUID_A0)])
+def test_gpu_mode_accepts_node_and_index(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon, given: str, uuid: str
+) -> None:
+    result = run(capsys, daemon, "gpu", "mode", given, "shared")
+    assert result.code == 0, result.err
+    assert daemon.admin.requests[-1] == admin_pb2.SetGpuModeRequest(gpu_uuid=uuid, mode=types_pb2.GPU_MODE_SHARED)
+
+
+@pytest.mark.parametrize(
+    ("given", "code", "line"),
+    [
+        (
+            "node-z:0",
+            3,
+            "GPU_NOT_FOUND: no node 'node-z' in the pool (nodes with GPUs: node-a, node-b, node-c); see `vgpuctl gpus`",
+        ),
+        ("node-a:7", 3, "GPU_NOT_FOUND: node node-a has no GPU 7 (its GPUs: 0, 1); see `vgpuctl gpus --node node-a`"),
+        ("node-a:x", 2, "'node-a:x' is neither a GPU uuid nor NODE:INDEX (e.g. gpu-07:0, as `vgpuctl gpus` shows)"),
+        (":0", 2, "':0' is neither a GPU uuid nor NODE:INDEX (e.g. gpu-07:0, as `vgpuctl gpus` shows)"),
+    ],
+)
+def test_gpu_mode_unknown_node_or_index_is_one_line(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon, given: str, code: int, line: str
+) -> None:
+    result = run(capsys, daemon, "gpu", "mode", given, "shared")
+    assert result.code == code
+    assert result.err_lines == [f"vgpuctl: error: {line}"]
+    assert not any(isinstance(request, admin_pb2.SetGpuModeRequest) for request in daemon.admin.requests)
+
+
+def test_evict_of_an_ended_lease_is_refused_with_how_it_ended(
+    capsys: pytest.CaptureFixture[str], daemon: Daemon
+) -> None:
+    message = "lease lease-bbb had already ended: revoked (EVICTED_BY_ADMIN: maintenance); nothing was changed"
+    daemon.admin.refusal = Refusal(grpc.StatusCode.FAILED_PRECONDITION, reasons.LEASE_ENDED, message)
+    result = run(capsys, daemon, "evict", "lease-bbb")
+    assert (result.code, result.out) == (1, "")
+    assert result.err_lines == [f"vgpuctl: error: LEASE_ENDED: {message}"]
 
 
 def test_gpu_mode_ambiguous_prefix_is_a_usage_error(capsys: pytest.CaptureFixture[str], daemon: Daemon) -> None:

@@ -389,7 +389,7 @@ def test_quota_set_json_has_the_project_and_the_warnings(
     answer = json.loads(result.out)
     assert set(answer) == {"project", "warnings"}
     assert answer["warnings"] == [WARNING]
-    assert answer["project"]["quota"]["deserved_milli"] == "6000"  # uint64 reads as a string in proto JSON
+    assert answer["project"]["quota"]["deserved_milli"] == 6000  # uint64 as a JSON number
     assert answer["project"]["quota"]["over_quota_weight"] == 2
     assert answer["project"]["configured"] is True
     assert result.err_lines == [f"warning: {WARNING}"]
@@ -512,8 +512,8 @@ def test_quota_get_json_keys(capsys: pytest.CaptureFixture[str], daemon: FairDae
         "limit_memory_bytes",
         "members",
     }
-    assert status["quota"]["deserved_milli"] == "2500"
-    assert status["quota"]["limit_milli"] == "0"
+    assert status["quota"]["deserved_milli"] == 2500
+    assert status["quota"]["limit_milli"] == 0
 
 
 def test_quota_get_unknown_project_exits_3_with_one_line(
@@ -577,7 +577,7 @@ def test_quota_list_json_keys(capsys: pytest.CaptureFixture[str], daemon: FairDa
     assert result.code == 0, result.err
     answer = json.loads(result.out)
     assert set(answer) == {"projects", "capacity_milli", "capacity_memory_bytes", "priority_classes", "warnings"}
-    assert answer["capacity_milli"] == "8000"
+    assert answer["capacity_milli"] == 8000
     assert {project["quota"]["project"] for project in answer["projects"]} == {"vision", "research", "adhoc"}
     assert answer["priority_classes"][0]["name"] == "batch"
     assert answer["priority_classes"][0]["preempt_grace"] == "30s"

@@ -167,6 +167,23 @@ def test_top_project_filter_and_json(capsys: pytest.CaptureFixture[str], daemon:
     assert daemon.admin.requests[-1] == admin_pb2.ListLeaseUsageRequest(project="nlp")
 
 
+def test_the_default_project_reads_default_in_top_and_report(
+    capsys: pytest.CaptureFixture[str], daemon: UsageDaemon
+) -> None:
+    unnamed, named, _ = canned_usage()
+    unnamed.project = ""  # a lease that named no project
+    named.project = "default"
+    daemon.admin.usage = [unnamed, named]
+    daemon.admin.report = admin_pb2.GetUsageReportResponse(projects=[admin_pb2.ProjectUsage(project="", leases=1)])
+    result = run(capsys, daemon, "top")
+    assert result.code == 0, result.err
+    leases, projects = (part.splitlines() for part in result.out.split("\n\n"))
+    assert [line.split()[1] for line in leases[1:]] == ["default", "default"]
+    assert [line.split()[:2] for line in projects[1:]] == [["default", "2"]]  # one project, not two
+    report = run(capsys, daemon, "report")
+    assert report.out.splitlines()[1].split()[:2] == ["default", "1"]
+
+
 def test_top_watch_redraws_until_interrupted(
     capsys: pytest.CaptureFixture[str], daemon: UsageDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NoReturn, TextIO
 
+import vgpu
 from vgpu._private.errors import VgpuError
 from vgpu._private.job_launch import LaunchOptions, launch
 from vgpu._private.lease import Lease
@@ -319,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args or args[0] in ("-h", "--help"):
         sys.stdout.write("usage: vgpu run [options] -- CMD ARGS...   (vgpu run --help for the options)\n")
         return 0 if args else EXIT_USAGE
+    if args[0] == "--version":
+        sys.stdout.write(f"vgpu {vgpu.__version__}\n")
+        return 0
     if args[0] != "run":
         sys.stderr.write(f"vgpu: unknown command {args[0]!r}; the command is: vgpu run [options] -- CMD ARGS...\n")
         return EXIT_USAGE

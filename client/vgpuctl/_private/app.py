@@ -15,6 +15,7 @@ from typing import Annotated, Final
 
 import typer
 
+import vgpu
 from vgpu._private.endpoint import DEFAULT_ENDPOINT, ENV_ENDPOINT
 from vgpu._private.tls import ENV_CA, ENV_CERT, ENV_KEY, TlsConfig
 from vgpuctl._private import exit_codes
@@ -93,6 +94,19 @@ TlsCa = Annotated[
 ]
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: print 'vgpuctl X.Y.Z' (the installed vgpu's version) and stop, before any verb runs."""
+    if value:
+        typer.echo(f"{PROG} {vgpu.__version__}")
+        raise typer.Exit(exit_codes.OK)
+
+
+Version = Annotated[
+    bool,
+    typer.Option("--version", help="Print vgpuctl's version and exit.", callback=_print_version, is_eager=True),
+]
+
+
 def _tls(cert: Path | None, key: Path | None, ca: Path | None) -> TlsConfig | None:
     """The TLS files given as flags (all three or none); None leaves them to $VGPU_TLS_*."""
     given = {"--tls-cert": cert, "--tls-key": key, "--tls-ca": ca}
@@ -111,6 +125,7 @@ def _root(  # noqa: PLR0917 -- typer passes the global options positionally
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
+    version: Version = False,  # noqa: ARG001 -- its eager callback prints and exits
 ) -> None:
     """Admin CLI of the vgpu GPU pool: nodes, GPUs and leases of the whole pool, from any host."""
     ctx.obj = Target(endpoint=endpoint, timeout=timeout, tls=_tls(tls_cert, tls_key, tls_ca))
@@ -120,7 +135,7 @@ def _root(  # noqa: PLR0917 -- typer passes the global options positionally
 
 
 def _gpu_root(ctx: typer.Context) -> None:
-    """Change one GPU: `vgpuctl gpu mode GPU_UUID shared|mig|exclusive`."""
+    """Change one GPU: `vgpuctl gpu mode GPU shared|mig|exclusive` (GPU: uuid, uuid prefix or NODE:INDEX)."""
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(exit_codes.USAGE)

@@ -21,6 +21,9 @@ _SECONDS_PER_MINUTE: Final = 60
 NONE: Final = "-"
 """What an empty cell shows, so columns stay aligned for `awk`."""
 
+DEFAULT_PROJECT: Final = "default"
+"""The project of a request that names none, as the daemon calls it (quotas, queue, `--project default`)."""
+
 _UUID_HEX_SHOWN: Final = 8
 
 
@@ -30,6 +33,11 @@ def short_uuid(uuid: str) -> str:
     if not dash or len(rest) <= _UUID_HEX_SHOWN + 1:
         return uuid or NONE
     return f"{kind}-{rest[:_UUID_HEX_SHOWN]}…"
+
+
+def project(name: str) -> str:
+    """A project cell: the name, or 'default' for a lease that named none (one spelling in every table)."""
+    return name or DEFAULT_PROJECT
 
 
 def enum_word(name: str, prefix: str) -> str:

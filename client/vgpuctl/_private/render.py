@@ -12,10 +12,11 @@ import json
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, cast
 
 import typer
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from rich.cells import cell_len
 from rich.console import Console
@@ -43,10 +44,57 @@ class Column:
 
 
 def message_dict(message: Message) -> dict[str, Any]:
-    """A proto message as JSON-ready data: field names as in the .proto, zero values included."""
-    return json_format.MessageToDict(
+    """A proto message as JSON-ready data: field names as in the .proto, zero values included, int64 as numbers.
+
+    protobuf's JSON mapping writes 64-bit integers as strings (for JavaScript's sake); scripts reading
+    `memory_bytes` want a number, and Python's json keeps every digit.
+    """
+    data = json_format.MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+    _numbers_in(cast(Descriptor, message.DESCRIPTOR), data)  # upb's Descriptor has the same fields
+    return data
+
+
+_INT64_TYPES: Final = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+_INT64_WRAPPERS: Final = frozenset({"google.protobuf.Int64Value", "google.protobuf.UInt64Value"})
+
+
+def _numbers_in(descriptor: Descriptor, data: dict[str, Any]) -> None:
+    """Turn the 64-bit integer fields of `data` (MessageToDict of a `descriptor` message) into ints, in place."""
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            entries: dict[str, Any] = data[field.name]
+            for key, value in entries.items():
+                entries[key] = _number_of(value_field, value)
+        elif field.is_repeated:
+            data[field.name] = [_number_of(field, item) for item in data[field.name]]
+        else:
+            data[field.name] = _number_of(field, data[field.name])
+
+
+def _number_of(field: FieldDescriptor, value: Any) -> Any:
+    """One value of `field` with its 64-bit integers as ints (well-known types other than wrappers as they are)."""
+    message_type = field.message_type
+    if message_type is None:
+        return int(value) if field.type in _INT64_TYPES else value
+    if message_type.full_name in _INT64_WRAPPERS:
+        return int(value)
+    if message_type.full_name.startswith("google.protobuf.") or not isinstance(value, dict):
+        return value  # Timestamp, Duration, Any, Struct...: their JSON forms hold no int64 of ours
+    _numbers_in(message_type, value)
+    return value
 
 
 def print_json(value: object) -> None:

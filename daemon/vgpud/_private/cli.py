@@ -32,6 +32,7 @@ _OVERRIDES: dict[str, tuple[str, str]] = {
     "cluster": ("etcd.cluster", "--cluster"),
     "node_name": ("node_name", "--node-name"),
     "metrics_port": ("metrics.port", "--metrics-port"),
+    "metrics_host": ("metrics.host", "--metrics-host"),
     "lease_ttl": ("lease.default_ttl_s", "--lease-ttl"),
     "mig_keep_warm": ("mig.keep_warm_s", "--mig-keep-warm"),
     "log_format": ("log.format", "--log-format"),
@@ -96,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="NAME", help='pool name in etcd (default "default")')
     p.add_argument("--node-name", metavar="NAME", help="this host's name in the pool (default: host name)")
     p.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--metrics-host",
+        metavar="ADDRESS",
+        help="address the metrics port binds to (default 127.0.0.1; 0.0.0.0 lets a remote Prometheus scrape)",
+    )
     p.add_argument("--lease-ttl", type=int, metavar="SECONDS", help="default lease heartbeat TTL (default 30)")
     p.add_argument(
         "--mig-keep-warm", type=float, metavar="SECONDS", help="keep ended leases' MIG instances for reuse (default 0)"

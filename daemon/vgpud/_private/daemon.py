@@ -12,7 +12,6 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -32,7 +31,6 @@ from vgpud._private.connections.file_limit import raise_file_limit
 from vgpud._private.connections.unix_door import UnixDoor
 from vgpud._private.core.model import GpuRecord, LeaseState, NodeRecord
 from vgpud._private.core.priorities import PriorityClasses
-from vgpud._private.core.projects import usage_by_project
 from vgpud._private.fair_pass import QueueRanking
 from vgpud._private.grants.allocator import Allocator
 from vgpud._private.grpc_server import prepare_socket, start_grpc_server
@@ -42,6 +40,7 @@ from vgpud._private.leader import Leadership
 from vgpud._private.log import configure_logging
 from vgpud._private.log_limit import LogLimit
 from vgpud._private.metrics import DaemonMetrics
+from vgpud._private.metrics.feed import MetricsFeed
 from vgpud._private.mps_control import MpsDaemons
 from vgpud._private.node_parts import NodeParts, StartupError
 from vgpud._private.placement_source import PlacementSource
@@ -86,8 +85,8 @@ def run(config: DaemonConfig) -> int:
         etcd_tls = embedded.client_tls if embedded is not None else None
         return asyncio.run(Daemon(config, backend, gpus, endpoints, etcd_tls=etcd_tls).serve())
     except (StartupError, BackendError, StoreError, OSError) as exc:
+        # One plain line, on a TTY or off it: a log event as well would print the same error twice.
         print(f"vgpud: error: {exc}", file=sys.stderr)
-        log.error("cannot start", error=str(exc))  # noqa: TRY400 -- an expected refusal, no traceback wanted
         return EXIT_CANNOT_START
     finally:
         if embedded is not None:
@@ -138,8 +137,7 @@ class Daemon:
         self._endpoints = endpoints
         self._etcd_tls = etcd_tls
         self._keys = Keys(config.etcd.cluster)
-        self._metrics = DaemonMetrics()
-        self._seen_projects: set[str] = set()
+        self._metrics = DaemonMetrics(config.node_name)
         self._tasks = _Tasks()
         self._node_lease = 0
         self._node_alive_until = float("inf")
@@ -156,7 +154,17 @@ class Daemon:
         return f"unix://{self._config.socket_path}"
 
     async def serve(self) -> int:
-        """Connect, register, serve until a stop signal, then shut down cleanly."""
+        """Serve metrics, connect, register, serve until a stop signal, then shut down cleanly."""
+        cfg = self._config
+        if cfg.metrics.port is not None:
+            # First: a busy port must fail the start before anything is registered or running.
+            self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
+        try:
+            return await self._connect_and_serve()
+        finally:
+            self._metrics.stop_http()
+
+    async def _connect_and_serve(self) -> int:
         cfg = self._config
         try:
             tls = self._etcd_tls
@@ -172,6 +180,7 @@ class Daemon:
         try:
             return await self._serve_with(store)
         finally:
+            await self._tasks.cancel_all()  # a start-up error part-way leaves no task at a closed store
             await store.close()
 
     async def _serve_with(self, store: Store) -> int:
@@ -291,9 +300,16 @@ class Daemon:
         self._parts.start_realiser(view, allocator)
         self._tasks.start(self._keep_node_alive(store, view), "node-lease")
         self._tasks.start(self._watch_gpu_health(store), "gpu-health")
-        self._tasks.start(self._update_metrics(view), "metrics")
-        if cfg.metrics.port is not None:
-            self._metrics.start_http(cfg.metrics.host, cfg.metrics.port)
+        feed = MetricsFeed(
+            self._metrics,
+            view=view,
+            node=cfg.node_name,
+            backend=self._backend,
+            leading=lambda: leadership.leading,
+            uses=(lambda: watchdog.uses) if watchdog is not None else dict,
+            classes=classes,
+        )
+        self._tasks.start(feed.run(), "metrics")
         audit_task = await auth.start(stopping)
         jobs = JobService.for_daemon(serving, cfg, socket.gethostname())
         server, health_servicer, door = await start_grpc_server(serving, self._config, auth.tls, self._metrics, jobs)
@@ -468,26 +484,6 @@ class Daemon:
                 except StoreError as exc:
                     log.warning("cannot publish GPU health yet; retrying", error=str(exc))
             await asyncio.sleep(_HEALTH_POLL_S)
-
-    async def _update_metrics(self, view: PoolView) -> None:
-        while True:
-            for record in view.gpus_of(self._config.node_name):
-                state = view.gpu_state(record.uuid).value
-                self._metrics.set_gpu(
-                    record.node,
-                    record.uuid,
-                    record.model,
-                    record.memory_bytes,
-                    state.memory_claimed,
-                    state.compute_claimed,
-                )
-            counts = Counter(v.value.state.value for v in view.live_leases())
-            self._metrics.set_leases({s.value: counts.get(s.value, 0) for s in LeaseState if not s.ended})
-            self._metrics.set_queue_length(view.waiting_count() + len(view.suspended()))
-            held = {name: used.milli for name, used in usage_by_project(v.value for v in view.live_leases()).items()}
-            self._seen_projects |= set(held)
-            self._metrics.set_project_allocation({name: held.get(name, 0) for name in self._seen_projects})
-            await asyncio.sleep(2.0)
 
     async def _watchdog(self, period: float) -> None:
         while True:

@@ -1,4 +1,7 @@
-"""vgpud's gRPC server: the Unix socket (behind the door that caps connections per uid), TCP, health, reflection."""
+"""vgpud's gRPC server: the Unix socket (behind the door that caps connections per uid), TCP, health, reflection.
+
+Health serves Check, Watch and List; reflection answers as grpc.reflection.v1 and as v1alpha.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from typing import Protocol
 
 import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from vgpu._private.local_credential import CREDENTIAL_SUFFIX
@@ -19,7 +22,9 @@ from vgpud._private.connections.grpc_options import server_options
 from vgpud._private.connections.unix_door import UnixDoor
 from vgpud._private.jobs.service import JobService
 from vgpud._private.node_parts import StartupError
+from vgpud._private.services import reflection as reflection_v1
 from vgpud._private.services.admin import AdminService
+from vgpud._private.services.health import HealthServicer
 from vgpud._private.services.registration import BadBodies, add_service
 from vgpud._private.services.serving import Serving
 from vgpud._private.services.workload import WorkloadService
@@ -69,11 +74,11 @@ def _prepare_inner(path: Path) -> None:
 
 async def start_grpc_server(
     serving: Serving, cfg: DaemonConfig, tls: ServerTls | None, door_metrics: DoorMetrics, jobs: JobService
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer, UnixDoor]:
+) -> tuple[grpc.aio.Server, HealthServicer, UnixDoor]:
     """The gRPC server on the Unix socket (and, with mutual TLS only, on TCP), serving and reporting SERVING."""
     server = grpc.aio.server(options=server_options(cfg.limits))
     bad = BadBodies(serving.log_limit, serving.on_error)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     services = (
         (WorkloadService(serving), workload_pb2.DESCRIPTOR.services_by_name["WorkloadService"]),
         (AdminService(serving), admin_pb2.DESCRIPTOR.services_by_name["AdminService"]),
@@ -82,9 +87,11 @@ async def start_grpc_server(
     )
     for servicer, descriptor in services:
         add_service(server, servicer, descriptor, bad)
-    names = (*(descriptor.full_name for _, descriptor in services), reflection.SERVICE_NAME)
-    reflection_service = reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"]
-    add_service(server, reflection.aio.ReflectionServicer(names), reflection_service, bad)
+    names = (*(descriptor.full_name for _, descriptor in services), reflection.SERVICE_NAME, reflection_v1.V1_SERVICE)
+    v1alpha = reflection.aio.ReflectionServicer(names)
+    add_service(server, v1alpha, reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"], bad)
+    v1 = reflection_v1.DESCRIPTOR.services_by_name["ServerReflection"]
+    add_service(server, reflection_v1.ReflectionV1(v1alpha), v1, bad)
     inner = inner_socket(cfg.socket_path)
     _prepare_inner(inner)
     try:

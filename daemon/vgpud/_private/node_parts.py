@@ -74,17 +74,13 @@ class NodeParts:
         """The node watchdog, running (None when [watchdog] enabled is false)."""
         if not self.config.watchdog.enabled:
             return None
-        metrics = self.metrics
-        watchdog = NodeWatchdog(
+        watchdog = NodeWatchdog(  # what it measures reaches the metrics through `watchdog.uses` (metrics/feed.py)
             config=self.config.watchdog,
             node=self.config.node_name,
             view=view,
             allocator=allocator,
             backend=self.backend,
-            on_use=lambda uses: metrics.set_lease_use(
-                (u.lease_id, u.project, u.memory_bytes, u.utilization) for u in uses
-            ),
-            on_action=metrics.count_watchdog_action,
+            on_action=self.metrics.count_watchdog_action,
         )
         self.start_task(watchdog.run(), "node-watchdog")
         return watchdog

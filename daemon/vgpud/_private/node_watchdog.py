@@ -18,7 +18,7 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -94,7 +94,6 @@ class NodeWatchdog:
         view: PoolView,
         allocator: Allocator,
         backend: GpuBackend,
-        on_use: Callable[[Collection[LeaseUse]], None] = lambda _uses: None,
         on_action: Callable[[str], None] = lambda _action: None,
         clock: Callable[[], float] = time.time,
         send_signal: Callable[[int, int], None] = os.kill,
@@ -104,7 +103,6 @@ class NodeWatchdog:
         self._view = view
         self._allocator = allocator
         self._backend = backend
-        self._on_use = on_use
         self._on_action = on_action
         self._clock = clock
         self._send_signal = send_signal
@@ -112,7 +110,7 @@ class NodeWatchdog:
         self._signalled: dict[int, _Signalled] = {}
         self._protected = process_map.protected_pids()
         self.uses: dict[str, LeaseUse] = {}
-        """The last pass's findings, for `vgpuctl top`."""
+        """The last pass's findings, for `vgpuctl top`, the usage ledger and the metrics."""
 
     def observe(self, lease: LeaseRecord, *, reported: bool, memory: int, utilization_milli: int, socket: str) -> None:
         """Take one heartbeat's usage report (the socket name was validated by the RPC layer)."""
@@ -138,13 +136,11 @@ class NodeWatchdog:
         leases = self._candidates(now)
         if not leases and not self._signalled:  # nothing of this host to look at: no /proc, NVML or sockets
             self.uses = {}
-            self._on_use([])
             self._forget_old(now)
             return
         found = await asyncio.to_thread(self._map, leases)
         uses = {lease.id: self._use_of(lease, found) for lease in leases.values() if not lease.state.ended}
         self.uses = {k: v for k, v in uses.items() if v.pids or v.memory_bytes is not None}
-        self._on_use(list(self.uses.values()))
         for lease_id, use in self.uses.items():
             await self._hold_to_budget(leases[lease_id], use, now)
         await asyncio.to_thread(self._stop_processes, leases, found, now)

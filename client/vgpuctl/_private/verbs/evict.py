@@ -1,4 +1,4 @@
-"""`vgpuctl evict`: revoke one lease now; its client sees REVOKED with the reason."""
+"""`vgpuctl evict`: revoke one lease now; its client sees REVOKED with the reason (an ended lease is refused)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ Reason = Annotated[str, typer.Option("--reason", metavar="TEXT", help="Why, in w
 
 
 def evict(ctx: typer.Context, lease_id: LeaseId, reason: Reason = "", as_json: JsonFlag = False) -> None:
-    """Revoke a lease now: its slices are freed and its client is told why."""
+    """Revoke a lease now: its slices are freed and its client is told why.
+
+    A lease that has already ended is refused (LEASE_ENDED, exit 1), naming how it ended.
+    """
     request = admin_pb2.EvictLeaseRequest(lease_id=lease_id, reason=reason)
     with connect(target_of(ctx)) as daemon:
         response: admin_pb2.EvictLeaseResponse = daemon.call(daemon.admin.EvictLease, request)

@@ -62,7 +62,7 @@ def row(lease: types_pb2.Lease, now: dt.datetime, *, with_end: bool) -> list[str
     cells_of_row = [
         lease.id,
         cells.lease_state(lease.state),
-        lease.project or cells.NONE,
+        cells.project(lease.project),
         cells.owner(lease.owner),
         cells.slices(lease),
         cells.age(lease.created_at, now),

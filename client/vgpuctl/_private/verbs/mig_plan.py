@@ -50,6 +50,8 @@ def plan(ctx: typer.Context, layout: LayoutFile, as_json: JsonFlag = False) -> N
 
     A GPU entry wins over its model's; GPUs matched by neither are left alone.
 
+    A GPU may also be named NODE:INDEX, e.g. \[gpus."gpu-07:0"] (the NODE and IDX of `vgpuctl gpus`).
+
     BLOCKED BY: why a step cannot be taken now (a lease holds the instance, vgpu did not make it, not MIG mode).
     """
     text = read_layout(layout)

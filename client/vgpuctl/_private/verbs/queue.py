@@ -61,7 +61,7 @@ def row(entry: types_pb2.QueueEntry, now: dt.datetime) -> list[str]:
     return [
         str(entry.position),
         entry.lease_id or cells.NONE,
-        entry.project or cells.NONE,
+        cells.project(entry.project),
         entry.priority or cells.NONE,
         SUSPENDED if entry.suspended else PENDING,
         shape,

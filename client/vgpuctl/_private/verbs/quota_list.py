@@ -68,7 +68,7 @@ def row(status: types_pb2.ProjectStatus) -> list[str]:
     quota = status.quota
     configured = status.configured
     return [
-        quota.project or cells.NONE,
+        cells.project(quota.project),
         cells.capacity(quota.deserved_milli, quota.deserved_memory_bytes) if configured else cells.NONE,
         cells.capacity(status.allocated_milli, status.allocated_memory_bytes),
         cells.gpus(status.borrowed_milli),

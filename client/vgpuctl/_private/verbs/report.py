@@ -73,7 +73,7 @@ def row(p: admin_pb2.ProjectUsage) -> list[str]:
     if len(p.idle_leases) > _SHOWN_IDLE:
         idle += f" (+{len(p.idle_leases) - _SHOWN_IDLE} more)"
     return [
-        p.project or cells.NONE,
+        cells.project(p.project),
         str(p.leases),
         f"{p.allocated_gpu_hours:.2f}",
         f"{p.used_gpu_hours:.2f}" if p.measured_lease_hours > 0 else cells.NONE,

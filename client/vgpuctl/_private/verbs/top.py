@@ -111,7 +111,7 @@ def lease_row(u: admin_pb2.LeaseUsage, now: dt.datetime) -> list[str]:
     busy = u.used_milli if u.utilization_measured else None
     return [
         u.lease_id,
-        u.project or cells.NONE,
+        cells.project(u.project),
         u.user or cells.NONE,
         u.node,
         f"{_memory(used)}/{cells.memory(u.memory_budget_bytes)}",
@@ -140,7 +140,7 @@ class ProjectRow:
     def row(self) -> list[str]:
         """The table cells."""
         return [
-            self.project or cells.NONE,
+            cells.project(self.project),
             str(len(self.lease_ids)),
             f"{_memory(self.used_bytes)}/{cells.memory(self.budget_bytes)}",
             f"{_gpus(self.used_milli)}/{_gpus(self.share_milli)}",
@@ -153,7 +153,8 @@ def project_rows(leases: Sequence[admin_pb2.LeaseUsage]) -> list[ProjectRow]:
     """Per project, sorted by name: budgets and shares of every lease, use of the measured ones."""
     rows: dict[str, ProjectRow] = {}
     for u in leases:
-        row = rows.setdefault(u.project, ProjectRow(u.project))
+        name = cells.project(u.project)  # '' and 'default' are one project
+        row = rows.setdefault(name, ProjectRow(name))
         if u.lease_id not in row.lease_ids:  # a lease on several nodes has a row per node: count it once
             row.lease_ids.add(u.lease_id)
             row.idle += 1 if u.HasField("idle_since") else 0

@@ -19,6 +19,7 @@ ADMIN: Final = "vgpu.api.v1.AdminService"
 JOBS: Final = "vgpu.api.v1.JobService"
 HEALTH: Final = "grpc.health.v1.Health"
 REFLECTION: Final = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1: Final = "grpc.reflection.v1.ServerReflection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,7 @@ RULES: Final[Mapping[str, Rule]] = MappingProxyType(
         f"{HEALTH}/Watch": OPEN,
         f"{HEALTH}/List": OPEN,
         f"{REFLECTION}/ServerReflectionInfo": OPEN,
+        f"{REFLECTION_V1}/ServerReflectionInfo": OPEN,
     }
 )
 """Full method name ("package.Service/Method") -> rule."""

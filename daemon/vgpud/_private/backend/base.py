@@ -109,6 +109,16 @@ class ProcessGpuUse:
     """Share of the last second the process had kernels running, 0..100; None where not supported (MIG)."""
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceUse:
+    """One whole GPU as NVML sees it now: what every process on it uses, vgpu's or not."""
+
+    memory_used_bytes: int | None
+    """`nvmlDeviceGetMemoryInfo().used`; None where NVML cannot say."""
+    utilization: float | None
+    """Share of the last sample period a kernel ran (0..1); None where not supported (a GPU in MIG mode)."""
+
+
 class GpuBackend(Protocol):
     """Blocking calls (NVML is synchronous): the daemon runs them in a worker thread."""
 
@@ -149,4 +159,8 @@ class GpuBackend(Protocol):
 
     def processes(self, gpu_uuids: Collection[str]) -> list[ProcessGpuUse] | None:
         """The processes on these GPUs (host pids, memory, utilisation); None when the backend cannot see them."""
+        ...
+
+    def device_use(self, gpu_uuids: Collection[str]) -> dict[str, DeviceUse]:
+        """Each GPU's measured memory and utilisation (those NVML cannot read left out; empty on simulated GPUs)."""
         ...

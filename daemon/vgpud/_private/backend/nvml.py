@@ -18,6 +18,7 @@ from typing import Any
 from vgpud._private.backend import geometry
 from vgpud._private.backend.base import (
     BackendError,
+    DeviceUse,
     DiscoveredGpu,
     MigInstance,
     MigMode,
@@ -35,6 +36,7 @@ from vgpud._private.backend.nvml_codes import (
     error_code,
 )
 from vgpud._private.backend.nvml_codes import nvml_str as _text
+from vgpud._private.backend.nvml_device_use import device_use
 from vgpud._private.backend.nvml_processes import gpu_processes, mismatch_errors
 
 _UNSUPPORTED = frozenset({NVML_ERROR_NOT_SUPPORTED, NVML_ERROR_FUNCTION_NOT_FOUND})
@@ -183,6 +185,12 @@ class NvmlBackend:
             except (self._nvml.NVMLError, *mismatch_errors(self._nvml)) as exc:
                 raise BackendError(f"cannot list the processes on GPU {uuid}: {exc}") from None
         return found
+
+    def device_use(self, gpu_uuids: Collection[str]) -> dict[str, DeviceUse]:
+        """Each GPU's used memory and utilisation as NVML reports them now; GPUs NVML cannot read are left out."""
+        self._check_open()
+        found = {uuid: device_use(self._nvml, uuid) for uuid in gpu_uuids}
+        return {uuid: use for uuid, use in found.items() if use is not None}
 
     def close(self) -> None:
         """nvmlShutdown, once; later calls to discover/healthy raise BackendError.

@@ -15,7 +15,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 from vgpud._private.backend import geometry, sim_state
-from vgpud._private.backend.base import BackendError, ProcessGpuUse
+from vgpud._private.backend.base import BackendError, DeviceUse, ProcessGpuUse
 from vgpud._private.backend.nvml import NvmlBackend
 from vgpud._private.backend.sim_devices import SimGpu
 from vgpud._private.backend.sim_nvml import SimNvml
@@ -83,6 +83,11 @@ class SimBackend(NvmlBackend):
         """None: simulated GPUs run no processes, so the watchdog goes by what the runtimes report."""
         self._check_open()
         return None
+
+    def device_use(self, gpu_uuids: Collection[str]) -> dict[str, DeviceUse]:  # noqa: ARG002 -- the backend interface
+        """Empty: a simulated GPU's use is what the runtimes of its leases report, not a device reading."""
+        self._check_open()
+        return {}
 
     def set_healthy(self, uuid: str, ok: bool) -> None:
         """Mark a simulated GPU lost (ok=False) or back (ok=True); BackendError for an unknown UUID."""

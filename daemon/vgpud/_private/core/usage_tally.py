@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgpud._private.core.model import dumps_record, loads_record
+from vgpud._private.core.projects import DEFAULT_PROJECT
 
 HOUR_S = 3600
 MAX_SAMPLE_GAP_S = 60.0
@@ -172,7 +173,7 @@ def project_totals(
     per_lease: dict[str, LeaseTally] = {}
     for bucket in buckets:
         for lease_id, tally in bucket.leases.items():
-            if project and tally.project != project:
+            if project and (tally.project or DEFAULT_PROJECT) != project:  # a lease that named none
                 continue
             total = per_lease.get(lease_id)
             if total is None:

@@ -364,12 +364,20 @@ class Allocator:
         return max(1, int(until - now))
 
     # -- end ---------------------------------------------------------------------------------------
-    async def end(self, lease_id: str, state: LeaseState, reason: str, message: str) -> LeaseRecord:
-        """Move a lease to a terminal state and free its claims; ending an ended lease returns it."""
+    async def end(
+        self, lease_id: str, state: LeaseState, reason: str, message: str, *, refuse_ended: bool = False
+    ) -> LeaseRecord:
+        """Move a lease to a terminal state and free its claims.
+
+        Ending an ended lease returns it (a release is idempotent); with `refuse_ended` (an eviction) it is
+        refused as LEASE_ENDED naming how it ended, also when it ends by other means while this write waits.
+        """
         current = await self.lookup(lease_id)
         if current is None:
             raise Refusal(reasons.LEASE_NOT_FOUND, f"no lease {lease_id!r}")
         if current.value.state.ended:
+            if refuse_ended:
+                raise Refusal(reasons.LEASE_ENDED, _already_ended(current.value))
             return current.value
         history = await self._history_lease()
         ended_here = False
@@ -381,6 +389,8 @@ class Allocator:
             if lease is None:
                 raise Refusal(reasons.LEASE_NOT_FOUND, f"no lease {lease_id!r}")
             if lease.state.ended:
+                if refuse_ended:
+                    raise Refusal(reasons.LEASE_ENDED, _already_ended(lease))
                 return lease
             check_transition(lease.state, state)
             ended = lease.ended_as(state, reason, message, self._clock())
@@ -457,3 +467,8 @@ def _reused(lease: LeaseRecord) -> Refusal:
 def _ended_message(lease: LeaseRecord) -> str:
     detail = f": {lease.end_message}" if lease.end_message else ""
     return f"lease {lease.id} is {lease.state.value} ({lease.end_reason}{detail})"
+
+
+def _already_ended(lease: LeaseRecord) -> str:
+    detail = f": {lease.end_message}" if lease.end_message else ""
+    return f"lease {lease.id} had already ended: {lease.state.value} ({lease.end_reason}{detail}); nothing was changed"

@@ -12,6 +12,7 @@ from vgpud._private.auth.access import sees_everything
 from vgpud._private.auth.gate import caller
 from vgpud._private.core.lease_record import LeaseRecord
 from vgpud._private.core.model import GpuRecord, LeaseState
+from vgpud._private.core.projects import project_of
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import audit_admin, convert, fair_admin, mig_plan, usage_admin, validation
 from vgpud._private.services.serving import Serving
@@ -90,7 +91,7 @@ class AdminService(GuardedServicer, admin_pb2_grpc.AdminServiceServicer):
             r
             for r in records.values()
             if (not node or r.node == node or any(s.node == node for s in r.slices))
-            and (not project or r.project == project)
+            and (not project or project_of(r) == project)  # 'default' finds leases that named no project
         ]
         chosen.sort(key=lambda r: r.created_at)
         endpoints = self._endpoints()
@@ -110,10 +111,11 @@ class AdminService(GuardedServicer, admin_pb2_grpc.AdminServiceServicer):
     async def EvictLease(  # noqa: N802 -- gRPC method name
         self, request: admin_pb2.EvictLeaseRequest, context: Ctx
     ) -> admin_pb2.EvictLeaseResponse:
-        """Revoke a lease now and free its capacity."""
+        """Revoke a lease now and free its capacity; a lease that already ended is refused (LEASE_ENDED)."""
         lease_id, _ = validation.lease_ref(request.lease_id, "-")
         reason = validation.bounded_text("reason", request.reason) or "evicted by an admin"
-        ended = await self._s.allocator.end(lease_id, LeaseState.REVOKED, reasons.END_EVICTED, reason)
+        allocator = self._s.allocator
+        ended = await allocator.end(lease_id, LeaseState.REVOKED, reasons.END_EVICTED, reason, refuse_ended=True)
         return admin_pb2.EvictLeaseResponse(
             lease=convert.lease(
                 ended,

@@ -9,12 +9,12 @@ changed: the RPC is a dry run.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from vgpu._private import reasons
 from vgpu.api.v1 import admin_pb2
-from vgpud._private.core.mig_layout import Layout, LayoutError, Plan, Step, parse_layout, plan
+from vgpud._private.core.mig_layout import Layout, LayoutError, Plan, Step, Wanted, parse_layout, plan
 from vgpud._private.core.mig_placement import MigGpu, MigInstance, profile_of
 from vgpud._private.core.mig_records import MigState
 from vgpud._private.core.mig_slices import mig_gpu
@@ -47,12 +47,31 @@ def plan_response(
     is refused with INVALID_REQUEST and the layout error's message (which names the line or the field).
     """
     try:
-        layout = parse_layout(layout_toml)
+        layout = _by_uuid(parse_layout(layout_toml), [record for record, _, _ in gpus])
         pool = _mig_gpus(gpus, layout)
         result = plan(layout, [gpu.mig for gpu in pool])
     except LayoutError as exc:
         raise Refusal(reasons.INVALID_REQUEST, str(exc)) from None
     return admin_pb2.PlanMigLayoutResponse(steps=list(_steps(pool, layout, result)))
+
+
+def _by_uuid(layout: Layout, records: Sequence[GpuRecord]) -> Layout:
+    """The layout with [gpus."NODE:INDEX"] entries keyed by that GPU's uuid (uuids never hold a ':')."""
+    if not any(":" in key for key in layout.by_gpu):
+        return layout
+    at = {f"{record.node}:{record.index}": record.uuid for record in records}
+    by_gpu: dict[str, tuple[Wanted, ...]] = {}
+    for key, wanted in layout.by_gpu.items():
+        uuid = at.get(key, key) if ":" in key else key
+        if ":" in uuid:
+            node, _, index = key.rpartition(":")
+            indexes = sorted(record.index for record in records if record.node == node)
+            where = f"its GPUs: {', '.join(map(str, indexes))}" if indexes else "no such node in the pool"
+            raise LayoutError(f'gpus."{key}": no GPU {index} on node {node} ({where}); see vgpuctl gpus')
+        if uuid in by_gpu:
+            raise LayoutError(f'gpus."{key}": GPU {uuid} is named twice (by its uuid and as NODE:INDEX)')
+        by_gpu[uuid] = wanted
+    return replace(layout, by_gpu=by_gpu)
 
 
 def _mig_gpus(gpus: Sequence[tuple[GpuRecord, GpuState, bool]], layout: Layout) -> list[_Gpu]:

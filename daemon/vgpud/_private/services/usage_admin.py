@@ -11,6 +11,7 @@ from vgpu.api.v1 import admin_pb2
 from vgpud._private.auth.access import sees_everything
 from vgpud._private.auth.gate import current_caller
 from vgpud._private.core.lease_record import LeaseRecord
+from vgpud._private.core.projects import project_of
 from vgpud._private.core.usage_tally import HOUR_S, HourBucket, LeaseTally, ProjectTotals, hour_of, project_totals
 from vgpud._private.refusal import Refusal
 from vgpud._private.services import convert, validation
@@ -56,7 +57,7 @@ async def list_lease_usage(s: Serving, request: admin_pb2.ListLeaseUsageRequest)
     rows: list[admin_pb2.LeaseUsage] = []
     for versioned in sorted(s.view.live_leases(), key=lambda v: v.value.created_at):
         lease = versioned.value
-        if lease.state not in HOLDING or (project and lease.project != project):
+        if lease.state not in HOLDING or (project and project_of(lease) != project):
             continue
         rows.extend(
             _row(lease, node, latest.get((lease.id, node))) for node in sorted({sl.node for sl in lease.slices})
