@@ -10,6 +10,7 @@ PROTOS := $(wildcard proto/vgpu/api/v1/*.proto)
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "make: installing vgpu and its dependencies (grpcio, etcd, Ray, ...) into $(VENV): once, a minute or two"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'

@@ -46,7 +46,9 @@ def main() -> int:
         on_resume=restore,
         on_queued=lambda info: print(f"[{args.name}] waiting: {info.reason}", flush=True),
     ) as lease:
-        print(f"[{args.name}] granted {lease.id} after {time.monotonic() - started:.2f}s", flush=True)
+        waited = time.monotonic() - started
+        print(f"[{args.name}] granted {lease.id} after {waited:.2f}s", flush=True)
+        print(f"[{args.name}]   CUDA_VISIBLE_DEVICES={lease.env['CUDA_VISIBLE_DEVICES']}", flush=True)
         xp = lease.runtime.xp
         lease.register("weights", xp.array(np.random.default_rng(0).standard_normal((128, 128))))
         for step in range(args.steps):
