@@ -10,41 +10,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from rendezvous import all_reduce  # the demo's rank (examples/), tested here too
 
 KEYS = (
     "MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "LOCAL_WORLD_SIZE", "PET_NNODES", "PET_NODE_RANK",
     "PET_NPROC_PER_NODE", "PET_MASTER_ADDR", "PET_MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE",
     "CUDA_VISIBLE_DEVICES", "VGPU_LEASE_ID",
 )  # fmt: skip
-
-
-def all_reduce(rank: int, world: int) -> int:
-    """Sum of every rank's number, through a star at MASTER_ADDR:MASTER_PORT (rank 0 listens)."""
-    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    if rank == 0:
-        with socket.create_server((addr, port)) as server:
-            peers = [server.accept()[0] for _ in range(world - 1)]
-            total = rank + sum(int(p.makefile().readline()) for p in peers)
-            for peer in peers:
-                peer.sendall(f"{total}\n".encode())
-                peer.close()
-            return total
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            conn = socket.create_connection((addr, port), timeout=5)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-    with conn:
-        conn.sendall(f"{rank}\n".encode())
-        return int(conn.makefile().readline())
 
 
 def requeue(directory: Path, rank: int) -> int:
@@ -72,7 +49,7 @@ def main() -> int:
     world = int(os.environ["WORLD_SIZE"] if per_gpu else os.environ["NNODES"])
     if mode in ("per-node", "per-gpu"):
         report: dict[str, object] = {k: os.environ[k] for k in KEYS if k in os.environ}
-        report["sum"] = all_reduce(rank, world)
+        report["sum"] = all_reduce(rank, world, os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]))
         print(json.dumps(report), flush=True)
         return 0
     if mode == "fail-on-rank-1-quickly":
