@@ -80,7 +80,8 @@ async def run_node(
         raise Refusal(reasons.JOB_REFUSED, "jobs are turned off on this node ([jobs] enabled = false)")
     lease = _check_lease(here, start)
     await s.allocator.owned(lease.id, start.job.token)
-    account = account_of(start.user, allow_root=here.config.allow_root)
+    # The user database may be LDAP or sssd behind NSS: looked up off the event loop.
+    account = await asyncio.to_thread(account_of, start.user, allow_root=here.config.allow_root)
     if here.running >= here.config.max_jobs:
         raise Refusal(reasons.TOO_MANY_JOBS, f"{s.node} runs {here.config.max_jobs} jobs already ([jobs] max_jobs)")
     mine = next(p for p in plan(lease) if p.node == s.node)
