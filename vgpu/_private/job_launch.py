@@ -9,7 +9,6 @@ rank (a second one kills them); the launcher's death ends the call, which stops 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import os
 import queue
 import signal
@@ -24,11 +23,10 @@ import grpc
 
 from vgpu._private.errors import VgpuError
 from vgpu._private.lease import Lease
+from vgpu._private.run_job import kill_delay
 from vgpu._private.sync_client import SyncClient
 from vgpu.api.v1 import jobs_pb2
 
-ACK_MARGIN_S: Final = 1.0
-"""Ranks still running this long before the preemption deadline are killed, so the acknowledgement is in time."""
 EXIT_NODE_FAILED: Final = 70
 """A node refused the job or was lost (before any rank failed); the daemon uses the same status."""
 _STREAM_DEADLINE_S: Final = 30 * 86_400.0
@@ -90,8 +88,7 @@ class _PreemptWatch:
                 continue
             self.preempted = True
             self._inputs.signal(self._signum)
-            left = (notice.deadline - dt.datetime.now(dt.UTC)).total_seconds()
-            grace = max(0.0, left - min(ACK_MARGIN_S, max(left, 0.0) / 4))
+            grace = kill_delay(notice)
             if self._kill:
                 self._timer = threading.Timer(grace, self._inputs.signal, args=(signal.SIGKILL,))
                 self._timer.daemon = True

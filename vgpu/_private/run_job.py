@@ -197,6 +197,12 @@ class JobOptions:
     quiet: bool
 
 
+def kill_delay(notice: PreemptNotice) -> float:
+    """Seconds a preempted job may run before SIGKILL: up to the deadline, less a margin for the acknowledgement."""
+    left = (notice.deadline - dt.datetime.now(dt.UTC)).total_seconds()
+    return max(0.0, left - min(ACK_MARGIN_S, max(left, 0.0) / 4))
+
+
 def _clock(when: dt.datetime) -> str:
     return when.astimezone().strftime("%H:%M:%S")
 
@@ -362,8 +368,7 @@ class Supervisor:
                 f"which has until {_clock(notice.deadline)} to checkpoint"
             )
             return
-        left = (notice.deadline - dt.datetime.now(dt.UTC)).total_seconds()
-        grace = max(0.0, left - min(ACK_MARGIN_S, max(left, 0.0) / 4))
+        grace = kill_delay(notice)
         self._kill_in(grace)
         self._say(
             f"vgpu: preempted ({reason}); {self._name} has until "

@@ -54,12 +54,10 @@ def _free_port(address: str) -> int:
         return port
 
 
-def _check_lease(here: JobsHere, start: jobs_pb2.NodeStart) -> LeaseRecord:
+async def _check_lease(here: JobsHere, start: jobs_pb2.NodeStart) -> LeaseRecord:
+    """The lease, if the token is its own and it may run ranks here for the relayed user."""
     s = here.serving
-    live = s.view.lease(start.job.lease_id)
-    if live is None:
-        raise Refusal(reasons.LEASE_NOT_FOUND, f"lease {start.job.lease_id} is not known here")
-    lease = live.value
+    lease = (await s.allocator.owned(start.job.lease_id, start.job.token)).value
     if lease.state.ended:
         raise Refusal(reasons.LEASE_ENDED, f"lease {lease.id} has ended ({lease.end_reason})")
     if lease.state is not LeaseState.GRANTED:
@@ -78,8 +76,7 @@ async def run_node(
     s = here.serving
     if not here.config.enabled:
         raise Refusal(reasons.JOB_REFUSED, "jobs are turned off on this node ([jobs] enabled = false)")
-    lease = _check_lease(here, start)
-    await s.allocator.owned(lease.id, start.job.token)
+    lease = await _check_lease(here, start)
     # The user database may be LDAP or sssd behind NSS: looked up off the event loop.
     account = await asyncio.to_thread(account_of, start.user, allow_root=here.config.allow_root)
     if here.running >= here.config.max_jobs:

@@ -29,7 +29,6 @@ RENDEZVOUS_KEYS: Final = frozenset(
         "PET_NPROC_PER_NODE",
         "PET_MASTER_ADDR",
         "PET_MASTER_PORT",
-        "VGPU_RESTART_COUNT",
     }
 )
 _NOT_INHERITED_PREFIXES: Final = ("VGPU_", "CUDA_MPS_", "CUPY_GPU_MEMORY_LIMIT", "TORCHELASTIC_", "PET_")
